@@ -1,0 +1,168 @@
+"""The one config system: ml_collections ConfigDicts built from size presets, plus `validate`.
+
+`configs/*.py` files are thin `get_config(arg)` wrappers over `showo_config` here, so that library code
+(checkpoint import, tests) can build the same configs without the top-level `configs/` folder.
+Command-line overrides come from absl's `config_flags` (`--config configs/showo.py:size=tiny
+--config.model.num_layers=4`), see `define_config_flag`.
+"""
+
+import ml_collections
+
+from showo_jax.models import vocab as vocab_lib
+
+ConfigDict = ml_collections.ConfigDict
+
+# Backbone shapes. `phi-1.5` is what the official checkpoints use (SPEC §1.1); `tiny`/`tiny-llama` are for CPU.
+MODEL_PRESETS = {
+    "tiny": dict(family="phi", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4, intermediate_size=128,
+                 rotary_fraction=0.5),
+    "tiny-llama": dict(family="llama", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                       intermediate_size=160, rotary_fraction=1.0, norm_eps=1e-6, rope_theta=500000.0),
+    "phi-1.5": dict(family="phi", hidden_size=2048, num_layers=24, num_heads=32, num_kv_heads=32,
+                    intermediate_size=8192, rotary_fraction=0.5),
+}
+
+# Text/image vocabulary per preset: the tiny ones mirror the parity models' layout (SPEC §2).
+VOCAB_PRESETS = {
+    "tiny": dict(llm_vocab_size=100, codebook_size=64, bos_id=99, eos_id=99),
+    "tiny-llama": dict(llm_vocab_size=100, codebook_size=64, bos_id=99, eos_id=99),
+    "phi-1.5": dict(llm_vocab_size=50295, codebook_size=8192, bos_id=50256, eos_id=50256),
+}
+
+FAMILIES = ("phi", "llama")
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "save_dots", "save_qkv_proj")
+TASKS = ("t2i", "lm", "mmu")
+
+
+class ConfigError(ValueError):
+  """A config field has a bad value; the message names the field."""
+
+
+def parse_arg(arg: str, **defaults) -> ConfigDict:
+  """Parses `"size=tiny,res=256"` into a ConfigDict typed like `defaults`; unknown keys raise."""
+  out = ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ConfigError(f"config arg {item!r} is not key=value")
+    if key not in defaults:
+      raise ConfigError(f"unknown config arg {key!r}; known: {', '.join(sorted(defaults))}")
+    kind = type(defaults[key])
+    if kind is bool:
+      value = value.lower() in ("1", "true", "yes")
+    out[key] = kind(value)
+  return out
+
+
+def model_config(size: str) -> ConfigDict:
+  """The `model` block of a preset: backbone shapes, vocabulary, numerics and memory options."""
+  if size not in MODEL_PRESETS:
+    raise ConfigError(f"unknown model size {size!r}; known: {', '.join(MODEL_PRESETS)}")
+  m = ConfigDict(dict(
+      family="phi",
+      hidden_size=0, num_layers=0, num_heads=0, num_kv_heads=0, intermediate_size=0,
+      head_dim=0,  # 0 = hidden_size // num_heads
+      rotary_fraction=0.5,  # phi: partial_rotary_factor; rotary_dim = int(fraction * head_dim)
+      rope_theta=10000.0,
+      norm_eps=1e-5,
+      qk_norm=True,  # forced on by the official code (SPEC §1.2)
+      vocab_size=0,  # embedding/head rows; 0 = exactly the vocabulary layout's size
+      init_std=0.02,
+      dtype="float32",  # activations
+      param_dtype="float32",
+      scan_layers=False,
+      remat_policy="none",
+  ))
+  m.update(MODEL_PRESETS[size])
+  m.vocab = ConfigDict(VOCAB_PRESETS[size])
+  m.vocab_size = vocab_lib.VocabLayout(**m.vocab).vocab_size
+  return m
+
+
+def showo_config(size: str = "tiny", res: int = 256) -> ConfigDict:
+  """A complete Show-o config for a model preset and image resolution."""
+  c = ConfigDict()
+  c.model = model_config(size)
+  tiny = size.startswith("tiny")
+  c.data = ConfigDict(dict(
+      resolution=32 if tiny else res,
+      downsample=4 if tiny else 16,  # image tokenizer's downsampling factor
+      num_image_tokens=64 if tiny else (res // 16) ** 2,  # N: 256 @256px, 1024 @512px
+      max_text_len=16 if tiny else 128,  # T: text budget (dataset.preprocessing.max_seq_length)
+  ))
+  c.tokenizer = ConfigDict(dict(path=""))  # local tokenizer.json (never a hub download)
+  c.loss = ConfigDict(dict(
+      t2i_coeff=1.0, lm_coeff=0.1, mmu_coeff=1.0,
+      mask_schedule="cosine",  # cosine | linear | pow<k> | sigmoid
+      min_masking_rate=0.0,
+      cond_dropout_prob=0.1,
+      # Official quirk (SPEC §0.4): <|soi|>/<|eoi|> are their own t2i targets. False = masked image tokens only.
+      t2i_boundary_targets=True,
+  ))
+  return c
+
+
+def seq_len(config) -> int:
+  """Length of every t2i / mmu / lm training sequence: T + N + 3 (SPEC §3)."""
+  return config.data.max_text_len + config.data.num_image_tokens + 3
+
+
+def head_dim(model) -> int:
+  return model.head_dim or model.hidden_size // max(model.num_heads, 1)
+
+
+def rotary_dim(model) -> int:
+  return int(model.rotary_fraction * head_dim(model))
+
+
+def _check(cond: bool, message: str):
+  if not cond:
+    raise ConfigError(message)
+
+
+def validate(config) -> ConfigDict:
+  """Checks every cross-field constraint once, before any device work. Raises ConfigError naming the field."""
+  m = config.model
+  _check(m.family in FAMILIES, f"config.model.family={m.family!r} is not one of {FAMILIES}")
+  for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"):
+    _check(int(m[name]) > 0, f"config.model.{name}={m[name]} must be positive")
+  _check(m.head_dim > 0 or m.hidden_size % m.num_heads == 0,
+         f"config.model.num_heads={m.num_heads} does not divide config.model.hidden_size={m.hidden_size}")
+  _check(m.num_heads % m.num_kv_heads == 0,
+         f"config.model.num_kv_heads={m.num_kv_heads} does not divide config.model.num_heads={m.num_heads}")
+  rd = rotary_dim(m)
+  _check(0 < rd <= head_dim(m) and rd % 2 == 0,
+         f"config.model.rotary_fraction={m.rotary_fraction} gives rotary_dim={rd}: must be even, in (0, head_dim]")
+  for name in ("dtype", "param_dtype"):
+    _check(m[name] in DTYPES, f"config.model.{name}={m[name]!r} is not one of {DTYPES}")
+  _check(m.remat_policy in REMAT_POLICIES,
+         f"config.model.remat_policy={m.remat_policy!r} is not one of {REMAT_POLICIES}")
+  try:
+    layout = vocab_lib.VocabLayout.from_config(config)
+  except ValueError as e:
+    raise ConfigError(f"config.model.vocab: {e}") from None
+  _check(m.vocab_size >= layout.vocab_size,
+         f"config.model.vocab_size={m.vocab_size} is smaller than the vocabulary layout ({layout.vocab_size} = "
+         f"{layout.llm_vocab_size} text + 10 special + {layout.codebook_size} image + [MASK])")
+  d = config.data
+  for name in ("num_image_tokens", "max_text_len"):
+    _check(d[name] > 0, f"config.data.{name}={d[name]} must be positive")
+  _check(d.max_text_len >= 3, f"config.data.max_text_len={d.max_text_len} must leave room for BOS, text and EOS")
+  loss = config.loss
+  for name in ("t2i_coeff", "lm_coeff", "mmu_coeff", "min_masking_rate", "cond_dropout_prob"):
+    _check(loss[name] >= 0, f"config.loss.{name}={loss[name]} must be >= 0")
+  _check(loss.cond_dropout_prob <= 1 and loss.min_masking_rate <= 1,
+         "config.loss.cond_dropout_prob and config.loss.min_masking_rate must be <= 1")
+  from showo_jax.sampling import mask_schedule  # pylint: disable=g-import-not-at-top
+  try:
+    mask_schedule.get(loss.mask_schedule)
+  except ValueError as e:
+    raise ConfigError(f"config.loss.mask_schedule: {e}") from None
+  return config
+
+
+def define_config_flag(name: str = "config", help_string: str = "Config file, e.g. configs/showo.py:size=tiny"):
+  """`--config path.py:arg` plus `--config.a.b=v` overrides (absl config_flags)."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  return config_flags.DEFINE_config_file(name, None, help_string, lock_config=True)

@@ -1,0 +1,86 @@
+"""Reads official (PyTorch) state dicts into flat dicts of numpy arrays, without torch where possible.
+
+Sources: a dict of arrays, a `.npz` (keys may carry a `param.` prefix, as the parity files do), a
+`.safetensors` file, a sharded safetensors folder (`*.safetensors.index.json`), or a `.bin` (only with torch
+installed, loaded with `weights_only=True`), or a hub-layout folder holding one of those.
+"""
+
+import json
+import os
+
+import numpy as np
+
+_FOLDER_FILES = ("pytorch_model.safetensors", "model.safetensors", "pytorch_model.bin")
+_INDEX_FILES = ("pytorch_model.safetensors.index.json", "model.safetensors.index.json")
+
+
+class CheckpointError(ValueError):
+  """A checkpoint source is missing, unreadable or holds the wrong keys; the message names it."""
+
+
+def read_state_dict(source, prefix_filter: str = "param.") -> dict:
+  """Returns {official key: numpy array} for any supported source."""
+  if isinstance(source, dict):
+    return {k: np.asarray(v) for k, v in source.items()}
+  path = os.fspath(source)
+  if os.path.isdir(path):
+    return read_state_dict(_file_in_folder(path), prefix_filter)
+  if not os.path.exists(path):
+    raise CheckpointError(f"{path}: no such file or folder")
+  if path.endswith(".npz"):
+    with np.load(path, allow_pickle=False) as data:
+      keys = list(data.keys())
+      if any(k.startswith(prefix_filter) for k in keys):
+        return {k[len(prefix_filter):]: data[k] for k in keys if k.startswith(prefix_filter)}
+      return {k: data[k] for k in keys}
+  if path.endswith(".index.json"):
+    return _read_sharded(path)
+  if path.endswith(".safetensors"):
+    return _read_safetensors(path)
+  if path.endswith((".bin", ".pt", ".pth")):
+    return _read_torch(path)
+  raise CheckpointError(f"{path}: not a checkpoint (expected .npz, .safetensors, .bin or a folder)")
+
+
+def _file_in_folder(folder: str) -> str:
+  for name in _INDEX_FILES + _FOLDER_FILES:
+    if os.path.exists(os.path.join(folder, name)):
+      return os.path.join(folder, name)
+  found = sorted(f for f in os.listdir(folder) if f.endswith((".safetensors", ".npz", ".bin")))
+  if len(found) == 1:
+    return os.path.join(folder, found[0])
+  raise CheckpointError(f"{folder}: no recognisable checkpoint (looked for {', '.join(_INDEX_FILES + _FOLDER_FILES)})")
+
+
+def _read_safetensors(path: str) -> dict:
+  from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
+  try:
+    return dict(st_numpy.load_file(path))
+  except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers.
+    raise CheckpointError(f"{path}: unreadable safetensors file ({type(e).__name__}: {e})") from None
+
+
+def _read_sharded(index_path: str) -> dict:
+  try:
+    with open(index_path) as f:
+      weight_map = json.load(f)["weight_map"]
+  except (OSError, ValueError, KeyError) as e:
+    raise CheckpointError(f"{index_path}: bad safetensors index ({e})") from None
+  folder = os.path.dirname(index_path)
+  out = {}
+  for shard in sorted(set(weight_map.values())):
+    out.update(_read_safetensors(os.path.join(folder, shard)))
+  return out
+
+
+def _read_torch(path: str) -> dict:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise CheckpointError(f"{path}: a PyTorch .bin checkpoint needs torch installed "
+                          "(or convert it to .safetensors first)") from None
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:
+    raise CheckpointError(f"{path}: unreadable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+  return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}

@@ -1,0 +1,54 @@
+"""Test setup: 8 fake CPU devices, the persistent compilation cache, and the shared parity files."""
+
+import os
+import pathlib
+
+# Must happen before jax is imported anywhere.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+
+jax.config.update("jax_compilation_cache_dir", os.environ.get(
+    "SHOWO_JAX_TEST_CACHE", str(pathlib.Path.home() / ".cache" / "showo_jax_test_xla")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+# ../shared/parity relative to the project root (tests/..), as the parity README says.
+PARITY_DIR = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "parity"
+
+
+def _parity_file(name):
+  path = PARITY_DIR / name
+  if not path.exists():
+    pytest.skip(f"parity data {path} is absent (it ships beside the project checkout, not with it)")
+  return path
+
+
+@pytest.fixture(scope="session")
+def parity_showo():
+  with np.load(_parity_file("parity_showo_tiny_A.npz")) as data:
+    return dict(data)
+
+
+@pytest.fixture(scope="session")
+def parity_magvit():
+  with np.load(_parity_file("parity_magvit_tiny_A.npz")) as data:
+    return dict(data)
+
+
+@pytest.fixture(scope="session")
+def parity_json():
+  import json  # pylint: disable=g-import-not-at-top
+  with open(_parity_file("parity_A.json")) as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope="session")
+def parity_sampling():
+  import json  # pylint: disable=g-import-not-at-top
+  with open(_parity_file("parity_sampling.json")) as f:
+    meta = json.load(f)
+  with np.load(_parity_file("parity_sampling_trace.npz")) as data:
+    return meta, dict(data)
