@@ -1,0 +1,142 @@
+"""Numpy-in, numpy-out entry points for working with official Show-o / MAGVIT-v2 weights.
+
+These names are a stable public API (other work and outside checks rely on them):
+  load_official_showo(source) -> (params, config)
+  showo_logits(params, config, input_ids, allowed) -> float32 [B, L, V]
+  attention_mask(input_ids, task, config) -> bool [B, L, L]
+  showo_losses(params, config, batch) -> {"t2i", "lm", "mmu", "total"}
+  load_official_magvit(source) -> (params, config); magvit_encode(...); magvit_decode(...)
+"""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from showo_jax import config_lib
+from showo_jax.models import omni_mask
+from showo_jax.models import transformer
+from showo_jax.models import vocab as vocab_lib
+from showo_jax.official import reader
+from showo_jax.official import showo_keys
+from showo_jax.training import losses
+
+CheckpointError = reader.CheckpointError
+
+
+def _official_config_json(source):
+  """The hub config.json beside a checkpoint (llm_vocab_size, codebook_size, num_vq_tokens), if any."""
+  if isinstance(source, dict):
+    return {}
+  path = os.fspath(source)
+  folder = path if os.path.isdir(path) else os.path.dirname(path)
+  cfg_path = os.path.join(folder, "config.json")
+  if not os.path.exists(cfg_path):
+    return {}
+  with open(cfg_path) as f:
+    try:
+      data = json.load(f)
+    except ValueError as e:
+      raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
+  return data if data.get("_class_name") == "Showo" else {}
+
+
+def load_official_showo(source, *, scan_layers: bool = False):
+  """Loads an official Show-o state dict.
+
+  Args:
+    source: a dict of numpy arrays keyed as the official state dict, or a path to `.npz`, `.safetensors`
+      (read without torch), `.bin` (needs torch; `weights_only=True`) or a hub folder.
+    scan_layers: return params in the scanned (stacked-layer) layout.
+  Returns:
+    (params, config): the Flax param tree and the ml_collections config of the inferred model. Sizes come from
+    the shapes; the text/image split of the vocabulary from a `config.json` beside the weights when present.
+  """
+  state = reader.read_state_dict(source)
+  meta = _official_config_json(source)
+  config = showo_keys.infer_config(state, llm_vocab_size=meta.get("llm_vocab_size"),
+                                   codebook_size=meta.get("codebook_size"))
+  if meta.get("num_vq_tokens"):
+    config.data.num_image_tokens = int(meta["num_vq_tokens"])
+    config.data.resolution = int(round(np.sqrt(config.data.num_image_tokens))) * config.data.downsample
+  config.model.scan_layers = scan_layers
+  params, extras = showo_keys.params_from_official(state, config)
+  if extras:
+    config.model.extra_keys = sorted(extras)
+  return params, config
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_apply(cfg: transformer.TransformerConfig):
+  model = transformer.Transformer(cfg)
+  return jax.jit(lambda params, ids, allowed: model.apply({"params": params}, ids, allowed))
+
+
+def _check_ids(input_ids, config):
+  ids = np.asarray(input_ids)
+  if ids.ndim != 2:
+    raise ValueError(f"input_ids must be [batch, length], got shape {ids.shape}")
+  bad = (ids < 0) | (ids >= config.model.vocab_size)
+  if bad.any():
+    b, i = np.argwhere(bad)[0]
+    raise ValueError(f"token id {int(ids[b, i])} at input_ids[{b}, {i}] is outside the vocabulary "
+                     f"[0, {config.model.vocab_size})")
+  return ids.astype(np.int32)
+
+
+def showo_logits(params, config, input_ids, allowed) -> np.ndarray:
+  """float32 logits [B, L, V]; `allowed` is bool [B, L, L] or [B, 1, L, L] (True = may attend), or additive."""
+  ids = _check_ids(input_ids, config)
+  allowed = np.asarray(omni_mask.to_allowed(allowed))
+  if allowed.shape != (ids.shape[0], ids.shape[1], ids.shape[1]):
+    raise ValueError(f"attention mask shape {allowed.shape} does not match input_ids {ids.shape}")
+  cfg = transformer.TransformerConfig.from_config(config)
+  return np.asarray(_jitted_apply(cfg)(params, ids, allowed), np.float32)
+
+
+def attention_mask(input_ids, task: str, config) -> np.ndarray:
+  """bool [B, L, L] exactly as the official builders make it; task in {"t2i", "lm", "mmu"}."""
+  ids = _check_ids(input_ids, config)
+  layout = vocab_lib.VocabLayout.from_config(config)
+  if task == "t2i":
+    return np.asarray(omni_mask.predict_next_mask(ids, layout, remove_pad=True))
+  if task == "lm":
+    return np.asarray(omni_mask.predict_next_mask(ids, layout, remove_pad=False))
+  if task == "mmu":
+    return np.asarray(omni_mask.mmu_mask(ids, layout))
+  raise ValueError(f"unknown task {task!r}; use 't2i', 'lm' or 'mmu'")
+
+
+def showo_losses(params, config, batch) -> dict:
+  """Official losses of a concatenated [t2i; lm; mmu] batch.
+
+  Args:
+    batch: `input_ids` [B, L], `labels` [B, L] (-100 = ignored), `attention_mask` (any form accepted by
+      showo_logits) and `batch_sizes` = (t2i, lm, mmu) rows in that order along the batch.
+  Returns:
+    {"t2i", "lm", "mmu", "total"} as Python floats.
+  """
+  ids = _check_ids(batch["input_ids"], config)
+  sizes = tuple(int(s) for s in batch["batch_sizes"])
+  if len(sizes) != 3 or sum(sizes) != ids.shape[0]:
+    raise ValueError(f"batch_sizes {sizes} must be (t2i, lm, mmu) summing to the batch size {ids.shape[0]}")
+  task_ids = np.repeat(np.array([losses.TASK_T2I, losses.TASK_LM, losses.TASK_MMU], np.int32), sizes)
+  logits = showo_logits(params, config, ids, batch["attention_mask"])
+  out = losses.loss_from_config(jnp.asarray(logits), ids, np.asarray(batch["labels"], np.int32), task_ids, config)
+  return {"t2i": float(out["loss_t2i"]), "lm": float(out["loss_lm"]), "mmu": float(out["loss_mmu"]),
+          "total": float(out["loss"])}
+
+
+def __getattr__(name):
+  # MAGVIT-v2 interop lives with its key mapping; re-exported lazily to keep this import light.
+  if name in ("load_official_magvit", "magvit_encode", "magvit_decode"):
+    from showo_jax.official import magvit_keys  # pylint: disable=g-import-not-at-top
+    return getattr(magvit_keys, name)
+  raise AttributeError(name)
+
+
+__all__ = ["load_official_showo", "showo_logits", "attention_mask", "showo_losses", "load_official_magvit",
+           "magvit_encode", "magvit_decode", "config_lib"]

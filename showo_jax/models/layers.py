@@ -1,0 +1,104 @@
+"""Building blocks of the Show-o backbone: norms, rotary embeddings, projections, attention core."""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from showo_jax.common import axes
+
+# Finite fill for blocked attention scores: -inf would give NaNs in a fully blocked row.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+Dtype = jnp.dtype
+
+
+def normal_init(std: float, names: Sequence[str]):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), tuple(names))
+
+
+def zeros_init(names: Sequence[str]):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), tuple(names))
+
+
+def ones_init(names: Sequence[str]):
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), tuple(names))
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm with gain and bias over the last axis; statistics in float32 (as PyTorch does)."""
+  eps: float = 1e-5
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    dim = x.shape[-1]
+    scale = self.param("scale", ones_init((axes.NORM,)), (dim,), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale.astype(jnp.float32)
+    if self.use_bias:
+      bias = self.param("bias", zeros_init((axes.NORM,)), (dim,), self.param_dtype)
+      y = y + bias.astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm (LLaMA): x / rms(x) · gain, in float32."""
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", ones_init((axes.NORM,)), (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps)
+    return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def rotary_tables(positions, rotary_dim: int, theta: float):
+  """cos/sin tables [B, L, rotary_dim] for integer positions [B, L] (rotate-half / GPT-NeoX layout)."""
+  inv_freq = 1.0 / (theta ** (np.arange(0, rotary_dim, 2, dtype=np.float32) / rotary_dim))  # [rotary_dim/2]
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, rotary_dim/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rotary(x, cos, sin):
+  """Rotates the first cos.shape[-1] dims of x [B, L, H, D]; the remaining dims pass through."""
+  rotary_dim = cos.shape[-1]
+  x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
+  x1, x2 = jnp.split(x_rot.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # broadcast over heads
+  out = x_rot.astype(jnp.float32) * cos + rotated * sin
+  return jnp.concatenate([out.astype(x.dtype), x_pass], axis=-1)
+
+
+def dot_product_attention(q, k, v, allowed, dtype):
+  """Softmax attention with a boolean mask and grouped-query heads.
+
+  Args:
+    q: [B, Lq, H, D] queries.
+    k: [B, Lk, Hkv, D] keys, Hkv dividing H (each kv head serves H // Hkv query heads).
+    v: [B, Lk, Hkv, D] values.
+    allowed: bool [B, Lq, Lk], True = may attend.
+    dtype: output dtype.
+  Returns:
+    [B, Lq, H, D]. Scores and softmax are computed in float32.
+  """
+  b, lq, h, d = q.shape
+  hkv = k.shape[2]
+  q = q.reshape(b, lq, hkv, h // hkv, d)
+  scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
+  scores = scores / np.sqrt(d).astype(np.float32)
+  scores = jnp.where(allowed[:, None, None, :, :], scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v, preferred_element_type=jnp.float32)
+  return out.reshape(b, lq, h, d).astype(dtype)

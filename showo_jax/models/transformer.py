@@ -1,0 +1,196 @@
+"""The Show-o backbone: a decoder LLM over the unified vocabulary, with QK-norm in every attention layer.
+
+Two families (SPEC §1):
+  phi:   parallel attention + MLP from one shared pre-LayerNorm, partial rotary, biases everywhere,
+         gelu_new MLP, untied head with bias, per-head LayerNorm QK-norm.
+  llama: pre-RMSNorm attention then pre-RMSNorm SwiGLU MLP, full rotary, no biases, grouped-query attention,
+         per-head RMSNorm QK-norm, untied head without bias.
+The attention mask is a precomputed boolean [B, L, L] (omni-attention, see models/omni_mask.py).
+"""
+
+import dataclasses
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from showo_jax import config_lib
+from showo_jax.common import axes
+from showo_jax.models import layers
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+# Remat policies by config name; the names tag the q/k/v projections below.
+_REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole block in the backward pass
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_qkv_proj": jax.checkpoint_policies.save_only_these_names("query_proj", "key_proj", "value_proj"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Static (hashable) backbone hyperparameters, derived from `config.model`."""
+  family: str
+  vocab_size: int
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  intermediate_size: int
+  rotary_dim: int
+  rope_theta: float
+  norm_eps: float
+  qk_norm: bool
+  init_std: float
+  dtype: str
+  param_dtype: str
+  scan_layers: bool
+  remat_policy: str
+
+  @classmethod
+  def from_config(cls, config) -> "TransformerConfig":
+    m = config.model
+    return cls(family=m.family, vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
+               num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=config_lib.head_dim(m),
+               intermediate_size=m.intermediate_size, rotary_dim=config_lib.rotary_dim(m),
+               rope_theta=float(m.rope_theta), norm_eps=float(m.norm_eps), qk_norm=bool(m.qk_norm),
+               init_std=float(m.init_std), dtype=m.dtype, param_dtype=m.param_dtype,
+               scan_layers=bool(m.scan_layers), remat_policy=m.remat_policy)
+
+  @property
+  def is_phi(self) -> bool:
+    return self.family == "phi"
+
+  @property
+  def compute_dtype(self):
+    return _DTYPES[self.dtype]
+
+  @property
+  def weight_dtype(self):
+    return _DTYPES[self.param_dtype]
+
+
+def _dense(cfg: TransformerConfig, features, in_names, out_names, name, axis=-1, use_bias=None):
+  """A DenseGeneral with logically partitioned kernel and bias (bias only for phi by default)."""
+  use_bias = cfg.is_phi if use_bias is None else use_bias
+  return nn.DenseGeneral(
+      features=features, axis=axis, use_bias=use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+      kernel_init=layers.normal_init(cfg.init_std, tuple(in_names) + tuple(out_names)),
+      bias_init=layers.zeros_init(out_names), name=name)
+
+
+def _norm(cfg: TransformerConfig, name: str):
+  if cfg.is_phi:
+    return layers.LayerNorm(eps=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, name=name)
+  return layers.RMSNorm(eps=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, name=name)
+
+
+class Attention(nn.Module):
+  """Multi-head / grouped-query attention with per-head QK-norm (before RoPE) and a boolean mask."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, allowed, cos, sin):
+    cfg = self.cfg
+    h, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = _dense(cfg, (h, d), [axes.EMBED], [axes.HEADS, axes.HEAD_DIM], "q_proj")(x)  # [B, L, H, D]
+    k = _dense(cfg, (hkv, d), [axes.EMBED], [axes.KV_HEADS, axes.HEAD_DIM], "k_proj")(x)  # [B, L, Hkv, D]
+    v = _dense(cfg, (hkv, d), [axes.EMBED], [axes.KV_HEADS, axes.HEAD_DIM], "v_proj")(x)
+    q = checkpoint_name(q, "query_proj")
+    k = checkpoint_name(k, "key_proj")
+    v = checkpoint_name(v, "value_proj")
+    if cfg.qk_norm:  # one norm of size head_dim, shared by all heads
+      q = _norm(cfg, "q_norm")(q)
+      k = _norm(cfg, "k_norm")(k)
+    self.sow("intermediates", "q_norm_out", q)
+    q = layers.apply_rotary(q, cos, sin)
+    k = layers.apply_rotary(k, cos, sin)
+    q = nn.with_logical_constraint(q, (axes.BATCH, axes.LENGTH, axes.ACT_HEADS, None))
+    k = nn.with_logical_constraint(k, (axes.BATCH, axes.LENGTH, axes.ACT_KV_HEADS, None))
+    v = nn.with_logical_constraint(v, (axes.BATCH, axes.LENGTH, axes.ACT_KV_HEADS, None))
+    out = layers.dot_product_attention(q, k, v, allowed, cfg.compute_dtype)  # [B, L, H, D]
+    return _dense(cfg, cfg.hidden_size, [axes.HEADS, axes.HEAD_DIM], [axes.EMBED], "o_proj", axis=(-2, -1))(out)
+
+
+class Mlp(nn.Module):
+  """phi: fc2(gelu_new(fc1(x))); llama: down(silu(gate(x)) · up(x))."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    f = cfg.intermediate_size
+    if cfg.is_phi:
+      hidden = nn.gelu(_dense(cfg, f, [axes.EMBED], [axes.MLP], "fc1")(x), approximate=True)
+    else:
+      gate = _dense(cfg, f, [axes.EMBED], [axes.MLP], "gate_proj")(x)
+      hidden = nn.silu(gate) * _dense(cfg, f, [axes.EMBED], [axes.MLP], "up_proj")(x)
+    hidden = nn.with_logical_constraint(hidden, (axes.BATCH, axes.LENGTH, axes.ACT_MLP))
+    return _dense(cfg, cfg.hidden_size, [axes.MLP], [axes.EMBED], "fc2" if cfg.is_phi else "down_proj")(hidden)
+
+
+class DecoderBlock(nn.Module):
+  """One decoder layer; returns (x, None) so that it can be scanned."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, allowed, cos, sin):
+    cfg = self.cfg
+    x = nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
+    h = _norm(cfg, "input_norm")(x)
+    attn = Attention(cfg, name="attn")(h, allowed, cos, sin)
+    self.sow("intermediates", "attn_out", attn)
+    if cfg.is_phi:  # parallel residual from one shared pre-norm
+      x = x + attn + Mlp(cfg, name="mlp")(h)
+    else:
+      x = x + attn
+      x = x + Mlp(cfg, name="mlp")(_norm(cfg, "post_attention_norm")(x))
+    x = nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
+    self.sow("intermediates", "output", x)
+    return x, None
+
+
+class Transformer(nn.Module):
+  """Unified-vocabulary decoder: ids [B, L] + allowed [B, L, L] → float32 logits [B, L, V]."""
+  cfg: TransformerConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embed = nn.Embed(
+        num_embeddings=cfg.vocab_size, features=cfg.hidden_size, dtype=cfg.compute_dtype,
+        param_dtype=cfg.weight_dtype,
+        embedding_init=layers.normal_init(cfg.init_std, (axes.VOCAB, axes.EMBED)))
+    block = DecoderBlock
+    if cfg.remat_policy != "none":
+      block = nn.remat(block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      self.layers = nn.scan(
+          block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: axes.LAYERS})(cfg, name="layers")
+    else:
+      self.layers = [block(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+    self.final_norm = _norm(cfg, "final_norm")
+    self.lm_head = _dense(cfg, cfg.vocab_size, [axes.EMBED], [axes.VOCAB], "lm_head")
+
+  def __call__(self, input_ids, allowed, positions: Optional[jax.Array] = None):
+    """Args: input_ids int [B, L]; allowed bool [B, L, L]; positions int [B, L] (default arange(L))."""
+    cfg = self.cfg
+    if positions is None:  # official: plain arange over the padded sequence (SPEC §0.12)
+      positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+    cos, sin = layers.rotary_tables(positions, cfg.rotary_dim, cfg.rope_theta)
+    x = self.embed(input_ids)
+    self.sow("intermediates", "embeddings", x)
+    if cfg.scan_layers:
+      x, _ = self.layers(x, allowed, cos, sin)
+    else:
+      for layer in self.layers:
+        x, _ = layer(x, allowed, cos, sin)
+    x = self.final_norm(x)
+    self.sow("intermediates", "final_norm_out", x)
+    logits = self.lm_head(x).astype(jnp.float32)
+    return nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.ACT_VOCAB))
