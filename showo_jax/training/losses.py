@@ -38,6 +38,7 @@ def mtp_and_ntp_weights(input_ids, labels, task_ids, soi_id: int, eoi_id: int, b
     targets int [B, L] and weights float32 [B, L] aligned with the logits: position i of a t2i row is scored
     against labels[i]; position i of any other row against labels[i + 1] (last position: no target).
   """
+  labels = jnp.asarray(labels, jnp.int32)
   b, l = labels.shape
   is_t2i = (task_ids == TASK_T2I)[:, None]
   shifted = jnp.concatenate([labels[:, 1:], jnp.full((b, 1), IGNORE_ID, labels.dtype)], axis=1)
