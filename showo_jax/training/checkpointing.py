@@ -1,0 +1,98 @@
+"""Orbax checkpointing: the only module that imports orbax.
+
+One CheckpointManager per run directory, with named items: `state` (the sharded train state), `data_iter`
+(the input pipeline's position, via grain's handler) and `config` (JSON). Saves are asynchronous and atomic
+(Orbax writes to a temporary folder and renames it when complete), so a run killed at any moment resumes from
+its last complete checkpoint. SIGTERM (preemption) requests a final save before a clean exit.
+"""
+
+import json
+import os
+import signal
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint was written by an incompatible config; the message names the field."""
+
+
+class Checkpointer:
+  """Save / restore of (state, data iterator, config) under `directory`, keeping the last `max_to_keep`."""
+
+  def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._preempted = False
+
+  # -- queries ---------------------------------------------------------------------------------------------
+  def latest_step(self):
+    return self._manager.latest_step()
+
+  def all_steps(self):
+    return list(self._manager.all_steps())
+
+  # -- save / restore ----------------------------------------------------------------------------------------
+  def save(self, step: int, state, *, data_iter=None, config=None) -> bool:
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iter is not None:
+      items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+    if config is not None:
+      items["config"] = ocp.args.JsonSave(json.loads(config.to_json()))
+    return self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+
+  def restore(self, step: int, abstract_state, *, data_iter=None):
+    """Restores `state` shaped and sharded like `abstract_state` (ShapeDtypeStructs with .sharding)."""
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+      items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = self._manager.restore(int(step), args=ocp.args.Composite(**items))
+    return restored["state"], restored.get("data_iter") if data_iter is not None else None
+
+  def saved_config(self, step: int) -> dict:
+    restored = self._manager.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return restored["config"]
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  # -- preemption ----------------------------------------------------------------------------------------------
+  def install_preemption_handler(self):
+    """SIGTERM marks the run preempted; the loop then saves and stops (see `preempted`)."""
+    def _handler(signum, frame):
+      del signum, frame
+      self._preempted = True
+    signal.signal(signal.SIGTERM, _handler)
+
+  def preempted(self) -> bool:
+    """True on every process as soon as any process received SIGTERM."""
+    if jax.process_count() == 1:
+      return self._preempted
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    return bool(np.any(multihost_utils.process_allgather(np.array(self._preempted))))
+
+
+def abstract_with_shardings(abstract_tree, shardings):
+  """ShapeDtypeStructs carrying the target shardings: the restore target for a sharded state."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_tree, shardings)
+
+
+def check_compatible(saved: dict, current: dict, fields, prefix: str = "config"):
+  """Raises CheckpointMismatchError naming the first field (dotted path) whose value differs."""
+  for field in fields:
+    a, b = saved, current
+    for part in field.split("."):
+      a = a.get(part) if isinstance(a, dict) else None
+      b = b.get(part) if isinstance(b, dict) else None
+    if a != b:
+      raise CheckpointMismatchError(f"the checkpoint was written with {prefix}.{field}={a!r}, this run has "
+                                    f"{prefix}.{field}={b!r}: refusing to resume (use a new --workdir)")

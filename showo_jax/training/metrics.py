@@ -1,0 +1,105 @@
+"""Metric logging on process 0: TensorBoard events, `WORKDIR/metrics.jsonl`, and a tqdm progress bar.
+
+Device scalars are read one step late (`BufferedLogger`), so logging never stalls the dispatch of the next step.
+"""
+
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+
+
+class MetricWriter:
+  """Writes scalars to TensorBoard and to one JSON object per line in metrics.jsonl (process 0 only)."""
+
+  def __init__(self, workdir: str, *, filename: str = "metrics.jsonl", tensorboard: bool = True):
+    self.active = jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if not self.active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, filename), "a", buffering=1)
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, scalars: dict):
+    if not self.active:
+      return
+    row = {"step": int(step)}
+    for k, v in scalars.items():
+      v = float(v)
+      row[k] = v if math.isfinite(v) else str(v)
+      if self._tb is not None:
+        self._tb.add_scalar(k, v, int(step))
+    self._jsonl.write(json.dumps(row) + "\n")
+
+  def write_text(self, step: int, tag: str, text: str):
+    if self.active and self._tb is not None:
+      self._tb.add_text(tag, text, int(step))
+
+  def flush(self):
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self):
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+class BufferedLogger:
+  """Holds the device metrics of step n and writes them when step n+1 has been dispatched."""
+
+  def __init__(self, writer: MetricWriter, extra_fn=None):
+    self._writer = writer
+    self._pending = None
+    self._extra_fn = extra_fn  # step, metrics -> dict of host-side scalars (time, tokens/s, mfu)
+
+  def push(self, step: int, device_metrics):
+    """Queues this step's metrics; flushes the previous step's. Returns the flushed host metrics, if any."""
+    flushed = self.flush()
+    self._pending = (step, device_metrics, time.perf_counter())
+    return flushed
+
+  def flush(self):
+    if self._pending is None:
+      return None
+    step, metrics, _ = self._pending
+    self._pending = None
+    host = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+    if not math.isfinite(host.get("loss", 0.0)):
+      raise NonFiniteLossError(f"loss became {host['loss']} at step {step}: stopping (the last good checkpoint "
+                               "is kept)")
+    if self._extra_fn is not None:
+      host.update(self._extra_fn(step, host))
+    self._writer.write(step, host)
+    return step, host
+
+
+def progress_bar(total: int, initial: int = 0, desc: str = "train"):
+  """A tqdm bar on process 0 (a no-op object elsewhere)."""
+  if jax.process_index() != 0:
+    return _NoBar()
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=1.0)
+
+
+class _NoBar:
+  def update(self, n=1):
+    del n
+
+  def set_postfix(self, *args, **kwargs):
+    del args, kwargs
+
+  def close(self):
+    pass
