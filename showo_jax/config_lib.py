@@ -8,6 +8,7 @@ Command-line overrides come from absl's `config_flags` (`--config configs/showo.
 
 import ml_collections
 
+from showo_jax.common import axes
 from showo_jax.models import vocab as vocab_lib
 
 ConfigDict = ml_collections.ConfigDict
@@ -32,7 +33,6 @@ VOCAB_PRESETS = {
 FAMILIES = ("phi", "llama")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_qkv_proj")
-TASKS = ("t2i", "lm", "mmu")
 
 
 class ConfigError(ValueError):
@@ -91,7 +91,8 @@ def showo_config(size: str = "tiny", res: int = 256) -> ConfigDict:
       num_image_tokens=64 if tiny else (res // 16) ** 2,  # N: 256 @256px, 1024 @512px
       max_text_len=16 if tiny else 128,  # T: text budget (dataset.preprocessing.max_seq_length)
   ))
-  c.tokenizer = ConfigDict(dict(path=""))  # local tokenizer.json (never a hub download)
+  c.text_tokenizer = ConfigDict(dict(path=""))  # local tokenizer.json (never a hub download)
+  c.tokenizer = ConfigDict(dict(checkpoint=""))  # the image tokenizer (MAGVIT-v2) checkpoint folder
   c.loss = ConfigDict(dict(
       t2i_coeff=1.0, lm_coeff=0.1, mmu_coeff=1.0,
       mask_schedule="cosine",  # cosine | linear | pow<k> | sigmoid
@@ -100,6 +101,22 @@ def showo_config(size: str = "tiny", res: int = 256) -> ConfigDict:
       # Official quirk (SPEC §0.4): <|soi|>/<|eoi|> are their own t2i targets. False = masked image tokens only.
       t2i_boundary_targets=True,
   ))
+  c.train = ConfigDict(dict(
+      steps=1000, seed=0,
+      batch_t2i=4, batch_lm=2, batch_mmu=2,  # global rows of each task per step
+      grad_accum_steps=1,
+      log_every=10, checkpoint_every=500, keep_checkpoints=3, sample_every=0,  # 0 = never
+      init_from="",  # params only: a Show-o checkpoint (ours or official) to start from
+      peak_tflops_per_device=0.0,  # for MFU; 0 = measure a float32 matmul once at startup
+      distributed=False,  # jax.distributed.initialize() (multi-host)
+  ))
+  c.optimizer = ConfigDict(dict(
+      lr=1e-4, warmup_steps=100, final_lr_fraction=0.0, b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=0.01, weight_decay_mask="clean",  # "official": decay everything but biases (SPEC §0.11)
+      grad_clip_norm=1.0,
+  ))
+  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.logical_axis_rules = [[name, list(m) if isinstance(m, tuple) else m] for name, m in axes.DEFAULT_RULES]
   return c
 
 
@@ -154,6 +171,19 @@ def validate(config) -> ConfigDict:
     _check(loss[name] >= 0, f"config.loss.{name}={loss[name]} must be >= 0")
   _check(loss.cond_dropout_prob <= 1 and loss.min_masking_rate <= 1,
          "config.loss.cond_dropout_prob and config.loss.min_masking_rate must be <= 1")
+  if "train" in config:
+    t = config.train
+    for name in ("steps", "grad_accum_steps", "log_every"):
+      _check(t[name] > 0, f"config.train.{name}={t[name]} must be positive")
+    for name in ("batch_t2i", "batch_lm", "batch_mmu", "checkpoint_every", "sample_every"):
+      _check(t[name] >= 0, f"config.train.{name}={t[name]} must be >= 0")
+    _check(t.batch_t2i + t.batch_lm + t.batch_mmu > 0, "config.train: all task batch sizes are 0")
+    for name in ("batch_t2i", "batch_lm", "batch_mmu"):
+      _check(t[name] % t.grad_accum_steps == 0,
+             f"config.train.{name}={t[name]} is not divisible by config.train.grad_accum_steps={t.grad_accum_steps}")
+    _check(config.optimizer.weight_decay_mask in ("clean", "official"),
+           f"config.optimizer.weight_decay_mask={config.optimizer.weight_decay_mask!r} is not 'clean' or 'official'")
+    _check(config.optimizer.lr > 0, f"config.optimizer.lr={config.optimizer.lr} must be positive")
   from showo_jax.sampling import mask_schedule  # pylint: disable=g-import-not-at-top
   try:
     mask_schedule.get(loss.mask_schedule)
