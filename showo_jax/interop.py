@@ -16,15 +16,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from showo_jax import config_lib
 from showo_jax.models import omni_mask
 from showo_jax.models import transformer
 from showo_jax.models import vocab as vocab_lib
+from showo_jax.official import magvit_keys
 from showo_jax.official import reader
 from showo_jax.official import showo_keys
 from showo_jax.training import losses
 
 CheckpointError = reader.CheckpointError
+load_official_magvit = magvit_keys.load_official_magvit
+magvit_encode = magvit_keys.magvit_encode
+magvit_decode = magvit_keys.magvit_decode
 
 
 def _official_config_json(source):
@@ -130,13 +133,5 @@ def showo_losses(params, config, batch) -> dict:
           "total": float(out["loss"])}
 
 
-def __getattr__(name):
-  # MAGVIT-v2 interop lives with its key mapping; re-exported lazily to keep this import light.
-  if name in ("load_official_magvit", "magvit_encode", "magvit_decode"):
-    from showo_jax.official import magvit_keys  # pylint: disable=g-import-not-at-top
-    return getattr(magvit_keys, name)
-  raise AttributeError(name)
-
-
 __all__ = ["load_official_showo", "showo_logits", "attention_mask", "showo_losses", "load_official_magvit",
-           "magvit_encode", "magvit_decode", "config_lib"]
+           "magvit_encode", "magvit_decode"]

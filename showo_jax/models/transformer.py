@@ -6,6 +6,12 @@ Two families (SPEC §1):
   llama: pre-RMSNorm attention then pre-RMSNorm SwiGLU MLP, full rotary, no biases, grouped-query attention,
          per-head RMSNorm QK-norm, untied head without bias.
 The attention mask is a precomputed boolean [B, L, L] (omni-attention, see models/omni_mask.py).
+
+Decode mode (`Transformer(cfg, decode=True)`) keeps a key/value cache in the Linen "cache" collection:
+`cached_key`/`cached_value` [B, max_len, Hkv, D] and a `cache_index` per layer. Each call writes its Lq new
+keys/values at [index, index + Lq) and attends over all max_len cached slots, so `allowed` is then
+[B, Lq, max_len] and `positions` must be the absolute positions of the new tokens. `init_cache` makes an empty
+cache; the cached-sampling helpers live in sampling/autoregressive.py. Decode mode adds no parameters.
 """
 
 import dataclasses
@@ -18,6 +24,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from showo_jax import config_lib
 from showo_jax.common import axes
+from showo_jax.models import dense
 from showo_jax.models import layers
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -75,12 +82,13 @@ class TransformerConfig:
 
 
 def _dense(cfg: TransformerConfig, features, in_names, out_names, name, axis=-1, use_bias=None):
-  """A DenseGeneral with logically partitioned kernel and bias (bias only for phi by default)."""
+  """A dense layer with logically partitioned kernel and bias (bias only for phi by default)."""
   use_bias = cfg.is_phi if use_bias is None else use_bias
-  return nn.DenseGeneral(
-      features=features, axis=axis, use_bias=use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-      kernel_init=layers.normal_init(cfg.init_std, tuple(in_names) + tuple(out_names)),
-      bias_init=layers.zeros_init(out_names), name=name)
+  features = tuple(features) if isinstance(features, (tuple, list)) else (features,)
+  num_in = len(axis) if isinstance(axis, (tuple, list)) else 1
+  return dense.Dense(features=features, kernel_axes=tuple(in_names) + tuple(out_names), num_in_axes=num_in,
+                     use_bias=use_bias, init_std=cfg.init_std, dtype=cfg.compute_dtype,
+                     param_dtype=cfg.weight_dtype, name=name)
 
 
 def _norm(cfg: TransformerConfig, name: str):
@@ -92,6 +100,7 @@ def _norm(cfg: TransformerConfig, name: str):
 class Attention(nn.Module):
   """Multi-head / grouped-query attention with per-head QK-norm (before RoPE) and a boolean mask."""
   cfg: TransformerConfig
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x, allowed, cos, sin):
@@ -112,8 +121,24 @@ class Attention(nn.Module):
     q = nn.with_logical_constraint(q, (axes.BATCH, axes.LENGTH, axes.ACT_HEADS, None))
     k = nn.with_logical_constraint(k, (axes.BATCH, axes.LENGTH, axes.ACT_KV_HEADS, None))
     v = nn.with_logical_constraint(v, (axes.BATCH, axes.LENGTH, axes.ACT_KV_HEADS, None))
-    out = layers.dot_product_attention(q, k, v, allowed, cfg.compute_dtype)  # [B, L, H, D]
+    if self.decode:
+      k, v = self._update_cache(k, v)  # [B, max_len, Hkv, D]
+    out = layers.dot_product_attention(q, k, v, allowed, cfg.compute_dtype)  # [B, Lq, H, D]
     return _dense(cfg, cfg.hidden_size, [axes.HEADS, axes.HEAD_DIM], [axes.EMBED], "o_proj", axis=(-2, -1))(out)
+
+  def _update_cache(self, k, v):
+    """Writes k, v [B, Lq, Hkv, D] at the cache index; returns the whole cache [B, max_len, Hkv, D]."""
+    initialized = self.has_variable("cache", "cached_key")
+    cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+    if not initialized:  # `init`: the input length sets max_len; nothing is written
+      return k, v
+    i = index.value
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, i, 0, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, i, 0, 0))
+    index.value = i + k.shape[1]
+    return cached_k.value, cached_v.value
 
 
 class Mlp(nn.Module):
@@ -136,13 +161,14 @@ class Mlp(nn.Module):
 class DecoderBlock(nn.Module):
   """One decoder layer; returns (x, None) so that it can be scanned."""
   cfg: TransformerConfig
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x, allowed, cos, sin):
     cfg = self.cfg
     x = nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
     h = _norm(cfg, "input_norm")(x)
-    attn = Attention(cfg, name="attn")(h, allowed, cos, sin)
+    attn = Attention(cfg, self.decode, name="attn")(h, allowed, cos, sin)
     self.sow("intermediates", "attn_out", attn)
     if cfg.is_phi:  # parallel residual from one shared pre-norm
       x = x + attn + Mlp(cfg, name="mlp")(h)
@@ -155,8 +181,12 @@ class DecoderBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-  """Unified-vocabulary decoder: ids [B, L] + allowed [B, L, L] → float32 logits [B, L, V]."""
+  """Unified-vocabulary decoder: ids [B, L] + allowed [B, L, L] → float32 logits [B, L, V].
+
+  With `decode=True`, see the module docstring: allowed is [B, Lq, max_len] and the cache is mutable.
+  """
   cfg: TransformerConfig
+  decode: bool = False
 
   def setup(self):
     cfg = self.cfg
@@ -165,20 +195,21 @@ class Transformer(nn.Module):
         param_dtype=cfg.weight_dtype,
         embedding_init=layers.normal_init(cfg.init_std, (axes.VOCAB, axes.EMBED)))
     block = DecoderBlock
-    if cfg.remat_policy != "none":
+    if cfg.remat_policy != "none" and not self.decode:  # no backward pass when decoding
       block = nn.remat(block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       self.layers = nn.scan(
-          block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
+          block, variable_axes={"params": 0, "intermediates": 0, "cache": 0}, split_rngs={"params": True},
           in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
-          metadata_params={nn.PARTITION_NAME: axes.LAYERS})(cfg, name="layers")
+          metadata_params={nn.PARTITION_NAME: axes.LAYERS})(cfg, self.decode, name="layers")
     else:
-      self.layers = [block(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+      self.layers = [block(cfg, self.decode, name=f"layers_{i}") for i in range(cfg.num_layers)]
     self.final_norm = _norm(cfg, "final_norm")
     self.lm_head = _dense(cfg, cfg.vocab_size, [axes.EMBED], [axes.VOCAB], "lm_head")
 
   def __call__(self, input_ids, allowed, positions: Optional[jax.Array] = None):
-    """Args: input_ids int [B, L]; allowed bool [B, L, L]; positions int [B, L] (default arange(L))."""
+    """Args: input_ids int [B, L]; allowed bool [B, L, L] ([B, L, max_len] in decode mode); positions int
+    [B, L] (default arange(L), which in decode mode is only right for an unpadded prompt written at 0)."""
     cfg = self.cfg
     if positions is None:  # official: plain arange over the padded sequence (SPEC §0.12)
       positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
@@ -194,3 +225,11 @@ class Transformer(nn.Module):
     self.sow("intermediates", "final_norm_out", x)
     logits = self.lm_head(x).astype(jnp.float32)
     return nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.ACT_VOCAB))
+
+
+def init_cache(cfg: TransformerConfig, batch_size: int, max_len: int):
+  """An empty decode cache (zeros, index 0) for `Transformer(cfg, decode=True)`; shapes only, no param init."""
+  model = Transformer(cfg, decode=True)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((batch_size, max_len), jnp.int32),
+                          jnp.ones((batch_size, max_len, max_len), bool))["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

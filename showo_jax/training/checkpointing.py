@@ -53,6 +53,11 @@ class Checkpointer:
     restored = self._manager.restore(int(step), args=ocp.args.Composite(**items))
     return restored["state"], restored.get("data_iter") if data_iter is not None else None
 
+  def restore_raw(self, step: int):
+    """The saved state as a tree of host arrays, without a target (for params-only loading)."""
+    restored = self._manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return restored["state"]
+
   def saved_config(self, step: int) -> dict:
     restored = self._manager.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return restored["config"]

@@ -83,5 +83,7 @@ def make_train_step(model: transformer.Transformer, tx, config, lr_schedule):
   return train_step
 
 
-def unbox(tree):
-  return nn.unbox(tree)
+def strip_boxes(tree):
+  """The values inside nn.Partitioned boxes, without applying their sharding constraints (for abstract trees)."""
+  return jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x, tree,
+                      is_leaf=lambda x: isinstance(x, nn.Partitioned))

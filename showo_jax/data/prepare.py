@@ -1,0 +1,91 @@
+"""Everything the Show-o trainer reads, made ready before the first step.
+
+`config.data.source`:
+  "embedded"  the bundled default (data/embedded.py): trains the text BPE into WORKDIR/text_tokenizer.json
+              and, unless `config.tokenizer.checkpoint` is set, the tiny MAGVIT-v2 into WORKDIR/tokenizer/;
+              then pre-tokenizes the MNIST train/test splits into WORKDIR/data/. Each product is reused when it
+              is already complete, so a restarted run skips straight to training.
+  "records"   pre-tokenized ArrayRecord folders (or `tfds:NAME:SPLIT@DIR` specs) in `config.data.t2i_records`,
+              `config.data.mmu_records`, `config.data.lm_records`, with `config.text_tokenizer.path`.
+Only process 0 writes; the others wait for it.
+"""
+
+import dataclasses
+import os
+
+import jax
+
+from showo_jax.data import embedded
+from showo_jax.data import records
+from showo_jax.data import text_tokenizer as text_tokenizer_lib
+from showo_jax.models import vocab as vocab_lib
+
+
+@dataclasses.dataclass
+class TrainingData:
+  layout: vocab_lib.VocabLayout
+  text_tokenizer: text_tokenizer_lib.TextTokenizer
+  sources: dict  # task -> random-access source of records
+  image_tokenizer: str = ""  # checkpoint folder of the image tokenizer ("" = none configured)
+  eval_sources: dict = dataclasses.field(default_factory=dict)
+
+
+def _barrier(name: str):
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def _text_tokenizer(config, workdir: str, layout) -> text_tokenizer_lib.TextTokenizer:
+  path = config.text_tokenizer.path
+  if not path:
+    if config.data.source != "embedded":
+      raise ValueError("config.text_tokenizer.path is empty: point it at a local tokenizer.json")
+    path = os.path.join(workdir, "text_tokenizer.json")
+    if jax.process_index() == 0 and not os.path.exists(path):
+      embedded.train_text_tokenizer(path, vocab_size=layout.llm_vocab_size)
+    _barrier("text_tokenizer")
+  tok = text_tokenizer_lib.TextTokenizer(path, layout)
+  if tok.vocab_size != layout.llm_vocab_size:
+    raise ValueError(f"{path} has {tok.vocab_size} tokens but config.model.vocab.llm_vocab_size = "
+                     f"{layout.llm_vocab_size}: set the config to the tokenizer's size")
+  return tok
+
+
+def _embedded_records(config, workdir: str):
+  """(train records folder, test records folder, tokenizer checkpoint) for the embedded default."""
+  from showo_jax import tokenize_images  # pylint: disable=g-import-not-at-top
+  from showo_jax.training import tokenizer_trainer  # pylint: disable=g-import-not-at-top
+  checkpoint = config.tokenizer.checkpoint
+  if jax.process_index() == 0:
+    if not checkpoint:
+      checkpoint = tokenizer_trainer.train_tokenizer(config.tokenizer.magvit, os.path.join(workdir, "tokenizer"))
+    for split in ("train", "test"):
+      folder = os.path.join(workdir, "data", f"mnist_{split}")
+      if not os.path.exists(os.path.join(folder, records.META)):
+        tokenize_images.pretokenize(checkpoint, f"embedded:{split}", folder)
+  _barrier("pretokenize")
+  checkpoint = checkpoint or os.path.join(workdir, "tokenizer")
+  return os.path.join(workdir, "data", "mnist_train"), os.path.join(workdir, "data", "mnist_test"), checkpoint
+
+
+def prepare_training_data(config, workdir: str) -> TrainingData:
+  layout = vocab_lib.VocabLayout.from_config(config)
+  tok = _text_tokenizer(config, workdir, layout)
+  if config.data.source == "embedded":
+    train, test, checkpoint = _embedded_records(config, workdir)
+    image_source = records.open_source(train)
+    sources = {"t2i": image_source, "mmu": image_source, "lm": [{"text": t} for t in embedded.load_text("train")]}
+    eval_sources = {"images": records.open_source(test), "text": embedded.load_text("test")}
+    return TrainingData(layout, tok, sources, checkpoint, eval_sources)
+  if config.data.source == "records":
+    d = config.data
+    sources = {}
+    for task in ("t2i", "mmu", "lm"):
+      spec = d.get(f"{task}_records", "")
+      if spec:
+        sources[task] = records.open_source(spec)
+      elif config.train[f"batch_{task}"] > 0:
+        raise ValueError(f"config.data.{task}_records is empty but config.train.batch_{task} > 0")
+    return TrainingData(layout, tok, sources, config.tokenizer.checkpoint)
+  raise ValueError(f"config.data.source={config.data.source!r}: use 'embedded' or 'records'")

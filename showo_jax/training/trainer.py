@@ -1,0 +1,172 @@
+"""train_and_evaluate(config, workdir): the Show-o training loop.
+
+Resume order (first that applies): 1. the workdir's latest checkpoint (state + data position); 2.
+`config.train.init_from` (params only: one of our checkpoints, or an official Show-o state dict); 3. scratch.
+"""
+
+import functools
+import logging
+import os
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from showo_jax import config_lib
+from showo_jax import sharding
+from showo_jax.data import pipeline
+from showo_jax.data import prepare
+from showo_jax.models import transformer
+from showo_jax.training import checkpointing
+from showo_jax.training import flops as flops_lib
+from showo_jax.training import metrics as metrics_lib
+from showo_jax.training import optimizer as optimizer_lib
+from showo_jax.training import train_step as step_lib
+
+# Fields that must agree between a checkpoint and the run resuming it.
+_RESUME_FIELDS = ("model.family", "model.hidden_size", "model.num_layers", "model.num_heads", "model.num_kv_heads",
+                  "model.intermediate_size", "model.vocab_size", "model.scan_layers", "model.vocab.llm_vocab_size",
+                  "model.vocab.codebook_size", "data.max_text_len", "data.num_image_tokens")
+
+
+def _batch_sizes(config) -> dict:
+  return {"t2i": config.train.batch_t2i, "lm": config.train.batch_lm, "mmu": config.train.batch_mmu}
+
+
+class Run:
+  """Model, optimizer, shardings and jitted functions of one training run (also used by tests and bench)."""
+
+  def __init__(self, config, mesh=None):
+    self.config = config
+    self.mesh = mesh or sharding.make_mesh(config.mesh)
+    self.rules = sharding.logical_rules(config)
+    self.model = transformer.Transformer(transformer.TransformerConfig.from_config(config))
+    self.tx, self.lr_schedule = optimizer_lib.make_optimizer(config.optimizer, config.train.steps)
+    self.seq_len = config_lib.seq_len(config)
+    rows = sum(_batch_sizes(config).values())
+    sharding.check_batch(rows // config.train.grad_accum_steps, self.mesh, "micro-batch (all tasks)")
+    init = functools.partial(step_lib.init_state, model=self.model, tx=self.tx, seq_len=self.seq_len)
+    with self.scope():
+      boxed = jax.eval_shape(init, jax.random.key(0))
+      self.state_shardings = sharding.logical_shardings(boxed, self.mesh, self.rules)
+      self.abstract_state = checkpointing.abstract_with_shardings(step_lib.strip_boxes(boxed), self.state_shardings)
+      self._init = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=self.state_shardings)
+      batch_sh = sharding.batch_sharding(self.mesh)
+      step = step_lib.make_train_step(self.model, self.tx, config, self.lr_schedule)
+      self.train_step = jax.jit(step, in_shardings=(self.state_shardings, batch_sh, sharding.replicated(self.mesh)),
+                                out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+                                donate_argnums=(0,))
+
+  def scope(self):
+    """jax.set_mesh + the logical axis rules, for everything that traces the model."""
+    import contextlib  # pylint: disable=g-import-not-at-top
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn.logical_axis_rules(self.rules))
+    return stack
+
+  def init_state(self, seed: int):
+    with self.scope():
+      return self._init(jax.random.key(seed))
+
+  def step(self, state, local_batch: dict, rng):
+    with self.scope():
+      return self.train_step(state, sharding.global_batch(local_batch, self.mesh), rng)
+
+
+def _init_from(run: Run, state, source: str):
+  """Replaces the params of a fresh state with those of another checkpoint (params only)."""
+  from showo_jax import checkpoint_io  # pylint: disable=g-import-not-at-top
+  params = checkpoint_io.load_params(source, run.config)
+  params = jax.device_put(params, run.state_shardings.params)
+  return state.replace(params=params)
+
+
+def _peak_flops(config) -> float:
+  peak = float(config.train.peak_tflops_per_device) * 1e12
+  if peak > 0:
+    return peak * (1 if jax.default_backend() == "cpu" else jax.device_count())
+  return flops_lib.measure_matmul_peak()  # on CPU the fake devices share the same cores: one machine peak
+
+
+def train_and_evaluate(config, workdir: str):
+  """Trains Show-o as configured; returns the final (host-side) metrics of the last logged step."""
+  config_lib.validate(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  data = prepare.prepare_training_data(config, workdir)  # tokenizers and pre-tokenized sources
+  run = Run(config)
+  tokens_per_step = sum(_batch_sizes(config).values()) * run.seq_len
+  flops_per_step = flops_lib.train_flops_per_step(config)
+  peak = _peak_flops(config)
+
+  datasets = pipeline.task_datasets(data.sources, _batch_sizes(config), data.text_tokenizer, data.layout, config,
+                                    seed=config.train.seed, process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+  data_iter = pipeline.MultiTaskIterator(datasets)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints)
+  ckpt.install_preemption_handler()
+  state = run.init_state(config.train.seed)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    saved = ckpt.saved_config(latest)
+    checkpointing.check_compatible(saved, config.to_dict(), _RESUME_FIELDS)
+    state, _ = ckpt.restore(latest, run.abstract_state, data_iter=data_iter)
+    logging.info("resumed from %s step %d", ckpt.directory, latest)
+  elif config.train.init_from:
+    state = _init_from(run, state, config.train.init_from)
+  start = int(jax.device_get(state.step))
+
+  writer = metrics_lib.MetricWriter(workdir)
+  last = {"time": time.perf_counter(), "step": start}
+
+  def host_metrics(step, host):
+    del host
+    now = time.perf_counter()  # read one step late, so this spans whole steps (dispatch to dispatch)
+    dt = (now - last["time"]) / max(step - last["step"], 1)
+    last.update(time=now, step=step)
+    return {"step_time_s": dt, "tokens_per_s": tokens_per_step / dt, "mfu": flops_per_step / dt / peak,
+            "corrupt_records": float(sum(getattr(s, "num_corrupt", 0) for s in data.sources.values()))}
+
+  logger = metrics_lib.BufferedLogger(writer, host_metrics)
+  sampler = None
+  if config.train.sample_every:
+    from showo_jax.training import samples  # pylint: disable=g-import-not-at-top
+    sampler = samples.SampleWriter(config, data, workdir)
+  bar = metrics_lib.progress_bar(config.train.steps, initial=start)
+  rng = jax.random.key(config.train.seed)
+  final = None
+  step = start
+  try:
+    while step < config.train.steps:
+      batch = next(data_iter)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, device_metrics = run.step(state, batch, rng)
+      step += 1
+      bar.update(1)
+      preempted = ckpt.preempted()
+      save = preempted or step == config.train.steps or (
+          config.train.checkpoint_every and step % config.train.checkpoint_every == 0)
+      if save or step % config.train.log_every == 0:
+        flushed = logger.push(step, device_metrics)
+        if save:  # check this very step's loss: a non-finite loss raises here, before it is saved
+          flushed = logger.flush()
+        if flushed:
+          final = flushed[1]
+          bar.set_postfix(loss=f"{final['loss']:.3f}")
+      if save:
+        ckpt.save(step, state, data_iter=data_iter, config=config)
+      if sampler is not None and step % config.train.sample_every == 0:
+        sampler.write(step, state.params, writer)
+      if preempted:
+        logging.warning("preempted (SIGTERM): saved step %d, stopping", step)
+        break
+    flushed = logger.flush()
+    final = flushed[1] if flushed else final
+  finally:
+    bar.close()
+    ckpt.close()
+    writer.close()
+  return final
+
