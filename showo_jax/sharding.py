@@ -58,6 +58,18 @@ def logical_shardings(boxed_tree, mesh, rules):
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
+def check_divisible(abstract_tree):
+  """Fails before compiling when a sharded dimension is not a multiple of its mesh axes' size."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_tree)[0]:
+    spec, mesh = leaf.sharding.spec, leaf.sharding.mesh
+    for dim, entry in zip(leaf.shape, tuple(spec)):
+      names = entry if isinstance(entry, tuple) else (entry,) if entry else ()
+      parts = math.prod(mesh.shape[n] for n in names)
+      if dim % parts:
+        raise MeshError(f"{jax.tree_util.keystr(path)} has a dimension of {dim}, not divisible by the {parts} "
+                        f"devices of mesh axes {names} (pad the size, e.g. config.model.vocab_size, or change the mesh)")
+
+
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, jax.P())
 
@@ -93,6 +105,7 @@ def maybe_initialize_distributed(enabled: bool):
   if not enabled or jax.distributed.is_initialized():
     return
   env = os.environ
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU cross-process collectives (tests, laptops)
   if "JAX_COORDINATOR_ADDRESS" in env:
     jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
                                num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"]))

@@ -51,6 +51,7 @@ class Run:
       boxed = jax.eval_shape(init, jax.random.key(0))
       self.state_shardings = sharding.logical_shardings(boxed, self.mesh, self.rules)
       self.abstract_state = checkpointing.abstract_with_shardings(step_lib.strip_boxes(boxed), self.state_shardings)
+      sharding.check_divisible(self.abstract_state.params)
       self._init = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=self.state_shardings)
       batch_sh = sharding.batch_sharding(self.mesh)
       step = step_lib.make_train_step(self.model, self.tx, config, self.lr_schedule)
@@ -138,15 +139,18 @@ def train_and_evaluate(config, workdir: str):
   rng = jax.random.key(config.train.seed)
   final = None
   step = start
+  end = config.train.steps
+  if config.train.get("stop_after", 0):  # a time-limited job: run this many steps, checkpoint, exit
+    end = min(end, start + config.train.stop_after)
   try:
-    while step < config.train.steps:
+    while step < end:
       batch = next(data_iter)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, device_metrics = run.step(state, batch, rng)
       step += 1
       bar.update(1)
       preempted = ckpt.preempted()
-      save = preempted or step == config.train.steps or (
+      save = preempted or step == end or (
           config.train.checkpoint_every and step % config.train.checkpoint_every == 0)
       if save or step % config.train.log_every == 0:
         flushed = logger.push(step, device_metrics)

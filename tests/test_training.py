@@ -1,0 +1,97 @@
+"""Training system: exact resume, mesh independence, gradient accumulation, bad input."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from showo_jax import checkpoint_io
+from showo_jax import sharding
+from showo_jax.data import pipeline
+from showo_jax.data import prepare
+from showo_jax.training import trainer
+import train_fixtures
+
+
+def _final_params(workdir):
+  params, _ = checkpoint_io.load_checkpoint(workdir)
+  return params
+
+
+def test_resume_is_bit_exact(tmp_path):
+  data = str(tmp_path / "data")
+  straight = str(tmp_path / "straight")
+  trainer.train_and_evaluate(train_fixtures.tiny_config(data, steps=3), straight)
+  resumed = str(tmp_path / "resumed")
+  interrupted = train_fixtures.tiny_config(data, steps=3)
+  interrupted.train.stop_after = 2  # as if the job had been stopped after step 2
+  trainer.train_and_evaluate(interrupted, resumed)
+  assert checkpoint_io.load_checkpoint(resumed)[1].train.steps == 3
+  trainer.train_and_evaluate(train_fixtures.tiny_config(data, steps=3), resumed)  # resumes at step 2
+  a, b = _final_params(straight), _final_params(resumed)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  rows = [json.loads(l) for l in open(os.path.join(straight, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [1, 2, 3]
+  for key in ("loss", "loss_t2i", "loss_lm", "loss_mmu", "grad_norm", "lr", "step_time_s", "tokens_per_s", "mfu"):
+    assert np.isfinite(rows[-1][key]), key
+  resumed_rows = [json.loads(l) for l in open(os.path.join(resumed, "metrics.jsonl"))]
+  assert resumed_rows[-1]["loss"] == rows[-1]["loss"]  # step 3 saw the same batch and params
+
+
+def _one_step_loss(config, mesh, accum=1):
+  config.train.grad_accum_steps = accum
+  run = trainer.Run(config, mesh=mesh)
+  data = prepare.prepare_training_data(config, "/tmp/unused")
+  datasets = pipeline.task_datasets(data.sources, {"t2i": 4, "lm": 2, "mmu": 2}, data.text_tokenizer, data.layout,
+                                    config, seed=0)
+  batch = next(pipeline.MultiTaskIterator(datasets))
+  state = run.init_state(0)
+  state, metrics = run.step(state, batch, jax.random.key(0))
+  return float(metrics["loss"]), jax.tree.map(np.asarray, state.params)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 1), (2, 2, 2), (2, 1, 4)])
+def test_meshes_give_the_same_step(tmp_path, shape):
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 (fake) devices")
+  config = train_fixtures.tiny_config(str(tmp_path))
+  ref_loss, ref_params = _one_step_loss(config, sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1},
+                                                                   jax.devices()[:1]))
+  config.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])
+  loss, params = _one_step_loss(config, sharding.make_mesh(config.mesh))
+  assert abs(loss - ref_loss) <= 1e-5
+  for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+    np.testing.assert_allclose(x, y, atol=2e-5)
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path):
+  config = train_fixtures.tiny_config(str(tmp_path))
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 1}, jax.devices()[:2])
+  loss1, params1 = _one_step_loss(config, mesh, accum=1)
+  loss2, params2 = _one_step_loss(config, mesh, accum=2)
+  assert abs(loss1 - loss2) <= 1e-5
+  for x, y in zip(jax.tree.leaves(params1), jax.tree.leaves(params2)):
+    np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def test_mesh_that_does_not_fit_fails_before_compiling():
+  with pytest.raises(sharding.MeshError, match=r"needs 12 devices, but 8 are available"):
+    sharding.make_mesh({"data": 3, "fsdp": 4, "tensor": 1})
+  mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+  with pytest.raises(sharding.MeshError, match=r"global batch 12 is not divisible by data×fsdp = 8"):
+    sharding.check_batch(12, mesh)
+
+
+def test_incompatible_checkpoint_refuses_to_resume(tmp_path):
+  data = str(tmp_path / "data")
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(train_fixtures.tiny_config(data, steps=1), workdir)
+  config = train_fixtures.tiny_config(data, steps=2)
+  config.model.num_layers = 3
+  from showo_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  with pytest.raises(checkpointing.CheckpointMismatchError, match=r"config.model.num_layers=2, this run has "
+                                                                  r"config.model.num_layers=3"):
+    trainer.train_and_evaluate(config, workdir)

@@ -1,0 +1,44 @@
+"""Small training setups for tests: a tiny config over synthetic pre-tokenized records (no tokenizer training)."""
+
+import os
+
+import numpy as np
+
+from showo_jax import config_lib
+from showo_jax.data import embedded
+from showo_jax.data import records
+
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def make_records(folder: str, num: int = 64, codebook: int = 64, tokens: int = 16, seed: int = 0):
+  """Image-token records with captions and QA fields, plus a text corpus; returns (images, text) folders."""
+  rng = np.random.default_rng(seed)
+  images = os.path.join(folder, "images")
+  if not os.path.exists(os.path.join(images, records.META)):
+    records.write_records(images, ({"image_tokens": rng.integers(0, codebook, tokens).astype(np.int16),
+                                    "caption": embedded.caption(i % 10), "label": i % 10,
+                                    "question": embedded.QUESTION, "answer": WORDS[i % 10]} for i in range(num)),
+                          num_shards=2)
+  text = os.path.join(folder, "text")
+  if not os.path.exists(os.path.join(text, records.META)):
+    docs = [" ".join(rng.choice(WORDS, 40)) for _ in range(20)]
+    records.write_records(text, ({"text": d} for d in docs))
+  tok = os.path.join(folder, "text_tokenizer.json")
+  if not os.path.exists(tok):
+    embedded.train_text_tokenizer(tok, vocab_size=300)
+  return images, text, tok
+
+
+def tiny_config(folder: str, steps: int = 3):
+  images, text, tok = make_records(folder)
+  c = config_lib.showo_config("tiny")
+  c.model.vocab.update(llm_vocab_size=300, codebook_size=64, bos_id=0, eos_id=0)
+  c.model.vocab_size = 384  # 375 used, padded so that tensor parallelism divides it
+  c.data.update(source="records", t2i_records=images, mmu_records=images, lm_records=text, num_image_tokens=16,
+                max_text_len=12, lm_window_chars=200)
+  c.text_tokenizer.path = tok
+  c.train.update(steps=steps, batch_t2i=4, batch_lm=2, batch_mmu=2, log_every=1, checkpoint_every=0,
+                 peak_tflops_per_device=1.0)
+  c.optimizer.update(lr=1e-3, warmup_steps=1)
+  return config_lib.validate(c)
