@@ -1,0 +1,32 @@
+"""Two processes on 127.0.0.1 (jax.distributed, launch/local_multiprocess.sh) match one process."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import train_fixtures
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _run(cmd, env_extra):
+  env = dict(os.environ, **env_extra)
+  env.pop("XLA_FLAGS", None) if "XLA_FLAGS" not in env_extra else None
+  subprocess.run(cmd, check=True, env=env, cwd=ROOT, timeout=600, capture_output=True)
+
+
+def test_two_processes_match_one(tmp_path):
+  data = str(tmp_path / "data")
+  train_fixtures.make_records(data)
+  script = str(ROOT / "tests" / "distributed_step.py")
+  single = tmp_path / "single.json"
+  _run([sys.executable, script, data, str(single)], {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  multi = tmp_path / "multi.json"
+  _run([str(ROOT / "launch" / "local_multiprocess.sh"), sys.executable, script, data, str(multi), "distributed"],
+       {"NUM_PROCESSES": "2", "DEVICES_PER_PROCESS": "4"})
+  a, b = json.loads(single.read_text()), json.loads(multi.read_text())
+  assert (a["processes"], b["processes"], a["devices"], b["devices"]) == (1, 2, 8, 8)
+  for key in ("loss", "loss_t2i", "loss_lm", "loss_mmu", "grad_norm"):
+    assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(a[key])), (key, a[key], b[key])
