@@ -29,7 +29,7 @@ Deliberate differences from the official code, none of which changes a result on
 
 import dataclasses
 import functools
-from typing import Callable, Optional
+from typing import Callable
 
 import flax.struct
 import jax
@@ -116,13 +116,13 @@ class StepOutput:
   next_tokens: jax.Array  # int32 [B, N]: token ids fed to the next step
 
 
-def step_from_draws(logits, tokens, step, config: MaskGitConfig, draws, noise) -> StepOutput:
+def step_from_draws(logits, tokens, step_index, config: MaskGitConfig, draws, noise) -> StepOutput:
   """One MaskGIT step with given randomness (used by `decode`, and by tests with the recorded draws).
 
   Args:
     logits: float [B, N, V] (full vocabulary, guidance already applied) at the image positions.
     tokens: int [B, N] current image token ids, config.mask_id where unknown.
-    step: int scalar k.
+    step_index: int scalar k.
     config: MaskGitConfig.
     draws: int [B, N] codes drawn from `probs` at every position (the `multinomial_samples`).
     noise: float32 [B, N] Gumbel noise.
@@ -134,9 +134,9 @@ def step_from_draws(logits, tokens, step, config: MaskGitConfig, draws, noise) -
   sampled = jnp.where(unknown, draws, tokens - config.codebook_start).astype(jnp.int32)
   selected = jnp.take_along_axis(probs, jnp.clip(sampled, 0, config.codebook_size - 1)[..., None], -1)[..., 0]
   selected = jnp.where(unknown, selected, jnp.float32(_FLOAT32_MAX))
-  temperature = jnp.asarray(config.temperatures())[step]
+  temperature = jnp.asarray(config.temperatures())[step_index]
   confidence = jnp.log(jnp.maximum(selected, 1e-20)) + temperature * noise
-  mask_len = mask_lengths(config, step, unknown.sum(-1, dtype=jnp.int32), n)
+  mask_len = mask_lengths(config, step_index, unknown.sum(-1, dtype=jnp.int32), n)
   masking = bottom_k_mask(confidence, mask_len, unknown)
   next_tokens = jnp.where(masking, config.mask_id, sampled + config.codebook_start).astype(jnp.int32)
   return StepOutput(probs=probs, sampled=sampled, selected_probs=selected, confidence=confidence,
