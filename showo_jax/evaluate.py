@@ -1,0 +1,104 @@
+"""`python -m showo_jax.evaluate --workdir DIR [--checkpoint PATH]`: the embedded test split's report card.
+
+Writes DIR/eval.json and DIR/eval.png:
+  mmu_accuracy            share of test digits whose answer to "What digit is this?" is the right word
+  t2i_class_consistency   share of images generated for "a handwritten digit k" that a pixel classifier, trained
+                          on the training split's real images, labels k (`--per_class` images per digit)
+  classifier_test_accuracy  the same classifier on real test images (how much to trust the judge)
+  tokenizer_psnr, tokenizer_codebook_usage   reconstruction quality and share of codes used on the test split
+  lm_perplexity           next-token perplexity on the held-out documents of the text corpus
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from showo_jax import config_lib
+from showo_jax.data import embedded
+from showo_jax.data import images as images_lib
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir; eval.json and eval.png are written here.",
+                               required=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "", "Checkpoint to evaluate (default: the workdir's latest).")
+_STEPS = flags.DEFINE_integer("steps", 12, "MaskGIT steps.")
+_GUIDANCE = flags.DEFINE_float("guidance", -1.0, "CFG weight (default: config.train.sample_guidance).")
+_PER_CLASS = flags.DEFINE_integer("per_class", 20, "Generated images per digit.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+
+
+def evaluate(workdir: str, checkpoint: str = "", *, steps: int = 12, guidance: float = -1.0, per_class: int = 20,
+             seed: int = 0) -> dict:
+  from showo_jax import eval_lib  # pylint: disable=g-import-not-at-top
+  from showo_jax.inference import Pipeline, _apply_fn  # pylint: disable=g-import-not-at-top
+  t0 = time.time()
+  pipe = Pipeline.from_checkpoint(checkpoint or workdir)
+  config = pipe.config
+  guidance = float(config.train.get("sample_guidance", 0.0)) if guidance < 0 else guidance
+  images, labels = embedded.load_mnist()
+  train_idx, test_idx = embedded.split_indices(len(images), "train"), embedded.split_indices(len(images), "test")
+  report = {"checkpoint": os.path.abspath(checkpoint or workdir), "maskgit_steps": steps, "guidance": guidance}
+
+  # The test images through the image tokenizer (the same tokenization the training data went through).
+  codes = np.concatenate([pipe.encode(images[test_idx][i:i + 250]) for i in range(0, len(test_idx), 250)])
+  test_labels = labels[test_idx]
+  answers = []
+  for i in range(0, len(codes), 100):
+    answers += pipe.mmu(codes[i:i + 100], embedded.QUESTION, max_new_tokens=6)
+  correct = [eval_lib.answer_is(a, embedded.DIGITS[k]) for a, k in zip(answers, test_labels)]
+  report["mmu_accuracy"] = float(np.mean(correct))
+  report["mmu_examples"] = [f"{embedded.DIGITS[k]} -> {a}" for a, k in list(zip(answers, test_labels))[:10]]
+
+  # T2I class consistency.
+  classifier = eval_lib.PixelClassifier(images[train_idx], labels[train_idx])
+  report["classifier_test_accuracy"] = classifier.accuracy(images[test_idx], labels[test_idx])
+  prompts = [embedded.caption(k) for k in range(10) for _ in range(per_class)]
+  wanted = np.repeat(np.arange(10), per_class)
+  generated = np.concatenate([pipe.t2i(prompts[i:i + 100], steps=steps, guidance=guidance, seed=seed + i)
+                              for i in range(0, len(prompts), 100)])
+  report["t2i_class_consistency"] = classifier.accuracy(generated, wanted)
+
+  # Tokenizer reconstruction on the test split.
+  recon = np.concatenate([pipe.decode(codes[i:i + 250]) for i in range(0, len(codes), 250)])
+  report["tokenizer_psnr"] = eval_lib.psnr(images[test_idx], recon)
+  report["tokenizer_codebook_usage"] = eval_lib.codebook_usage(codes, pipe.layout.codebook_size)
+
+  report["lm_perplexity"] = eval_lib.perplexity(_apply_fn(pipe.cfg), pipe.params, embedded.load_text("test"),
+                                                pipe.text_tokenizer, pipe.layout, config_lib.seq_len(config))
+  report["seconds"] = time.time() - t0
+  with open(os.path.join(workdir, "eval.json"), "w") as f:
+    json.dump(report, f, indent=1)
+  _summary_png(generated, per_class, images[test_idx][:10], recon[:10], os.path.join(workdir, "eval.png"))
+  return report
+
+
+def _summary_png(generated, per_class, originals, recon, path):
+  """Rows: up to 4 generated samples per digit (digit = column), then real test images over reconstructions."""
+  per_row = min(per_class, 4)
+  rows = [generated.reshape(10, per_class, *generated.shape[1:])[:, j] for j in range(per_row)]
+  rows += [originals, recon]
+  h, w = generated.shape[1:3]
+  canvas = np.full((len(rows) * (h + 2), 10 * (w + 2), 3), 255, np.uint8)
+  for r, row in enumerate(rows):
+    for c, img in enumerate(row[:10]):
+      canvas[r * (h + 2) + 1:r * (h + 2) + 1 + h, c * (w + 2) + 1:c * (w + 2) + 1 + w] = img
+  images_lib.save_png(np.kron(canvas, np.ones((3, 3, 1), np.uint8)), path)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    report = evaluate(_WORKDIR.value, _CHECKPOINT.value, steps=_STEPS.value, guidance=_GUIDANCE.value,
+                      per_class=_PER_CLASS.value, seed=_SEED.value)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  print(json.dumps({k: v for k, v in report.items() if k != "mmu_examples"}, indent=1))
+
+
+if __name__ == "__main__":
+  app.run(main)

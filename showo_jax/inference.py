@@ -1,0 +1,163 @@
+"""A loaded Show-o with its tokenizers: text → image, image → text, inpainting, extrapolation.
+
+`Pipeline.from_checkpoint(DIR)` reads one of our training workdirs (or checkpoints folder): params, the saved
+config, the text tokenizer (`config.text_tokenizer.path`, else DIR/text_tokenizer.json) and the image tokenizer
+(`config.tokenizer.checkpoint`, else DIR/tokenizer/). The samplers themselves live in showo_jax/sampling; this
+module only builds prompts, calls them, and converts between images, codes and strings.
+"""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from showo_jax import checkpoint_io
+from showo_jax.data import prompting
+from showo_jax.data import text_tokenizer as text_tokenizer_lib
+from showo_jax.models import transformer
+from showo_jax.models import vocab as vocab_lib
+from showo_jax.sampling import autoregressive
+from showo_jax.sampling import editing
+from showo_jax.sampling import maskgit
+
+
+@functools.lru_cache(maxsize=8)
+def _apply_fn(cfg: transformer.TransformerConfig):
+  """One stable (hashable) apply function per backbone config, so jitted samplers compile once."""
+  model = transformer.Transformer(cfg)
+
+  def apply(params, ids, allowed):
+    return model.apply({"params": params}, ids, allowed)
+  return apply
+
+
+def _workdir_of(path: str) -> str:
+  path = os.path.abspath(path)
+  found = checkpoint_io._checkpoint_dir(path)  # pylint: disable=protected-access
+  return os.path.dirname(found[0]) if found else path
+
+
+class Pipeline:
+  """Params + config + tokenizers, with batched generation methods (all deterministic for a seed)."""
+
+  def __init__(self, params, config, text_tokenizer, image_tokenizer=None):
+    self.params = jax.tree.map(jnp.asarray, params)
+    self.config = config
+    self.layout = vocab_lib.VocabLayout.from_config(config)
+    self.cfg = transformer.TransformerConfig.from_config(config)
+    self.text_tokenizer = text_tokenizer
+    self.image_tokenizer = image_tokenizer  # (params, magvit config) or None
+
+  @classmethod
+  def from_checkpoint(cls, path: str, *, step=None, tokenizer: str = "", text_tokenizer: str = ""):
+    params, config = checkpoint_io.load_checkpoint(path, step)
+    workdir = _workdir_of(path)
+    text_path = text_tokenizer or config.text_tokenizer.path or os.path.join(workdir, "text_tokenizer.json")
+    layout = vocab_lib.VocabLayout.from_config(config)
+    tok = text_tokenizer_lib.TextTokenizer(text_path, layout)
+    image_path = tokenizer or config.tokenizer.checkpoint or os.path.join(workdir, "tokenizer")
+    image_tok = None
+    if os.path.exists(image_path):
+      from showo_jax.training import tokenizer_trainer  # pylint: disable=g-import-not-at-top
+      image_tok = tokenizer_trainer.load_tokenizer(image_path)
+    return cls(params, config, tok, image_tok)
+
+  # -- images <-> codes -----------------------------------------------------------------------------------
+  def _need_image_tokenizer(self):
+    if self.image_tokenizer is None:
+      raise ValueError("no image tokenizer: pass --tokenizer (a MAGVIT-v2 checkpoint) or set config.tokenizer.checkpoint")
+    return self.image_tokenizer
+
+  def encode(self, images) -> np.ndarray:
+    """uint8 [B, H, W, 3] (or float [-1, 1] NHWC) → codes int32 [B, h·w]."""
+    from showo_jax.official import magvit_keys  # pylint: disable=g-import-not-at-top
+    params, cfg = self._need_image_tokenizer()
+    x = np.asarray(images)
+    x = x.astype(np.float32) / 127.5 - 1.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    return np.asarray(magvit_keys.magvit_encode(params, cfg, np.transpose(x, (0, 3, 1, 2))))
+
+  def decode(self, codes, grid=None) -> np.ndarray:
+    """codes [B, h·w] → uint8 images [B, H, W, 3] (official mapping: clamp((x+1)/2)·255)."""
+    from showo_jax.official import magvit_keys  # pylint: disable=g-import-not-at-top
+    params, cfg = self._need_image_tokenizer()
+    codes = np.clip(np.asarray(codes), 0, self.layout.codebook_size - 1)
+    x = np.asarray(magvit_keys.magvit_decode(params, cfg, codes, grid))
+    x = np.clip((np.transpose(x, (0, 2, 3, 1)) + 1.0) / 2.0, 0.0, 1.0)
+    return (x * 255.0).round().astype(np.uint8)
+
+  # -- text -> image ------------------------------------------------------------------------------------------
+  def t2i_codes(self, prompts, *, steps: int = 12, guidance: float = 0.0, temperature: float = 1.0, seed: int = 0,
+                schedule: str = "cosine", image_tokens=None) -> np.ndarray:
+    """MaskGIT decoding of one image per prompt. `image_tokens` [B, N] (ids; [MASK] where unknown) seeds
+    inpainting/extrapolation; by default everything is unknown. Returns codes int32 [B, N]."""
+    n = self.config.data.num_image_tokens
+    if image_tokens is None:
+      image_tokens = np.full((len(prompts), n), self.layout.mask_id, np.int32)
+    text = self.text_tokenizer.encode(list(prompts))
+    cond = prompting.t2i_gen_prompt(text, image_tokens, self.layout, self.config.data.max_text_len)
+    uncond = prompting.t2i_gen_prompt([[]] * len(prompts), image_tokens, self.layout, self.config.data.max_text_len)
+    mg = maskgit.MaskGitConfig.from_layout(self.layout, num_steps=steps, guidance_scale=float(guidance),
+                                           temperature=float(temperature), schedule=schedule)
+    codes = maskgit.t2i_generate(_apply_fn(self.cfg), self.params, cond, uncond if guidance else None,
+                                 jax.random.key(seed), mg, self.layout, image_tokens.shape[1])
+    return np.asarray(codes)
+
+  def t2i(self, prompts, **kwargs) -> np.ndarray:
+    return self.decode(self.t2i_codes(prompts, **kwargs))
+
+  def inpaint(self, image_u8, mask, prompt: str, **kwargs) -> np.ndarray:
+    """Regenerates the masked region (mask: float/bool [H, W], ≥ 0.5 = regenerate) of one image."""
+    codes = self.encode(image_u8[None])[0]
+    grid = int(round(np.sqrt(codes.size)))
+    token_mask = editing.inpainting_token_mask(mask, grid)
+    tokens = editing.mask_tokens(self.layout.image_ids(codes)[None], token_mask[None], self.layout.mask_id)
+    return self.t2i([prompt], image_tokens=tokens, **kwargs)[0]
+
+  def extrapolate(self, image_u8, direction: str, prompt: str, **kwargs) -> np.ndarray:
+    """Extends one image by half its size towards `direction` (left/right/up/down)."""
+    codes = self.encode(image_u8[None])[0]
+    g = int(round(np.sqrt(codes.size)))
+    grid = self.layout.image_ids(codes).reshape(g, g)
+    window = editing.extrapolation_window(grid, direction, self.layout.mask_id)
+    generated = self.t2i_codes([prompt], image_tokens=window.reshape(1, -1), **kwargs)[0].reshape(window.shape)
+    stitched = editing.stitch_extrapolation(codes.reshape(g, g), generated, direction)
+    return self.decode(stitched.reshape(1, -1), grid=stitched.shape)[0]
+
+  # -- image -> text ------------------------------------------------------------------------------------------
+  def mmu(self, codes, question: str, *, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
+          top_p: float = 1.0, seed: int = 0) -> list:
+    """Answers `question` about each image (codes [B, N]) with KV-cached decoding; returns B strings."""
+    ids = self.layout.image_ids(np.asarray(codes))
+    q = self.text_tokenizer.encode([prompting.mmu_question_text(question)] * len(ids))
+    prompts = prompting.mmu_gen_prompt(ids, q, self.layout)
+    lengths = np.array([len(p) for p in prompts], np.int32)
+    batch = prompting.left_pad(prompts, self.layout.pad_id)
+    sc = autoregressive.SamplingConfig(max_new_tokens=max_new_tokens, eos_ids=(self.layout.eos_id,),
+                                       pad_id=self.layout.pad_id, temperature=temperature, top_k=top_k, top_p=top_p)
+    tokens, lens = autoregressive.generate_with_model(self.cfg, self.params, batch, lengths, jax.random.key(seed),
+                                                      sc, self.layout, prompt_mask="mmu")
+    tokens, lens = np.asarray(tokens), np.asarray(lens)
+    return [self.text_tokenizer.decode(t[:n]).strip() for t, n in zip(tokens, lens)]
+
+  # -- mixed modality ----------------------------------------------------------------------------------------
+  def mixed(self, prompt: str, *, max_text_tokens: int = 64, steps: int = 12, temperature: float = 0.0,
+            seed: int = 0, max_images: int = 1) -> list:
+    """Text → image → text from one prompt; returns [("text", str) | ("image", uint8 [H, W, 3]), …]."""
+    from showo_jax.sampling import mixed as mixed_lib  # pylint: disable=g-import-not-at-top
+    ids = [self.layout.bos_id] + self.text_tokenizer.encode([prompt])[0]
+    cfg = mixed_lib.MixedConfig(
+        text=autoregressive.SamplingConfig(max_new_tokens=max_text_tokens, eos_ids=(self.layout.eos_id,),
+                                           pad_id=self.layout.pad_id, temperature=temperature),
+        image=maskgit.MaskGitConfig.from_layout(self.layout, num_steps=steps),
+        num_image_tokens=self.config.data.num_image_tokens, max_images=max_images)
+    segments = mixed_lib.mixed_generate(self.cfg, self.params, np.asarray(ids, np.int32), jax.random.key(seed),
+                                        self.layout, cfg)
+    out = []
+    for kind, value in segments:
+      if kind == "text":
+        out.append(("text", self.text_tokenizer.decode(value)))
+      else:
+        out.append(("image", self.decode(np.asarray(value)[None])[0] if self.image_tokenizer else value))
+    return out

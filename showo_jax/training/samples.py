@@ -1,0 +1,61 @@
+"""In-training samples: every `config.train.sample_every` steps, a PNG grid of T2I samples and MMU answers.
+
+Written to WORKDIR/samples/step_XXXXXXX.png and .txt (and TensorBoard text), on process 0.
+"""
+
+import os
+
+import jax
+import numpy as np
+
+from showo_jax.data import embedded
+from showo_jax.data import images as images_lib
+from showo_jax.inference import Pipeline
+
+
+class SampleWriter:
+  """Holds the tokenizers and the fixed prompts/images; `write` samples with the current params."""
+
+  def __init__(self, config, data, workdir: str):
+    self.config = config
+    self.folder = os.path.join(workdir, "samples")
+    self.text_tokenizer = data.text_tokenizer
+    self.image_tokenizer = None
+    if data.image_tokenizer and os.path.exists(data.image_tokenizer):
+      from showo_jax.training import tokenizer_trainer  # pylint: disable=g-import-not-at-top
+      self.image_tokenizer = tokenizer_trainer.load_tokenizer(data.image_tokenizer)
+    self.prompts = list(config.train.get("sample_prompts", None) or [embedded.caption(d) for d in range(10)])
+    self.question = config.train.get("sample_question", embedded.QUESTION)
+    source = data.eval_sources.get("images")
+    self.mmu_records = [source[i] for i in range(min(8, len(source)))] if source is not None else []
+
+  def write(self, step: int, params, writer=None):
+    if jax.process_index() != 0:
+      return
+    os.makedirs(self.folder, exist_ok=True)
+    pipe = Pipeline(params, self.config, self.text_tokenizer, self.image_tokenizer)
+    lines = []
+    if self.image_tokenizer is not None:
+      images = pipe.t2i(self.prompts, steps=int(self.config.train.get("sample_steps", 12)),
+                        guidance=float(self.config.train.get("sample_guidance", 0.0)), seed=step)
+      images_lib.save_png(_grid(images), os.path.join(self.folder, f"step_{step:07d}.png"))
+    if self.mmu_records:
+      codes = np.stack([np.asarray(r["image_tokens"], np.int32) for r in self.mmu_records])
+      answers = pipe.mmu(codes, self.question, max_new_tokens=8)
+      for r, a in zip(self.mmu_records, answers):
+        lines.append(f"{r.get('caption', '')!s} | {self.question} -> {a}")
+    with open(os.path.join(self.folder, f"step_{step:07d}.txt"), "w") as f:
+      f.write("\n".join(f"t2i prompt {i}: {p}" for i, p in enumerate(self.prompts)) + "\n" + "\n".join(lines) + "\n")
+    if writer is not None and lines:
+      writer.write_text(step, "mmu", "\n\n".join(lines))
+
+
+def _grid(images: np.ndarray, cols: int = 10) -> np.ndarray:
+  """uint8 [B, H, W, 3] → one uint8 image with `cols` columns (1-pixel gaps)."""
+  b, h, w, c = images.shape
+  rows = -(-b // cols)
+  out = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, np.uint8)
+  for i, img in enumerate(images):
+    r, k = divmod(i, cols)
+    out[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + k * (w + 1):1 + k * (w + 1) + w] = img
+  return out
