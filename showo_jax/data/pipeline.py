@@ -1,10 +1,11 @@
 """Training input pipelines: one grain pipeline per task, zipped into fixed-composition mixed batches.
 
 Every step's batch is `[t2i (B_t2i) ; lm (B_lm) ; mmu (B_mmu)]` (SPEC §3.6) with `task_ids` saying which is which.
-Each task reads its own source with its own shuffle seed, repeats forever, batches records first and then builds
-prompts for the whole batch (tokenize text on the fly, mask image tokens, condition dropout) in one seeded
-random map, so a batch depends only on (seed, step) and the iterator state is a few integers (checkpointed).
-Sources are sharded per process: each process builds its share of every task's rows.
+Each task reads its own source through one global shuffle (reshuffled every epoch, the same on every process):
+global step s of a task holds records s·B … s·B + B − 1 of that order, and process p of n builds rows
+[p·B/n, (p+1)·B/n) of it — tokenizing text on the fly, masking image tokens, dropping conditions — with one random
+stream per (seed, step, global row). A global batch is therefore the same whatever the number of processes
+or devices, and the iterator state is one integer per task (checkpointed with the model).
 """
 
 import json
@@ -19,11 +20,28 @@ TASK_ORDER = ("t2i", "lm", "mmu")
 _TASK_IDS = {"t2i": omni_mask.TASK_T2I, "lm": omni_mask.TASK_LM, "mmu": omni_mask.TASK_MMU}
 
 
-def _map_dataset(source, batch_size: int, seed: int, process_index: int, process_count: int):
-  if batch_size % process_count:
-    raise ValueError(f"per-task batch {batch_size} is not divisible by the {process_count} processes")
-  ds = grain.MapDataset.source(source)[process_index::process_count]
-  return ds.seed(seed).shuffle().repeat().batch(batch_size // process_count, drop_remainder=True, batch_fn=list)
+def _row_rngs(seed: int, step: int, first_row: int, count: int):
+  return [np.random.default_rng((seed, step, first_row + r)) for r in range(count)]
+
+
+class _LocalRows:
+  """Global step index → (records of this process's rows, their random streams)."""
+
+  def __init__(self, records, batch_size: int, seed: int, process_index: int, process_count: int):
+    if batch_size % process_count:
+      raise ValueError(f"per-task batch {batch_size} is not divisible by the {process_count} processes")
+    self.records, self.batch_size, self.seed = records, batch_size, seed
+    self.local = batch_size // process_count
+    self.first = process_index * self.local
+
+  def __call__(self, step: int):
+    start = step * self.batch_size + self.first
+    rows = [self.records[start + r] for r in range(self.local)]
+    return rows, _row_rngs(self.seed, step, self.first, self.local)
+
+
+def _global_order(source, seed: int):
+  return grain.MapDataset.source(source).seed(seed).shuffle().repeat()
 
 
 def _valid(records):
@@ -31,9 +49,8 @@ def _valid(records):
   kept = [r for r in records if r is not None]
   if not kept:
     raise ValueError("a whole batch of records was corrupt")
-  while len(kept) < len(records):  # keep the batch shape static: repeat valid records
-    kept.append(kept[len(kept) % max(len(kept), 1)])
-  return kept
+  n = len(kept)
+  return kept + [kept[i % n] for i in range(len(records) - n)]  # static batch shape: repeat valid records
 
 
 def mmu_text(record: dict) -> str:
@@ -47,12 +64,15 @@ class _T2IBatch:
   def __init__(self, tokenizer, layout, data_cfg, loss_cfg):
     self.tokenizer, self.layout, self.data_cfg, self.loss_cfg = tokenizer, layout, data_cfg, loss_cfg
 
-  def __call__(self, records, rng: np.random.Generator):
+  def __call__(self, batch):
+    records, rngs = batch
     records = _valid(records)
     images = self.layout.image_ids(np.stack([np.asarray(r["image_tokens"], np.int64) for r in records]))
-    masked, labels, _ = prompting.mask_image_tokens(images, rng, self.layout, self.loss_cfg.mask_schedule,
-                                                    self.loss_cfg.min_masking_rate)
-    drop = prompting.cond_dropout(rng, len(records), self.loss_cfg.cond_dropout_prob)
+    cfg = self.loss_cfg
+    masked, labels = zip(*[prompting.mask_image_tokens(img[None], rng, self.layout, cfg.mask_schedule,
+                                                       cfg.min_masking_rate)[:2] for img, rng in zip(images, rngs)])
+    masked, labels = np.concatenate(masked), np.concatenate(labels)
+    drop = np.array([rng.random() < cfg.cond_dropout_prob for rng in rngs])
     text = self.tokenizer.encode([str(r["caption"]) for r in records])
     ids, lab = prompting.t2i_prompt(text, masked, labels, self.layout, self.data_cfg.max_text_len, cond_drop=drop)
     return {"input_ids": ids, "labels": lab}
@@ -62,9 +82,8 @@ class _MMUBatch:
   def __init__(self, tokenizer, layout, data_cfg):
     self.tokenizer, self.layout, self.data_cfg = tokenizer, layout, data_cfg
 
-  def __call__(self, records, rng):
-    del rng
-    records = _valid(records)
+  def __call__(self, batch):
+    records = _valid(batch[0])
     images = self.layout.image_ids(np.stack([np.asarray(r["image_tokens"], np.int64) for r in records]))
     text = self.tokenizer.encode([mmu_text(r) for r in records])
     ids, lab = prompting.mmu_prompt(images, text, self.layout, self.data_cfg.max_text_len)
@@ -77,9 +96,9 @@ class _LMBatch:
   def __init__(self, tokenizer, layout, seq_len: int, window_chars: int):
     self.tokenizer, self.layout, self.seq_len, self.window = tokenizer, layout, seq_len, window_chars
 
-  def __call__(self, records, rng):
+  def __call__(self, batch):
     texts = []
-    for r in _valid(records):
+    for r, rng in zip(_valid(batch[0]), batch[1]):
       doc = (r["text"] if isinstance(r, dict) else str(r)).replace("\n", " ")
       start = int(rng.integers(0, max(len(doc) - self.window, 0) + 1))
       texts.append(doc[start:start + self.window])
@@ -100,8 +119,9 @@ def task_datasets(sources: dict, batch_sizes: dict, tokenizer, layout, config, *
   for i, task in enumerate(TASK_ORDER):
     if batch_sizes.get(task, 0) <= 0:
       continue
-    ds = _map_dataset(sources[task], batch_sizes[task], seed + 1000 * i, process_index, process_count)
-    out[task] = ds.random_map(builders[task], seed=seed + 1000 * i + 1).to_iter_dataset()
+    rows = _LocalRows(_global_order(sources[task], seed + 1000 * i), batch_sizes[task], seed + 1000 * i + 1,
+                      process_index, process_count)
+    out[task] = grain.MapDataset.range(2**62).map(rows).map(builders[task]).to_iter_dataset()
   return out
 
 
