@@ -91,7 +91,8 @@ def showo_config(size: str = "tiny", res: int = 256) -> ConfigDict:
       num_image_tokens=64 if tiny else (res // 16) ** 2,  # N: 256 @256px, 1024 @512px
       max_text_len=16 if tiny else 128,  # T: text budget (dataset.preprocessing.max_seq_length)
       source="records",  # "records" (the *_records below) or "embedded" (bundled MNIST + text)
-      t2i_records="", mmu_records="", lm_records="",  # record folders or tfds:NAME:SPLIT@DIR specs
+      t2i_records="", mmu_records="", lm_records="",  # record folders or tfds:NAME:SPLIT@DIR specs, comma-separated
+      t2i_weights="", mmu_weights="", lm_weights="",  # mixture weights of those sources (default equal)
       lm_window_chars=8000,  # official: a random 8000-character window of each document
   ))
   c.text_tokenizer = ConfigDict(dict(path=""))  # local tokenizer.json (never a hub download)

@@ -84,3 +84,17 @@ def test_corrupt_records_are_counted_and_skipped(tmp_path):
     batch = next(it)
     assert batch["input_ids"].shape[0] == 8
   assert data.sources["t2i"].num_corrupt > 0
+
+
+def test_mixture_within_a_task_follows_the_weights(tmp_path):
+  config = train_fixtures.tiny_config(str(tmp_path))
+  other = str(tmp_path / "other")
+  rng = np.random.default_rng(1)
+  records.write_records(other, ({"image_tokens": rng.integers(0, 64, 16).astype(np.int16), "caption": "x",
+                                 "question": "q", "answer": "zzz"} for _ in range(40)))
+  config.data.mmu_records = f"{config.data.mmu_records},{other}"
+  config.data.mmu_weights = "1,3"
+  data = prepare.prepare_training_data(config, "/tmp/unused")
+  order = pipeline._global_order(data.sources["mmu"], 0)  # pylint: disable=protected-access
+  from_other = np.mean([order[i]["caption"] == "x" for i in range(400)])
+  assert abs(from_other - 0.75) < 0.05

@@ -41,7 +41,25 @@ class _LocalRows:
 
 
 def _global_order(source, seed: int):
+  """One shuffled, endlessly repeated order of a source, or of a weighted mixture [(source, weight), …]."""
+  if isinstance(source, Mixture):
+    parts = [grain.MapDataset.source(s).seed(seed + 7 * i).shuffle().repeat() for i, s in enumerate(source.sources)]
+    return grain.MapDataset.mix(parts, list(source.weights))
   return grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+
+
+class Mixture:
+  """Several sources of one task, sampled in proportion to `weights` (deterministic interleaving)."""
+
+  def __init__(self, sources, weights=None):
+    self.sources = list(sources)
+    self.weights = list(weights) if weights else [1.0] * len(self.sources)
+    if len(self.weights) != len(self.sources) or min(self.weights) <= 0:
+      raise ValueError(f"mixture weights {self.weights} must be positive, one per source ({len(self.sources)})")
+
+  @property
+  def num_corrupt(self) -> int:
+    return sum(getattr(s, "num_corrupt", 0) for s in self.sources)
 
 
 def _valid(records):

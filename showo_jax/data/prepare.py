@@ -16,6 +16,7 @@ import os
 import jax
 
 from showo_jax.data import embedded
+from showo_jax.data import pipeline
 from showo_jax.data import records
 from showo_jax.data import text_tokenizer as text_tokenizer_lib
 from showo_jax.models import vocab as vocab_lib
@@ -82,9 +83,12 @@ def prepare_training_data(config, workdir: str) -> TrainingData:
     d = config.data
     sources = {}
     for task in ("t2i", "mmu", "lm"):
-      spec = d.get(f"{task}_records", "")
-      if spec:
-        sources[task] = records.open_source(spec)
+      specs = [x for x in str(d.get(f"{task}_records", "")).split(",") if x]
+      if len(specs) == 1:
+        sources[task] = records.open_source(specs[0])
+      elif specs:  # a weighted mixture of several sources within the task
+        weights = [float(w) for w in str(d.get(f"{task}_weights", "") or "").split(",") if w]
+        sources[task] = pipeline.Mixture([records.open_source(x) for x in specs], weights or None)
       elif config.train[f"batch_{task}"] > 0:
         raise ValueError(f"config.data.{task}_records is empty but config.train.batch_{task} > 0")
     return TrainingData(layout, tok, sources, config.tokenizer.checkpoint)
