@@ -99,10 +99,22 @@ def _get(state, key):
   return np.asarray(state[key])
 
 
-def infer_config(state: dict, prefix: str = PREFIX, llm_vocab_size=None, codebook_size=None, bos_id=None):
-  """A Show-o config whose backbone matches the shapes of an official state dict."""
-  emb = _get(state, prefix + "model.embed_tokens.weight")
-  vocab_size, hidden = emb.shape
+def _shape(state, key):
+  """Shape of one entry without reading it (values may be arrays, ShapeDtypeStructs or shape tuples)."""
+  if key not in state:
+    raise CheckpointError(f"missing key {key!r} in the Show-o state dict")
+  value = state[key]
+  return tuple(value) if isinstance(value, tuple) else tuple(value.shape)
+
+
+def infer_config(state: dict, prefix: str = PREFIX, llm_vocab_size=None, codebook_size=None, bos_id=None,
+                 head_dim=None):
+  """A Show-o config whose backbone matches the shapes of an official state dict.
+
+  Only shapes are read: `state` may map keys to arrays, `jax.ShapeDtypeStruct`s or shape tuples (the
+  streaming converter passes the safetensors header's shapes). `head_dim` is needed only without QK-norm.
+  """
+  vocab_size, hidden = _shape(state, prefix + "model.embed_tokens.weight")
   family = "phi" if prefix + "model.final_layernorm.weight" in state else "llama"
   layer_ids = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"model\.layers\.(\d+)\.", k))}
   if not layer_ids:
@@ -111,8 +123,8 @@ def infer_config(state: dict, prefix: str = PREFIX, llm_vocab_size=None, codeboo
   l0 = f"{prefix}model.layers.0."
   qn = l0 + ("self_attn.q_layernorm.weight" if family == "phi" else "self_attn.q_norm.weight")
   qk_norm = qn in state
-  q_rows = _get(state, l0 + "self_attn.q_proj.weight").shape[0]
-  head_dim = _get(state, qn).shape[0] if qk_norm else 64
+  q_rows = _shape(state, l0 + "self_attn.q_proj.weight")[0]
+  head_dim = _shape(state, qn)[0] if qk_norm else (head_dim or 64)
   fc = l0 + ("mlp.fc1.weight" if family == "phi" else "mlp.gate_proj.weight")
   size = "phi-1.5" if (family, hidden, num_layers) == ("phi", 2048, 24) else (
       "tiny" if family == "phi" else "tiny-llama")
@@ -120,8 +132,8 @@ def infer_config(state: dict, prefix: str = PREFIX, llm_vocab_size=None, codeboo
   m = config.model
   m.family, m.hidden_size, m.num_layers = family, int(hidden), int(num_layers)
   m.num_heads, m.head_dim = q_rows // head_dim, int(head_dim)
-  m.num_kv_heads = _get(state, l0 + "self_attn.k_proj.weight").shape[0] // head_dim
-  m.intermediate_size = int(_get(state, fc).shape[0])
+  m.num_kv_heads = _shape(state, l0 + "self_attn.k_proj.weight")[0] // head_dim
+  m.intermediate_size = int(_shape(state, fc)[0])
   m.qk_norm, m.vocab_size = qk_norm, int(vocab_size)
   known = _KNOWN_LAYOUTS.get(int(vocab_size))
   if llm_vocab_size is None and codebook_size is None and known:
@@ -173,14 +185,21 @@ def params_from_official(state: dict, config, prefix: str = PREFIX):
       if not m.qk_norm and "_norm" in path[-2] and path[0] == "attn":
         continue
       expected[f"{prefix}model.layers.{i}.{key}"] = ((f"layers_{i}",) + path, to_flax)
-  extras = {k: np.asarray(v) for k, v in state.items() if k.startswith(EXTRA_PREFIXES)}
+  # Indexing (not .items()) so that a lazy state dict reads each tensor once, when it is converted.
+  extras = {k: np.asarray(state[k]) for k in state if k.startswith(EXTRA_PREFIXES)}
   unexpected = sorted(set(state) - set(expected) - set(extras))
   if unexpected:
     raise CheckpointError(f"unexpected key {unexpected[0]!r} in the Show-o state dict "
                           f"({len(unexpected)} unexpected in all)")
   params = {}
   for key, (path, to_flax) in expected.items():
-    _set(params, path, to_flax(_get(state, key), dims))
+    value = _get(state, key)
+    try:
+      _set(params, path, to_flax(value, dims))
+    except ValueError:  # a reshape into heads failed: the tensor does not fit the inferred backbone
+      raise CheckpointError(f"key {key!r} has shape {value.shape}, which does not fit the backbone inferred "
+                            f"from the other tensors") from None
+    del value
   _check_shapes(params, config, state)
   if m.scan_layers:
     params = stack_layers(params, m.num_layers)
@@ -216,21 +235,26 @@ def _check_shapes(params, config, state):
 
 def params_to_official(params, config, prefix: str = PREFIX) -> dict:
   """Inverse of params_from_official: Flax params → official state dict (numpy, PyTorch layout)."""
+  return dict(iter_official(params, config, prefix))
+
+
+def iter_official(params, config, prefix: str = PREFIX):
+  """Yields (official key, numpy array) one tensor at a time (each converted only when reached)."""
   m = config.model
   dims = _dims(m)
   if m.scan_layers:
-    params = unstack_layers(params, m.num_layers)
-  out = {}
+    layer = lambda i, path: np.asarray(_lookup(params["layers"], path))[i]
+  else:
+    layer = lambda i, path: _lookup(params, (f"layers_{i}",) + path)
   for key, path, _, to_torch in _top_map(m.family):
-    out[prefix + key] = to_torch(np.asarray(_lookup(params, path)), dims)
+    yield prefix + key, to_torch(np.asarray(_lookup(params, path)), dims)
   for i in range(m.num_layers):
     for key, path, _, to_torch in _layer_map(m.family):
       try:
-        value = _lookup(params, (f"layers_{i}",) + path)
+        value = layer(i, path)
       except KeyError:
         continue  # e.g. no QK-norm
-      out[f"{prefix}model.layers.{i}.{key}"] = to_torch(np.asarray(value), dims)
-  return out
+      yield f"{prefix}model.layers.{i}.{key}", to_torch(np.asarray(value), dims)
 
 
 def stack_layers(params, num_layers: int):

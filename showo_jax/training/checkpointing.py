@@ -22,11 +22,17 @@ class CheckpointMismatchError(ValueError):
 class Checkpointer:
   """Save / restore of (state, data iterator, config) under `directory`, keeping the last `max_to_keep`."""
 
-  def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
+  def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True, save_concurrent_gb=None):
+    """`save_concurrent_gb` bounds the bytes Orbax serialises at once (default: Orbax's 96 GB), which bounds
+    the memory a save adds on top of the state (the checkpoint converter sets it; state + config items only)."""
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    handlers = None
+    if save_concurrent_gb is not None:
+      handlers = {"state": ocp.StandardCheckpointHandler(save_concurrent_gb=int(save_concurrent_gb), use_ocdbt=False),
+                  "config": ocp.JsonCheckpointHandler()}
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
     self._preempted = False
 
   # -- queries ---------------------------------------------------------------------------------------------
