@@ -7,6 +7,7 @@ module only builds prompts, calls them, and converts between images, codes and s
 """
 
 import functools
+import logging
 import os
 
 import jax
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from showo_jax import checkpoint_io
+from showo_jax.data import images as images_lib
 from showo_jax.data import prompting
 from showo_jax.data import text_tokenizer as text_tokenizer_lib
 from showo_jax.models import transformer
@@ -49,6 +51,7 @@ class Pipeline:
     self.cfg = transformer.TransformerConfig.from_config(config)
     self.text_tokenizer = text_tokenizer
     self.image_tokenizer = image_tokenizer  # (params, magvit config) or None
+    self.warn = logging.warning  # called with one-line messages (e.g. a truncated prompt); the CLI replaces it
 
   @classmethod
   def from_checkpoint(cls, path: str, *, step=None, tokenizer: str = "", text_tokenizer: str = ""):
@@ -75,7 +78,7 @@ class Pipeline:
     from showo_jax.official import magvit_keys  # pylint: disable=g-import-not-at-top
     params, cfg = self._need_image_tokenizer()
     x = np.asarray(images)
-    x = x.astype(np.float32) / 127.5 - 1.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    x = images_lib.to_float(x) if x.dtype == np.uint8 else x.astype(np.float32)  # exactly as in training
     return np.asarray(magvit_keys.magvit_encode(params, cfg, np.transpose(x, (0, 3, 1, 2))))
 
   def decode(self, codes, grid=None) -> np.ndarray:
@@ -88,20 +91,42 @@ class Pipeline:
     return (x * 255.0).round().astype(np.uint8)
 
   # -- text -> image ------------------------------------------------------------------------------------------
+  @property
+  def text_budget(self) -> int:
+    """Text ids a t2i prompt can hold: T + 1 slots minus <|t2i|> and EOS."""
+    return self.config.data.max_text_len - 1
+
+  def encode_t2i_prompts(self, prompts) -> list:
+    """Raw text ids per prompt, truncated to `text_budget` as in training (warns once per long prompt)."""
+    out = []
+    for prompt, ids in zip(prompts, self.text_tokenizer.encode(list(prompts))):
+      if len(ids) > self.text_budget:
+        self.warn(f"prompt {prompt[:40]!r}{'…' if len(prompt) > 40 else ''} has {len(ids)} text tokens; the "
+                  f"text budget is {self.text_budget}: truncated to the first {self.text_budget}, as in training")
+        ids = ids[:self.text_budget]
+      out.append(ids)
+    return out
+
   def t2i_codes(self, prompts, *, steps: int = 12, guidance: float = 0.0, temperature: float = 1.0, seed: int = 0,
                 schedule: str = "cosine", image_tokens=None) -> np.ndarray:
     """MaskGIT decoding of one image per prompt. `image_tokens` [B, N] (ids; [MASK] where unknown) seeds
-    inpainting/extrapolation; by default everything is unknown. Returns codes int32 [B, N]."""
+    inpainting/extrapolation; by default everything is unknown. An empty prompt is unconditional (the same
+    sequence as the CFG null prompt). The text prefix is computed once per sample (`maskgit.t2i_generate_cached`).
+    Returns codes int32 [B, N]."""
+    if guidance < 0:
+      raise ValueError(f"guidance must be >= 0, got {guidance}")
+    if temperature < 0:
+      raise ValueError(f"temperature must be >= 0, got {temperature}")
     n = self.config.data.num_image_tokens
     if image_tokens is None:
       image_tokens = np.full((len(prompts), n), self.layout.mask_id, np.int32)
-    text = self.text_tokenizer.encode(list(prompts))
-    cond = prompting.t2i_gen_prompt(text, image_tokens, self.layout, self.config.data.max_text_len)
-    uncond = prompting.t2i_gen_prompt([[]] * len(prompts), image_tokens, self.layout, self.config.data.max_text_len)
     mg = maskgit.MaskGitConfig.from_layout(self.layout, num_steps=steps, guidance_scale=float(guidance),
                                            temperature=float(temperature), schedule=schedule)
-    codes = maskgit.t2i_generate(_apply_fn(self.cfg), self.params, cond, uncond if guidance else None,
-                                 jax.random.key(seed), mg, self.layout, image_tokens.shape[1])
+    text = self.encode_t2i_prompts(prompts)
+    cond = prompting.t2i_gen_prompt(text, image_tokens, self.layout, self.config.data.max_text_len)
+    uncond = prompting.t2i_gen_prompt([[]] * len(prompts), image_tokens, self.layout, self.config.data.max_text_len)
+    codes = maskgit.t2i_generate_cached(self.cfg, self.params, cond, uncond if guidance else None,
+                                        jax.random.key(seed), mg, self.layout, image_tokens.shape[1])
     return np.asarray(codes)
 
   def t2i(self, prompts, **kwargs) -> np.ndarray:
@@ -117,6 +142,8 @@ class Pipeline:
 
   def extrapolate(self, image_u8, direction: str, prompt: str, **kwargs) -> np.ndarray:
     """Extends one image by half its size towards `direction` (left/right/up/down)."""
+    if direction not in editing.DIRECTIONS:
+      raise ValueError(f"direction must be one of {', '.join(editing.DIRECTIONS)}, got {direction!r}")
     codes = self.encode(image_u8[None])[0]
     g = int(round(np.sqrt(codes.size)))
     grid = self.layout.image_ids(codes).reshape(g, g)

@@ -5,7 +5,15 @@
   inpaint      --image PATH --mask PATH --prompt "…" --out PATH
   extrapolate  --image PATH --direction left|right|up|down --prompt "…" --out PATH
   mixed        --prompt "…" --out DIR
-Images are preprocessed exactly as in training (resize the shorter side, center-crop, [-1, 1]).
+
+Images are preprocessed exactly as in training (any mode → RGB, resize the shorter side, center-crop; SPEC §8).
+An inpainting mask of any size goes through the same resize + center-crop (as grayscale), so it stays aligned
+with the image. An empty prompt is allowed (unconditional generation); a prompt longer than the text budget
+(config.data.max_text_len - 1 text tokens) is truncated as in training, with a warning on stderr.
+
+Bad input (a missing or corrupt image, a folder that is not a checkpoint, --steps 0, a negative guidance, an
+unknown direction, …) ends with one line `error: …` on stderr and exit status 2, without a traceback
+(SHOWO_JAX_TRACEBACK=1 shows it for unexpected errors).
 """
 
 import argparse
@@ -15,10 +23,19 @@ import sys
 
 import numpy as np
 
+_DIRECTIONS = ("left", "right", "up", "down")
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse with one-line errors (`error: …`, exit 2) instead of the usage block."""
+
+  def error(self, message):
+    self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
 
 def _parser():
-  p = argparse.ArgumentParser(prog="python -m showo_jax.sample", description=__doc__.split("\n")[0])
-  sub = p.add_subparsers(dest="mode", required=True)
+  p = _Parser(prog="python -m showo_jax.sample", description=__doc__.split("\n")[0])
+  sub = p.add_subparsers(dest="mode", required=True, parser_class=_Parser)
 
   def common(sp):
     sp.add_argument("--checkpoint", required=True, help="training workdir, checkpoints folder or step folder")
@@ -27,13 +44,13 @@ def _parser():
     sp.add_argument("--seed", type=int, default=0)
 
   def maskgit(sp):
-    sp.add_argument("--steps", type=int, default=12)
-    sp.add_argument("--guidance", type=float, default=0.0)
-    sp.add_argument("--temperature", type=float, default=1.0)
+    sp.add_argument("--steps", type=int, default=12, help="MaskGIT steps (>= 1)")
+    sp.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w (>= 0)")
+    sp.add_argument("--temperature", type=float, default=1.0, help="Gumbel temperature of the confidence")
 
   t2i = sub.add_parser("t2i")
   common(t2i), maskgit(t2i)
-  t2i.add_argument("--prompt", required=True, action="append", help="repeat for several prompts")
+  t2i.add_argument("--prompt", required=True, action="append", help="repeat for several prompts; '' = none")
   t2i.add_argument("--num", type=int, default=1, help="images per prompt")
   t2i.add_argument("--out", default="", help="one PNG grid")
   t2i.add_argument("--out-dir", default="", help="one PNG per sample: DIR/000.png, …")
@@ -52,7 +69,7 @@ def _parser():
     inpaint.add_argument(name, required=True)
   extra = sub.add_parser("extrapolate")
   common(extra), maskgit(extra)
-  extra.add_argument("--direction", required=True, choices=["left", "right", "up", "down"])
+  extra.add_argument("--direction", required=True, help="|".join(_DIRECTIONS))
   for name in ("--image", "--prompt", "--out"):
     extra.add_argument(name, required=True)
   mixed = sub.add_parser("mixed")
@@ -63,19 +80,55 @@ def _parser():
   return p
 
 
-def _load_images(paths, resolution):
+def check_args(args):
+  """ValueError for option values that cannot work, before anything is loaded."""
+  if getattr(args, "steps", 1) < 1:
+    raise ValueError(f"--steps must be >= 1, got {args.steps}")
+  if getattr(args, "guidance", 0.0) < 0:
+    raise ValueError(f"--guidance must be >= 0, got {args.guidance}")
+  if args.mode == "mixed" and args.guidance:
+    raise ValueError("mixed generation has no classifier-free guidance: leave --guidance at 0")
+  if args.temperature < 0:
+    raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+  if args.mode == "t2i":
+    if not args.out and not args.out_dir:
+      raise ValueError("t2i needs --out grid.png or --out-dir DIR")
+    if args.num < 1:
+      raise ValueError(f"--num must be >= 1, got {args.num}")
+  if args.mode == "mmu":
+    if args.max_new_tokens < 1:
+      raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.top_k < 0 or not 0.0 < args.top_p <= 1.0:
+      raise ValueError(f"need --top-k >= 0 and 0 < --top-p <= 1, got {args.top_k} and {args.top_p}")
+  if args.mode == "mixed" and args.max_text_tokens < 1:
+    raise ValueError(f"--max-text-tokens must be >= 1, got {args.max_text_tokens}")
+  if args.mode == "extrapolate" and args.direction not in _DIRECTIONS:
+    raise ValueError(f"--direction must be one of {', '.join(_DIRECTIONS)}, got {args.direction!r}")
+  if not os.path.exists(args.checkpoint):
+    raise ValueError(f"--checkpoint {args.checkpoint}: no such folder")
+
+
+def load_images(paths, resolution: int) -> np.ndarray:
+  """uint8 [B, res, res, 3]: each file as in training (RGB, resize the shorter side, center-crop)."""
   from showo_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
-  return np.stack([images_lib.to_uint8(images_lib.preprocess(p, resolution)[None])[0] for p in paths])
+  return np.stack([images_lib.load_image(p, resolution) for p in paths])
+
+
+def load_mask(path: str, resolution: int) -> np.ndarray:
+  """float32 [res, res] in [0, 1] (white = regenerate): grayscale, resized + center-cropped like the image."""
+  from showo_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
+  mask = images_lib.open_image(path).convert("L")
+  return np.asarray(images_lib.resize_and_crop(mask, resolution), np.float32) / np.float32(255)
 
 
 def run(args) -> int:
   from showo_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
   from showo_jax.inference import Pipeline  # pylint: disable=g-import-not-at-top
+  check_args(args)
   pipe = Pipeline.from_checkpoint(args.checkpoint, tokenizer=args.tokenizer, text_tokenizer=args.text_tokenizer)
+  pipe.warn = lambda message: print(f"warning: {message}", file=sys.stderr)
   res = pipe.config.data.resolution
   if args.mode == "t2i":
-    if not args.out and not args.out_dir:
-      raise ValueError("t2i needs --out grid.png or --out-dir DIR")
     prompts = [p for p in args.prompt for _ in range(args.num)]
     images = pipe.t2i(prompts, steps=args.steps, guidance=args.guidance, temperature=args.temperature,
                       seed=args.seed)
@@ -87,7 +140,7 @@ def run(args) -> int:
       from showo_jax.training.samples import _grid  # pylint: disable=g-import-not-at-top
       images_lib.save_png(_grid(images, cols=min(len(images), 8)), args.out)
   elif args.mode == "mmu":
-    codes = pipe.encode(_load_images(args.image, res))
+    codes = pipe.encode(load_images(args.image, res))
     answers = pipe.mmu(codes, args.question, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if args.json:
@@ -95,11 +148,10 @@ def run(args) -> int:
     else:
       print("\n".join(a.replace("\n", " ") for a in answers))
   elif args.mode in ("inpaint", "extrapolate"):
-    image = _load_images([args.image], res)[0]
+    image = load_images([args.image], res)[0]
     kw = dict(steps=args.steps, guidance=args.guidance, temperature=args.temperature, seed=args.seed)
     if args.mode == "inpaint":
-      mask = images_lib.open_image(args.mask).convert("L").resize((res, res))
-      out = pipe.inpaint(image, np.asarray(mask, np.float32) / 255.0, args.prompt, **kw)
+      out = pipe.inpaint(image, load_mask(args.mask, res), args.prompt, **kw)
     else:
       out = pipe.extrapolate(image, args.direction, args.prompt, **kw)
     images_lib.save_png(out, args.out)
@@ -119,13 +171,31 @@ def run(args) -> int:
   return 0
 
 
-def main(argv=None):
-  args = _parser().parse_args(argv)
+def _one_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return text[0] if text else type(error).__name__
+
+
+def main(argv=None) -> int:
+  """Runs the CLI; returns the exit status (0 ok, 2 bad input or usage, 1 unexpected error)."""
+  try:
+    args = _parser().parse_args(argv)
+  except SystemExit as e:  # --help (0) or a usage error (2, already printed as one line)
+    return e.code if isinstance(e.code, int) else 2
   try:
     return run(args)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (OSError, ValueError, KeyError) as e:  # bad input: ImageError, CheckpointError, ConfigError, …
+    message = _one_line(e)
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
+      message = f"{e.filename}: {message}"
+    print(f"error: {message}", file=sys.stderr)
     return 2
+  except Exception as e:  # pylint: disable=broad-except
+    if os.environ.get("SHOWO_JAX_TRACEBACK"):
+      raise
+    print(f"error: unexpected {type(e).__name__}: {_one_line(e)} (SHOWO_JAX_TRACEBACK=1 shows the traceback)",
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

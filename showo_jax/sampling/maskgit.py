@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from showo_jax.models import omni_mask
+from showo_jax.models import transformer
 from showo_jax.models import vocab as vocab_lib
 from showo_jax.sampling import mask_schedule
 
@@ -265,5 +266,72 @@ def t2i_generate(apply_fn, params, cond_ids, uncond_ids, rng, config: MaskGitCon
   cond_ids = jnp.asarray(cond_ids, jnp.int32)
   fn = t2i_tokens_to_logits(apply_fn, params, cond_ids, uncond_ids, layout, num_image_tokens,
                             config.guidance_scale)
+  start = cond_ids.shape[1] - 1 - num_image_tokens
+  return decode(fn, cond_ids[:, start:start + num_image_tokens], rng, config, keep_history)
+
+
+# ------------------------------------------------------------------------------------------- prefix-cached t2i
+
+
+def t2i_cached_tokens_to_logits(cfg: transformer.TransformerConfig, params, cond_ids, uncond_ids,
+                                layout: vocab_lib.VocabLayout, num_image_tokens: int,
+                                guidance_scale: float = 0.0) -> TokensToLogits:
+  """`t2i_tokens_to_logits` with the text prefix run once instead of at every MaskGIT step.
+
+  The t2i sequence is `[PAD]*p, <|t2i|>, text, EOS` (T + 1 text rows, causal), then the block
+  `<|soi|>, N image tokens, <|eoi|>` (bidirectional: `<|soi|>` sees the image too). Text rows never attend
+  to the block, so their keys/values are the same at every step: they are written once into the backbone's
+  KV cache (`Transformer(decode=True)`, max_len = L), and each call runs only the N + 2 block rows on top of
+  it, with the rows [T + 1, L) of the same `predict_next_mask` over all L columns and the same absolute
+  positions (plain arange) as the full forward. The block's own cache writes are thrown away. With CFG the
+  cond and null-prompt prefixes are cached side by side (2B rows) and the block is one batched call.
+
+  Args:
+    cfg: backbone config.
+    params: backbone params.
+    cond_ids, uncond_ids, layout, num_image_tokens, guidance_scale: as `t2i_tokens_to_logits`.
+  Returns:
+    tokens_to_logits(image_tokens [B, N]) -> logits [B, N, V], equal to the full forward's up to float
+    rounding (the matmuls see other shapes).
+  """
+  cond_ids = jnp.asarray(cond_ids, jnp.int32)
+  length = cond_ids.shape[1]
+  start = length - 1 - num_image_tokens  # image block [start, start + N), then <|eoi|>
+  prefix = start - 1  # text rows [0, prefix); <|soi|> at `prefix` belongs to the bidirectional block
+  use_cfg = uncond_ids is not None and guidance_scale != 0.0
+  ids = jnp.concatenate([cond_ids, jnp.asarray(uncond_ids, jnp.int32)]) if use_cfg else cond_ids
+  allowed = omni_mask.predict_next_mask(ids, layout, remove_pad=True)  # [B', L, L]
+  positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), ids.shape)  # official: plain arange
+  model = transformer.Transformer(cfg, decode=True)
+  cache = transformer.init_cache(cfg, ids.shape[0], length)
+  _, variables = model.apply({"params": params, "cache": cache}, ids[:, :prefix], allowed[:, :prefix],
+                             positions[:, :prefix], mutable=["cache"])
+  cache = variables["cache"]  # keys/values of the text rows at slots [0, prefix); index = prefix
+  block_ids, block_allowed, block_positions = ids[:, prefix:], allowed[:, prefix:], positions[:, prefix:]
+
+  def tokens_to_logits(image_tokens):
+    reps = ids.shape[0] // image_tokens.shape[0]
+    block = block_ids.at[:, 1:1 + num_image_tokens].set(jnp.tile(image_tokens, (reps, 1)))  # [B', N + 2]
+    logits, _ = model.apply({"params": params, "cache": cache}, block, block_allowed, block_positions,
+                            mutable=["cache"])
+    logits = logits[:, 1:1 + num_image_tokens]  # [B', N, V]
+    if not use_cfg:
+      return logits
+    cond, uncond = jnp.split(logits, 2)
+    return (1.0 + guidance_scale) * cond - guidance_scale * uncond
+
+  return tokens_to_logits
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "config", "layout", "num_image_tokens", "keep_history"))
+def t2i_generate_cached(cfg: transformer.TransformerConfig, params, cond_ids, uncond_ids, rng,
+                        config: MaskGitConfig, layout: vocab_lib.VocabLayout, num_image_tokens: int,
+                        keep_history: bool = False):
+  """`t2i_generate` for the Show-o backbone with the text prefix computed once per sample (and once for the
+  CFG null prompt); see `t2i_cached_tokens_to_logits`. Same arguments, except the backbone config `cfg`
+  instead of an apply function; same codes for the same seed."""
+  cond_ids = jnp.asarray(cond_ids, jnp.int32)
+  fn = t2i_cached_tokens_to_logits(cfg, params, cond_ids, uncond_ids, layout, num_image_tokens,
+                                   config.guidance_scale)
   start = cond_ids.shape[1] - 1 - num_image_tokens
   return decode(fn, cond_ids[:, start:start + num_image_tokens], rng, config, keep_history)

@@ -1,0 +1,181 @@
+"""`python -m showo_jax.sample` end to end on a 2-step tiny model and a random tiny MAGVIT: every mode, the
+output files and formats, determinism, and each kind of bad input (one `error:` line, non-zero exit)."""
+
+import contextlib
+import io
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from showo_jax import config_magvit
+from showo_jax import sample
+from showo_jax.models import magvit
+from showo_jax.official import magvit_keys
+from showo_jax.training import trainer
+
+import train_fixtures
+
+RES = 32  # showo_config("tiny") resolution; the tokenizer below downsamples by 8 → a 4×4 grid = 16 tokens
+
+
+def _tiny_magvit_npz(path: str):
+  """A random MAGVIT-v2 (4 levels → factor 8, 6 bits = 64 codes) saved as an official state dict (.npz)."""
+  c = config_magvit.magvit_config("tiny")
+  for tower in (c.encoder, c.decoder):
+    tower.ch, tower.ch_mult, tower.num_res_blocks = 32, [1, 1, 1, 1], [1, 1, 1, 1]
+  c.codebook_bits = 6
+  c = config_magvit.validate_magvit(c)
+  params = magvit.magvit_from_config(c).init(jax.random.key(0), jnp.zeros((1, RES, RES, 3)))["params"]
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  np.savez(path, **magvit_keys.params_to_official(params, c))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A training workdir (2 steps) with the image tokenizer at its default place, WORKDIR/tokenizer/."""
+  root = tmp_path_factory.mktemp("sample_cli")
+  config = train_fixtures.tiny_config(str(root / "data"), steps=2)
+  wd = str(root / "run")
+  trainer.train_and_evaluate(config, wd)
+  _tiny_magvit_npz(os.path.join(wd, "tokenizer", "magvit.npz"))
+  return wd
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+  """Input files: RGB at the model size, grayscale / RGBA / palette of other sizes, a corrupt file."""
+  d = tmp_path_factory.mktemp("images")
+  rng = np.random.default_rng(0)
+  paths = {}
+  paths["rgb"] = str(d / "rgb.png")
+  Image.fromarray(rng.integers(0, 256, (RES, RES, 3), dtype=np.uint8)).save(paths["rgb"])
+  paths["gray"] = str(d / "gray.png")
+  Image.fromarray(rng.integers(0, 256, (50, 70), dtype=np.uint8), "L").save(paths["gray"])
+  paths["rgba"] = str(d / "rgba.png")
+  Image.fromarray(rng.integers(0, 256, (100, 64, 4), dtype=np.uint8), "RGBA").save(paths["rgba"])
+  paths["palette"] = str(d / "palette.gif")
+  Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).convert("P").save(paths["palette"])
+  paths["mask"] = str(d / "mask.png")  # another size than the image: left half white
+  mask = np.zeros((60, 90), np.uint8)
+  mask[:, :45] = 255
+  Image.fromarray(mask, "L").save(paths["mask"])
+  paths["corrupt"] = str(d / "corrupt.png")
+  with open(paths["corrupt"], "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n this is not a png")
+  paths["missing"] = str(d / "missing.png")
+  return paths
+
+
+def _run(*argv):
+  """(exit status, stdout, stderr) of `sample.main(argv)` run in-process."""
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = sample.main([str(a) for a in argv])
+  return code, out.getvalue(), err.getvalue()
+
+
+def _ok(*argv):
+  code, out, err = _run(*argv)
+  assert code == 0, err
+  return out, err
+
+
+def _png(path):
+  return np.asarray(Image.open(path))
+
+
+def test_t2i_out_dir_and_grid_deterministic(workdir, tmp_path):
+  args = ["t2i", "--checkpoint", workdir, "--prompt", "a handwritten digit seven", "--prompt", "", "--num", 2,
+          "--steps", 2, "--guidance", 1.5, "--seed", 3]
+  _ok(*args, "--out-dir", tmp_path / "a", "--out", tmp_path / "grid.png")
+  files = sorted(os.listdir(tmp_path / "a"))
+  assert files == ["000.png", "001.png", "002.png", "003.png"]
+  first = [_png(tmp_path / "a" / f) for f in files]
+  assert all(x.shape == (RES, RES, 3) and x.dtype == np.uint8 for x in first)
+  assert _png(tmp_path / "grid.png").shape == (RES + 2, 4 * (RES + 1) + 1, 3)  # one row of 4, 1-px gaps
+  _ok(*args, "--out-dir", tmp_path / "b")
+  for f, want in zip(files, first):
+    np.testing.assert_array_equal(_png(tmp_path / "b" / f), want)
+
+
+def test_t2i_long_prompt_is_truncated_with_a_warning(workdir, tmp_path):
+  _, err = _ok("t2i", "--checkpoint", workdir, "--prompt", " ".join(["seven"] * 40), "--steps", 2,
+               "--out", tmp_path / "x.png")
+  assert "warning:" in err and "truncated" in err and "text budget is 11" in err
+  assert _png(tmp_path / "x.png").shape == (RES + 2, RES + 2, 3)
+
+
+def test_mmu_one_answer_per_image_in_order_and_json(workdir, images):
+  paths = [images["rgb"], images["gray"], images["rgba"]]  # non-RGB and other sizes are converted
+  out, _ = _ok("mmu", "--checkpoint", workdir, "--image", *paths, "--question", "What digit is this?",
+               "--max-new-tokens", 4)
+  lines = out.rstrip("\n").split("\n")
+  assert len(lines) == 3
+  out, _ = _ok("mmu", "--checkpoint", workdir, "--image", *paths, "--question", "What digit is this?",
+               "--max-new-tokens", 4, "--json")
+  rows = json.loads(out)
+  assert [r["image"] for r in rows] == paths and [r["answer"] for r in rows] == lines
+  assert all(set(r) == {"image", "answer"} and isinstance(r["answer"], str) for r in rows)
+
+
+def test_inpaint_with_a_mask_of_another_size(workdir, images, tmp_path):
+  _ok("inpaint", "--checkpoint", workdir, "--image", images["palette"], "--mask", images["mask"], "--prompt",
+      "a handwritten digit one", "--steps", 2, "--out", tmp_path / "in.png")
+  assert _png(tmp_path / "in.png").shape == (RES, RES, 3)
+
+
+@pytest.mark.parametrize("direction,shape", [("left", (RES, 48)), ("right", (RES, 48)), ("up", (48, RES)),
+                                             ("down", (48, RES))])
+def test_extrapolate_grows_by_half_along_the_direction(workdir, images, tmp_path, direction, shape):
+  _ok("extrapolate", "--checkpoint", workdir, "--image", images["rgb"], "--direction", direction, "--prompt",
+      "a digit", "--steps", 2, "--out", tmp_path / "ex.png")
+  assert _png(tmp_path / "ex.png").shape == shape + (3,)
+
+
+def test_mixed_writes_text_and_images(workdir, tmp_path):
+  _ok("mixed", "--checkpoint", workdir, "--prompt", "one two three", "--steps", 2, "--max-text-tokens", 4,
+      "--out", tmp_path / "mix")
+  assert os.path.exists(tmp_path / "mix" / "text.txt")
+  for name in os.listdir(tmp_path / "mix"):
+    if name.endswith(".png"):
+      assert _png(tmp_path / "mix" / name).shape == (RES, RES, 3)
+
+
+def _bad_cases(wd, im, tmp):
+  t2i = ["t2i", "--checkpoint", wd, "--prompt", "x", "--out", tmp / "o.png"]
+  return {
+      "missing image": (["mmu", "--checkpoint", wd, "--image", im["rgb"], im["missing"], "--question", "q"],
+                        "missing.png: no such file"),
+      "corrupt image": (["mmu", "--checkpoint", wd, "--image", im["corrupt"], "--question", "q"],
+                        "corrupt.png: unreadable or corrupt image"),
+      "corrupt mask": (["inpaint", "--checkpoint", wd, "--image", im["rgb"], "--mask", im["corrupt"], "--prompt",
+                        "x", "--out", tmp / "o.png"], "corrupt.png: unreadable or corrupt image"),
+      "steps 0": (t2i + ["--steps", "0"], "--steps must be >= 1, got 0"),
+      "negative guidance": (t2i + ["--guidance", "-1"], "--guidance must be >= 0, got -1.0"),
+      "unknown direction": (["extrapolate", "--checkpoint", wd, "--image", im["rgb"], "--direction", "diagonal",
+                             "--prompt", "x", "--out", tmp / "o.png"], "--direction must be one of left, right"),
+      "not a checkpoint": (["t2i", "--checkpoint", tmp, "--prompt", "x", "--out", tmp / "o.png"],
+                           "no showo_jax training checkpoint here"),
+      "no checkpoint folder": (["t2i", "--checkpoint", tmp / "nowhere", "--prompt", "x", "--out", "o.png"],
+                               "nowhere: no such folder"),
+      "no output": (["t2i", "--checkpoint", wd, "--prompt", "x"], "t2i needs --out"),
+      "unknown mode": (["paint", "--checkpoint", wd], "invalid choice: 'paint'"),
+      "missing option": (["mmu", "--checkpoint", wd, "--image", im["rgb"]], "--question"),
+  }
+
+
+@pytest.mark.parametrize("case", ["missing image", "corrupt image", "corrupt mask", "steps 0", "negative guidance",
+                                  "unknown direction", "not a checkpoint", "no checkpoint folder", "no output",
+                                  "unknown mode", "missing option"])
+def test_bad_input_is_one_error_line(workdir, images, tmp_path, case):
+  argv, needle = _bad_cases(workdir, images, tmp_path)[case]
+  code, out, err = _run(*argv)
+  assert code == 2 and not out
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+  assert not os.path.exists(tmp_path / "o.png")
