@@ -20,7 +20,8 @@ def get_config(arg: str = ""):
   c.data.update(source="embedded", resolution=32, downsample=4, num_image_tokens=64, max_text_len=24,
                 lm_window_chars=400)
   c.tokenizer.magvit = config_magvit.magvit_config("tiny")
-  c.train.update(steps=args.steps or 2000, batch_t2i=16, batch_lm=4, batch_mmu=12, log_every=25,
+  c.train.update(steps=args.steps or 1500, batch_t2i=16, batch_lm=4, batch_mmu=12, log_every=25,
                  checkpoint_every=500, sample_every=500, seed=0)
+  c.train.sample_guidance = 2.0  # CFG weight of in-training samples and of `evaluate` (cond dropout is 10 %)
   c.optimizer.update(lr=1e-3, warmup_steps=100, final_lr_fraction=0.1, weight_decay=0.01, grad_clip_norm=1.0)
   return c

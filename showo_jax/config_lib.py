@@ -110,6 +110,7 @@ def showo_config(size: str = "tiny", res: int = 256) -> ConfigDict:
       batch_t2i=4, batch_lm=2, batch_mmu=2,  # global rows of each task per step
       grad_accum_steps=1,
       log_every=10, checkpoint_every=500, keep_checkpoints=3, sample_every=0,  # 0 = never
+      sample_steps=12, sample_guidance=0.0,  # MaskGIT steps and CFG weight of samples (and of `evaluate`)
       stop_after=0,  # >0: stop (with a checkpoint) after this many steps in this process; rerun to continue
       init_from="",  # params only: a Show-o checkpoint (ours or official) to start from
       peak_tflops_per_device=0.0,  # for MFU; 0 = measure a float32 matmul once at startup
