@@ -4,6 +4,9 @@
 `magvit_config("tiny")` is the parity model A (`/work/shared/parity/parity_A.json["tiny_magvit"]`).
 Field names follow the official constructor arguments where one exists (`ch`, `ch_mult`, `num_res_blocks`,
 `attn_resolutions`, `resolution`); `codebook_bits` is the official `z_channels` = `codebook_dim`.
+Training blocks (`data`, `train`, `optimizer`, `loss`, `disc`, `mesh`; training/tokenizer_trainer.py) hold the
+embedded-MNIST CPU setup for every preset; `training_config("official")` scales them to the released model.
+`validate_training` checks them on top of `validate_magvit`.
 """
 
 import ml_collections
@@ -65,6 +68,78 @@ def magvit_config(size: str = "tiny") -> ConfigDict:
   # Matmul/conv precision: "default" lets accelerators use TF32/bf16 passes (as PyTorch's cuDNN TF32 does);
   # "highest" gives full float32.
   c.precision = "default"
+  add_training_fields(c)
+  return c
+
+
+def add_training_fields(c: ConfigDict) -> ConfigDict:
+  """The training blocks (training/tokenizer_trainer.py): the embedded-MNIST CPU setup, for every size.
+
+  They are the same for every preset so that a config inferred from weights (official/magvit_keys.py) equals
+  its preset; `configs/magvit2.py:size=official` then scales them up (`OFFICIAL_TRAINING`).
+  """
+  c.data = ConfigDict(dict(
+      # "embedded:train" | "embedded:test" | an image folder | "records:FOLDER" | "tfds:NAME[:SPLIT]@DATA_DIR"
+      source="embedded:train",
+      eval_source="embedded:test",  # PSNR / codebook usage / sample grids; "" = none
+      resolution=32,  # shorter side resized (bicubic) to this, then center-cropped (official image_transform)
+      resize=True,  # False: refuse images whose size is not `resolution` (never resample)
+      image_field="image",  # field holding the image in record / tfds sources (uint8 array or encoded bytes)
+      eval_images=0,  # evaluate on at most this many images of eval_source; 0 = all
+  ))
+  c.train = ConfigDict(dict(
+      # ~1 epoch of the 4,500 training digits (small batches learn more per image). The whole run takes
+      # ~245 s of CPU time on a 2-core x86 (600 steps × ~0.31 s + compile/eval), ~4 min wall or less, and
+      # reaches ~22.9 dB PSNR on the test split.
+      steps=600, batch_size=8, seed=0,
+      ema_decay=0.99,  # ema ← decay·ema + (1 − decay)·params after every step; 0 = no EMA
+      log_every=50, checkpoint_every=300, keep_checkpoints=2,
+      sample_every=300,  # PNG grids of originals | reconstructions in WORKDIR/samples/; 0 = only at the end
+      eval_every=0,  # test-split metrics during training; 0 = only at the end
+      num_samples=16,  # image pairs per grid
+      distributed=False,  # jax.distributed.initialize() (multi-host)
+  ))
+  c.optimizer = ConfigDict(dict(
+      lr=2e-3, warmup_steps=40, final_lr_fraction=0.05, b1=0.9, b2=0.99, eps=1e-8,
+      weight_decay=1e-4, weight_decay_mask="clean", grad_clip_norm=1.0,
+  ))
+  c.loss = ConfigDict(dict(
+      l1_weight=1.0, l2_weight=1.0,  # reconstruction: l1·|x − x̂| + l2·(x − x̂)², means over pixels
+      perceptual_weight=0.0,  # > 0 needs perceptual_weights (none ship; see training/tokenizer_losses.py)
+      perceptual_weights="",  # .npz of a VGG-style feature network
+  ))
+  c.disc = ConfigDict(dict(
+      enabled=False,  # PatchGAN (models/discriminator.py); off by default: ~6× the tiny CPU step time
+      start_step=0,  # the adversarial terms (and discriminator updates) start at this step
+      ch=64, num_layers=3, norm="group",
+      loss="hinge",  # "hinge" | "non_saturating"
+      weight=0.1,  # × the adaptive weight ‖∇_L rec‖ / ‖∇_L adv‖ at the decoder's last layer L (taming)
+      adaptive_weight_max=1e4,  # the ratio is clipped to [0, this]
+      lecam_weight=0.001,  # LeCAM regularisation of the discriminator; 0 = off
+      lecam_ema_decay=0.999,  # EMAs of the mean real / fake logits that LeCAM anchors to
+      lr=2e-4,  # the discriminator's AdamW uses config.optimizer but this peak learning rate
+  ))
+  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # params replicated; batch over data × fsdp
+  return c
+
+
+# `configs/magvit2.py:size=official`: the released model's scale (SPEC §8); the data must be given.
+OFFICIAL_TRAINING = {
+    "data.source": "", "data.eval_source": "", "data.resolution": 256,
+    "train.steps": 500_000, "train.batch_size": 256, "train.ema_decay": 0.999, "train.log_every": 100,
+    "train.checkpoint_every": 5_000, "train.sample_every": 5_000, "train.eval_every": 0,
+    "optimizer.lr": 1e-4, "optimizer.warmup_steps": 5_000, "optimizer.final_lr_fraction": 0.0,
+    "disc.enabled": True, "disc.start_step": 20_000,
+}
+
+
+def training_config(size: str = "tiny") -> ConfigDict:
+  """`magvit_config(size)` with the training scale of that size (what configs/magvit2.py returns)."""
+  c = magvit_config(size)
+  if size == "official":
+    for dotted, value in OFFICIAL_TRAINING.items():
+      parent, leaf = dotted.split(".")
+      c[parent][leaf] = value
   return c
 
 
@@ -131,4 +206,46 @@ def validate_magvit(config) -> ConfigDict:
   for name in ("dtype", "param_dtype"):
     _check(config[name] in config_lib.DTYPES, f"config.{name}={config[name]!r} is not one of {config_lib.DTYPES}")
   _check(config.precision in PRECISIONS, f"config.precision={config.precision!r} is not one of {PRECISIONS}")
+  return config
+
+
+DISC_LOSSES = ("hinge", "non_saturating")
+DISC_NORMS = ("group", "none")
+
+
+def validate_training(config) -> ConfigDict:
+  """validate_magvit plus the training blocks; raises ConfigError naming the field."""
+  validate_magvit(config)
+  for block in ("data", "train", "optimizer", "loss", "disc", "mesh"):
+    _check(block in config, f"config.{block} is missing: build the config with magvit_config()")
+  t, o, loss, d = config.train, config.optimizer, config.loss, config.disc
+  for name in ("steps", "batch_size", "log_every", "num_samples"):
+    _check(t[name] > 0, f"config.train.{name}={t[name]} must be positive")
+  for name in ("checkpoint_every", "sample_every", "eval_every", "keep_checkpoints"):
+    _check(t[name] >= 0, f"config.train.{name}={t[name]} must be >= 0")
+  _check(0 <= t.ema_decay < 1, f"config.train.ema_decay={t.ema_decay} must be in [0, 1)")
+  _check(o.lr > 0, f"config.optimizer.lr={o.lr} must be positive")
+  _check(o.warmup_steps >= 0, f"config.optimizer.warmup_steps={o.warmup_steps} must be >= 0")
+  _check(o.weight_decay_mask in ("clean", "official"),
+         f"config.optimizer.weight_decay_mask={o.weight_decay_mask!r} is not 'clean' or 'official'")
+  for name in ("l1_weight", "l2_weight", "perceptual_weight"):
+    _check(loss[name] >= 0, f"config.loss.{name}={loss[name]} must be >= 0")
+  _check(loss.perceptual_weight == 0 or loss.perceptual_weights,
+         f"config.loss.perceptual_weight={loss.perceptual_weight} needs config.loss.perceptual_weights (a .npz "
+         "of feature-network weights; none ship with showo_jax)")
+  _check(d.loss in DISC_LOSSES, f"config.disc.loss={d.loss!r} is not one of {DISC_LOSSES}")
+  _check(d.norm in DISC_NORMS, f"config.disc.norm={d.norm!r} is not one of {DISC_NORMS}")
+  _check(d.ch > 0 and d.num_layers > 0, f"config.disc.ch={d.ch} and config.disc.num_layers={d.num_layers} "
+         "must be positive")
+  _check(d.norm != "group" or d.ch % min(config.norm_groups, d.ch) == 0,
+         f"config.disc.ch={d.ch} is not a multiple of config.norm_groups={config.norm_groups} (GroupNorm)")
+  for name in ("start_step", "weight", "adaptive_weight_max", "lecam_weight", "lr"):
+    _check(d[name] >= 0, f"config.disc.{name}={d[name]} must be >= 0")
+  _check(0 <= d.lecam_ema_decay < 1, f"config.disc.lecam_ema_decay={d.lecam_ema_decay} must be in [0, 1)")
+  factor = downsample_factor(config)
+  res = config.data.resolution
+  _check(res > 0 and res % factor == 0,
+         f"config.data.resolution={res} must be a positive multiple of the downsampling factor {factor}")
+  _check(bool(config.data.source), "config.data.source is empty: give an image folder, records:FOLDER, "
+         "tfds:NAME[:SPLIT]@DIR or embedded:train")
   return config
