@@ -5,6 +5,13 @@ train: the float32 matmul peak of this machine, then for the tiny and the medium
   4/2/2), in float32 and with bfloat16 compute (float32 params): median step time, tokens/s, MFU against the
   measured peak, and peak memory.
 data: batches/s of each task's input pipeline (embedded data) against the tiny config's step rate.
+convert: writes a synthetic official-shaped Show-o checkpoint of random float32 tensors (every key and shape of
+  ../shared/parity/param_shapes_full.json; `--layers N` keeps only the first N decoder layers for a quick run),
+  then runs `python -m showo_jax.convert import` and `export` on it as child processes and reports each one's
+  peak resident memory against the checkpoint's size (goal: < 1.5x).
+sample: MaskGIT T2I (16 steps, CFG) latency at batch 1 and images/s at batch 8, prefix-cached vs full forwards vs
+  the 16 batched forwards alone; MMU ms/token with the KV cache vs full recomputation (showo_jax/sampling/
+  benchmark.py), for the tiny and the medium config with random params (`--steps` = timed repeats).
 Medians over `--steps` timed steps after warm-up; every figure names the machine it ran on.
 """
 
@@ -18,6 +25,7 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from showo_jax import config_lib
@@ -74,28 +82,56 @@ def _random_batch(config, rng):
   return {"input_ids": ids, "labels": labels, "task_ids": tasks}
 
 
+def _peak_sampler(size: int = 2048):
+  """A function returning one sample of the float32 matmul FLOP/s (the best of 3 products of `size`²)."""
+  a = jax.device_put(jnp.ones((size, size), jnp.float32), jax.local_devices()[0])
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+
+  def sample() -> float:
+    best = float("inf")
+    for _ in range(3):
+      t0 = time.perf_counter()
+      f(a).block_until_ready()
+      best = min(best, time.perf_counter() - t0)
+    return 2.0 * size**3 / best
+  return sample
+
+
 def bench_train_step(config, steps: int, peak: float) -> dict:
+  """Median step time etc.; MFU against the peak re-measured between the timed steps.
+
+  Other processes on a shared CPU change the share of it this process gets from minute to minute, so the
+  step times are set against matmul-peak samples taken between them (`mfu`); `mfu_vs_start_peak` uses the
+  single peak measured at the start of the run.
+  """
   from showo_jax.training import trainer  # pylint: disable=g-import-not-at-top
   config.mesh.update(data=1, fsdp=1, tensor=1)
   run = trainer.Run(config, mesh=sharding.make_mesh(config.mesh, jax.devices()[:1]))
   state = run.init_state(0)
   batch = _random_batch(config, np.random.default_rng(0))
   rng = jax.random.key(0)
+  sample_peak = _peak_sampler()
   t0 = time.perf_counter()
   state, metrics = run.step(state, batch, rng)
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - t0
-  times = []
+  times, peaks = [], [sample_peak()]
+  load = os.getloadavg()[0]
   for _ in range(steps):
     t0 = time.perf_counter()
     state, metrics = run.step(state, batch, rng)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
+    peaks.append(sample_peak())
   step_s = statistics.median(times)
+  local_peak = statistics.median(peaks)
   tokens = batch["input_ids"].size
   flops = flops_lib.train_flops_per_step(config)
   return {"step_time_s": step_s, "tokens_per_s": tokens / step_s, "tflops_per_s": flops / step_s / 1e12,
-          "mfu": flops / step_s / peak, "peak_memory_gb": _peak_memory_bytes() / 2**30, "compile_s": compile_s,
+          "mfu": flops / step_s / local_peak, "mfu_vs_start_peak": flops / step_s / peak,
+          "peak_tflops_interleaved": local_peak / 1e12, "load_average": (load + os.getloadavg()[0]) / 2,
+          "peak_memory_gb": _peak_memory_bytes() / 2**30, "compile_s": compile_s,
           "loss": float(metrics["loss"]), "steps_timed": steps}
 
 
@@ -110,7 +146,9 @@ def cmd_train(args) -> dict:
       r = bench_train_step(config, args.steps, peak)
       out["results"][f"{name}/{dtype}"] = r
       print(f"{name:6s} {dtype:8s} step {r['step_time_s'] * 1e3:8.1f} ms  {r['tokens_per_s']:9.0f} tok/s  "
-            f"MFU {100 * r['mfu']:5.1f}% of the f32 peak  peak mem {r['peak_memory_gb']:.2f} GB")
+            f"MFU {100 * r['mfu']:5.1f}% of the f32 peak ({r['peak_tflops_interleaved'] * 1e3:.1f} GFLOP/s "
+            f"between steps; {100 * r['mfu_vs_start_peak']:.1f}% of the start peak)  "
+            f"peak mem {r['peak_memory_gb']:.2f} GB  load {r['load_average']:.1f}")
     f32, bf16 = out["results"][f"{name}/float32"], out["results"][f"{name}/bfloat16"]
     print(f"{name:6s} bf16 speed-up over f32: {f32['step_time_s'] / bf16['step_time_s']:.2f}x")
   return out
@@ -138,14 +176,84 @@ def cmd_data(args) -> dict:
   return out
 
 
+_SHAPES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared",
+                       "parity", "param_shapes_full.json")
+
+
+def _run_measured(argv) -> tuple[float, float]:
+  """(peak resident bytes, seconds) of one child process; raises if it fails."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  proc = subprocess.Popen(argv, env=dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu")))
+  _, status, usage = os.wait4(proc.pid, 0)
+  proc.returncode = os.waitstatus_to_exitcode(status)
+  if proc.returncode:
+    raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}")
+  return usage.ru_maxrss * 1024.0, time.perf_counter() - t0
+
+
+def cmd_convert(args) -> dict:
+  import shutil  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from showo_jax.official import streaming  # pylint: disable=g-import-not-at-top
+  with open(args.shapes) as f:
+    shapes = {k: tuple(v) for k, v in json.load(f)["show-o (256x256, num_vq_tokens=256)"].items()}
+  if args.layers:
+    shapes = {k: v for k, v in shapes.items()
+              if not k.startswith("showo.model.layers.") or int(k.split(".")[3]) < args.layers}
+  workdir = args.workdir or tempfile.mkdtemp(prefix="showo_bench_convert_")
+  src, ckpt, exported = (os.path.join(workdir, n) for n in ("official", "ckpt", "exported"))
+  for path in (src, ckpt, exported):
+    shutil.rmtree(path, ignore_errors=True)
+  os.makedirs(src)
+  rng = np.random.default_rng(0)
+  specs = [(k, (v, np.float32)) for k, v in sorted(shapes.items())]
+  t0 = time.perf_counter()
+  weights = os.path.join(src, "pytorch_model.safetensors")
+  # Generated one tensor at a time, so this process stays small while writing.
+  streaming.write_safetensors(weights, specs, ((k, rng.random(v, np.float32) - 0.5) for k, (v, _) in specs))
+  with open(os.path.join(src, "config.json"), "w") as f:
+    json.dump({"_class_name": "Showo", "codebook_size": 8192, "llm_model_path": "microsoft/phi-1_5",
+               "llm_vocab_size": 50295, "load_from_showo": True, "mask_token_id": 58497, "num_vq_tokens": 256,
+               "vocab_size": 58498, "w_clip_vit": False}, f)
+  size = float(os.path.getsize(weights))
+  out = {"machine": machine(), "workdir": workdir, "tensors": len(specs), "checkpoint_bytes": size,
+         "write_s": time.perf_counter() - t0}
+  print(f"synthetic checkpoint: {len(specs)} tensors, {size / 1e9:.2f} GB ({out['write_s']:.0f} s)")
+  cli = [sys.executable, "-m", "showo_jax.convert"]
+  for name, argv in (("import", cli + ["import", "--input", src, "--output", ckpt]),
+                     ("export", cli + ["export", "--checkpoint", ckpt, "--output", exported])):
+    peak, seconds = _run_measured(argv)
+    out[name] = {"peak_rss_bytes": peak, "ratio_to_checkpoint": peak / size, "seconds": seconds}
+    print(f"convert {name}: peak RSS {peak / 1e9:.2f} GB = {peak / size:.2f}x the checkpoint, {seconds:.0f} s")
+  if not args.keep:
+    shutil.rmtree(workdir, ignore_errors=True)
+  return out
+
+
+def cmd_sample(args) -> dict:
+  from showo_jax.sampling import benchmark  # pylint: disable=g-import-not-at-top
+  out = {"machine": machine(), "load_average": os.getloadavg(), "results": {}}
+  print(f"machine: {out['machine']}, load average {out['load_average'][0]:.1f}")
+  for name, make in (("tiny", tiny_config), ("medium", medium_config)):
+    r = benchmark.bench_config(make(), repeats=args.steps, batch_repeats=max(1, args.steps // 3))
+    out["results"][name] = r
+    print("\n".join(benchmark.report_lines(name, r)), flush=True)
+  out["load_average_end"] = os.getloadavg()
+  return out
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m showo_jax.bench", description=__doc__.split("\n")[0])
-  parser.add_argument("what", choices=["train", "data"])
+  parser.add_argument("what", choices=["train", "data", "convert", "sample"])
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--json", default="", help="also write the figures to this file")
   parser.add_argument("--workdir", default="", help="data: where the embedded data is prepared (reused)")
+  parser.add_argument("--shapes", default=_SHAPES, help="convert: param_shapes_full.json")
+  parser.add_argument("--layers", type=int, default=0, help="convert: keep only this many layers (0 = all 24)")
+  parser.add_argument("--keep", action="store_true", help="convert: keep the files written under --workdir")
   args = parser.parse_args(argv)
-  out = {"train": cmd_train, "data": cmd_data}[args.what](args)
+  out = {"train": cmd_train, "data": cmd_data, "convert": cmd_convert, "sample": cmd_sample}[args.what](args)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(out, f, indent=1)

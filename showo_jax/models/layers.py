@@ -73,16 +73,35 @@ def rotary_tables(positions, rotary_dim: int, theta: float):
 def apply_rotary(x, cos, sin):
   """Rotates the first cos.shape[-1] dims of x [B, L, H, D]; the remaining dims pass through."""
   rotary_dim = cos.shape[-1]
-  x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
-  x1, x2 = jnp.split(x_rot.astype(jnp.float32), 2, axis=-1)
-  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  half = rotary_dim // 2
+  d = x.shape[-1]
   cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # broadcast over heads
-  out = x_rot.astype(jnp.float32) * cos + rotated * sin
-  return jnp.concatenate([out.astype(x.dtype), x_pass], axis=-1)
+  if d % rotary_dim:
+    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
+    x1, x2 = jnp.split(x_rot.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    out = x_rot.astype(jnp.float32) * cos + rotated * sin
+    return jnp.concatenate([out.astype(x.dtype), x_pass], axis=-1)
+  # The same with D viewed as [D / rotary_dim, 2, half] (x1, x2 | pass pairs): out = x·C + flip(x)·S, where
+  # flip swaps the two halves of each pair, C = [c, c | 1, 1] and S = [-s, s | 0, 0]. Only elementwise ops and
+  # a reverse, which XLA:CPU fuses into the neighbouring norm and transpose; the rotate-half concatenation is
+  # a separate, unvectorised pass, forward and backward, in every attention layer.
+  groups = d // rotary_dim
+  c, s = cos[..., None, None, :half], sin[..., None, None, :half]  # [B, L, 1, 1, 1, half]
+  cos_t = jnp.concatenate([jnp.broadcast_to(c, c.shape[:-2] + (2, half)),
+                           jnp.ones(c.shape[:-3] + (groups - 1, 2, half), jnp.float32)], axis=-3)
+  sin_t = jnp.concatenate([jnp.concatenate([-s, s], axis=-2),
+                           jnp.zeros(s.shape[:-3] + (groups - 1, 2, half), jnp.float32)], axis=-3)
+  xg = x.reshape(x.shape[:-1] + (groups, 2, half)).astype(jnp.float32)  # [B, L, H, groups, 2, half]
+  out = xg * cos_t + jnp.flip(xg, axis=-2) * sin_t
+  return out.reshape(x.shape).astype(x.dtype)
 
 
 def dot_product_attention(q, k, v, allowed, dtype):
-  """Softmax attention with a boolean mask and grouped-query heads.
+  """Softmax attention with a boolean mask and grouped-query heads, differentiated by autodiff.
+
+  The plain reference for `attention.attention` (what the model uses), which has the same numbers and a
+  hand-written backward pass.
 
   Args:
     q: [B, Lq, H, D] queries.

@@ -24,6 +24,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from showo_jax import config_lib
 from showo_jax.common import axes
+from showo_jax.models import attention
 from showo_jax.models import dense
 from showo_jax.models import layers
 
@@ -74,7 +75,14 @@ class TransformerConfig:
 
   @property
   def compute_dtype(self):
+    """The dtype of every matmul operand (weights and activations); the products accumulate in float32."""
     return _DTYPES[self.dtype]
+
+  @property
+  def activation_dtype(self):
+    """Activations between the products, and all elementwise work, stay float32 whatever `dtype` is: on CPU,
+    bf16 elementwise arithmetic is slower than f32 (it is converted either way) and less accurate."""
+    return jnp.float32
 
   @property
   def weight_dtype(self):
@@ -88,13 +96,14 @@ def _dense(cfg: TransformerConfig, features, in_names, out_names, name, axis=-1,
   num_in = len(axis) if isinstance(axis, (tuple, list)) else 1
   return dense.Dense(features=features, kernel_axes=tuple(in_names) + tuple(out_names), num_in_axes=num_in,
                      use_bias=use_bias, init_std=cfg.init_std, dtype=cfg.compute_dtype,
-                     param_dtype=cfg.weight_dtype, name=name)
+                     out_dtype=cfg.activation_dtype, param_dtype=cfg.weight_dtype, name=name)
 
 
 def _norm(cfg: TransformerConfig, name: str):
+  dtype = cfg.activation_dtype
   if cfg.is_phi:
-    return layers.LayerNorm(eps=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, name=name)
-  return layers.RMSNorm(eps=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, name=name)
+    return layers.LayerNorm(eps=cfg.norm_eps, dtype=dtype, param_dtype=cfg.weight_dtype, name=name)
+  return layers.RMSNorm(eps=cfg.norm_eps, dtype=dtype, param_dtype=cfg.weight_dtype, name=name)
 
 
 class Attention(nn.Module):
@@ -118,12 +127,14 @@ class Attention(nn.Module):
     self.sow("intermediates", "q_norm_out", q)
     q = layers.apply_rotary(q, cos, sin)
     k = layers.apply_rotary(k, cos, sin)
+    # The attention products take q, k, v in the compute dtype (so does the decode cache).
+    q, k, v = (t.astype(cfg.compute_dtype) for t in (q, k, v))
     q = nn.with_logical_constraint(q, (axes.BATCH, axes.LENGTH, axes.ACT_HEADS, None))
     k = nn.with_logical_constraint(k, (axes.BATCH, axes.LENGTH, axes.ACT_KV_HEADS, None))
     v = nn.with_logical_constraint(v, (axes.BATCH, axes.LENGTH, axes.ACT_KV_HEADS, None))
     if self.decode:
       k, v = self._update_cache(k, v)  # [B, max_len, Hkv, D]
-    out = layers.dot_product_attention(q, k, v, allowed, cfg.compute_dtype)  # [B, Lq, H, D]
+    out = attention.attention(q, k, v, allowed, cfg.activation_dtype)  # [B, Lq, H, D]
     return _dense(cfg, cfg.hidden_size, [axes.HEADS, axes.HEAD_DIM], [axes.EMBED], "o_proj", axis=(-2, -1))(out)
 
   def _update_cache(self, k, v):
@@ -191,7 +202,7 @@ class Transformer(nn.Module):
   def setup(self):
     cfg = self.cfg
     self.embed = nn.Embed(
-        num_embeddings=cfg.vocab_size, features=cfg.hidden_size, dtype=cfg.compute_dtype,
+        num_embeddings=cfg.vocab_size, features=cfg.hidden_size, dtype=cfg.activation_dtype,
         param_dtype=cfg.weight_dtype,
         embedding_init=layers.normal_init(cfg.init_std, (axes.VOCAB, axes.EMBED)))
     block = DecoderBlock
