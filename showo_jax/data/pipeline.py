@@ -97,14 +97,26 @@ class _T2IBatch:
 
 
 class _MMUBatch:
+  """Captioning / QA records through `mmu_prompt`; records carrying a LLaVA `conversation` (a JSON list of
+  [question, answer] pairs, data/builders/llava.py) through `llava_prompt` (labels on the answers only)."""
+
   def __init__(self, tokenizer, layout, data_cfg):
     self.tokenizer, self.layout, self.data_cfg = tokenizer, layout, data_cfg
 
   def __call__(self, batch):
     records = _valid(batch[0])
     images = self.layout.image_ids(np.stack([np.asarray(r["image_tokens"], np.int64) for r in records]))
-    text = self.tokenizer.encode([mmu_text(r) for r in records])
-    ids, lab = prompting.mmu_prompt(images, text, self.layout, self.data_cfg.max_text_len)
+    chats = [i for i, r in enumerate(records) if "conversation" in r]
+    plain = [i for i, r in enumerate(records) if "conversation" not in r]
+    t = self.data_cfg.max_text_len
+    ids = np.empty((len(records), images.shape[1] + 3 + t), np.int32)
+    lab = np.empty_like(ids)
+    if plain:
+      text = self.tokenizer.encode([mmu_text(records[i]) for i in plain])
+      ids[plain], lab[plain] = prompting.mmu_prompt(images[plain], text, self.layout, t)
+    if chats:
+      turns = [[tuple(pair) for pair in json.loads(records[i]["conversation"])] for i in chats]
+      ids[chats], lab[chats] = prompting.llava_prompt(images[chats], turns, self.tokenizer.encode_one, self.layout, t)
     return {"input_ids": ids, "labels": lab}
 
 

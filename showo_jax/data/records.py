@@ -18,6 +18,15 @@ from flax import serialization
 META = "meta.json"
 
 
+class SkipExample(ValueError):
+  """An input a dataset writer skips and counts: `reason` groups the count ("missing file", "empty caption", …);
+  the one-line message names the file / record."""
+
+  def __init__(self, reason: str, message: str):
+    super().__init__(message)
+    self.reason = reason
+
+
 def write_records(folder: str, examples, *, name: str = "data", num_shards: int = 1, meta=None) -> int:
   """Writes an iterable of dicts round-robin into `num_shards` shards; returns the record count.
 
