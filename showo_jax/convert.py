@@ -13,9 +13,11 @@
   llm --input HF_FOLDER --output CKPT_DIR --config configs/showo.py:size=… [--qk-norm identity|init]
       A Phi-1.5 or LLaMA-family HF checkpoint as the backbone of a fresh Show-o (see `llm_to_showo`).
 
-Memory: tensors are read and converted one at a time (no second copy of the model is ever held), so the peak
-is about one model plus its largest tensor. Every output is written in a temporary folder beside the target
-and renamed into place when complete; bad input gives a one-line error and a non-zero exit.
+Memory: import reads and converts tensors one at a time into one host copy of the model, which Orbax writes in
+place (no second copy), so its peak is about one model plus ~1 GB; export restores and writes a few hundred MB
+of leaves at a time, so its peak does not grow with the model (`python -m showo_jax.bench convert`). Every
+output is written in a temporary folder beside the target and renamed into place when complete; bad input
+gives a one-line error and a non-zero exit.
 """
 
 import argparse
@@ -101,38 +103,16 @@ def _nest(flat: dict) -> dict:
   return out
 
 
-def _flatten(tree, prefix="") -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
-def _to_device_in_place(tree):
-  """numpy leaves → jax arrays one at a time, dropping each numpy copy as it goes.
-
-  Orbax would otherwise convert the whole tree at once before writing: a second copy of the model.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      _to_device_in_place(value)
-    else:
-      tree[key] = jax.device_put(value)
-      del value
-
-
 def write_checkpoint(folder: str, params, config, extras=None):
-  """Writes FOLDER/checkpoints/0 in the layout the trainer writes (params-only `state` + `config`)."""
+  """Writes FOLDER/checkpoints/0 in the layout the trainer writes (params-only `state` + `config`).
+
+  The numpy leaves are written where they lie (the Checkpointer's converter mode), 1 GB at a time: the save
+  adds no second copy of the model.
+  """
   from showo_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
-  _to_device_in_place(params)
   state = {"step": np.zeros((), np.int32), "params": params}
   if extras:
     state["extras"] = _nest(extras)
-  # 1 GB in flight: Orbax otherwise serialises the whole tree at once, a second copy of the model.
   ckpt = checkpointing.Checkpointer(os.path.join(folder, CHECKPOINTS), async_save=False, save_concurrent_gb=1)
   try:
     ckpt.save(0, state, config=config)
@@ -242,8 +222,8 @@ def _write_tokenizer_checkpoint(folder, params, arch_config):
 
 ###########################  export  ###########################
 
-def _restore(checkpoint: str):
-  """(state dict of host arrays, config) of our checkpoint (a workdir, checkpoints folder or step folder)."""
+def _open_checkpoint(checkpoint: str):
+  """(Checkpointer, step, config) of our checkpoint (a workdir, checkpoints folder or step folder)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from showo_jax import checkpoint_io  # pylint: disable=g-import-not-at-top
   from showo_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
@@ -253,11 +233,10 @@ def _restore(checkpoint: str):
   folder, step = found
   ckpt = checkpointing.Checkpointer(folder, async_save=False)
   try:
-    config = ml_collections.ConfigDict(ckpt.saved_config(step))
-    state = ckpt.restore_raw(step)
-  finally:
+    return ckpt, step, ml_collections.ConfigDict(ckpt.saved_config(step))
+  except BaseException:
     ckpt.close()
-  return state, config
+    raise
 
 
 def official_config_json(config) -> dict:
@@ -270,23 +249,75 @@ def official_config_json(config) -> dict:
           "vocab_size": int(config.model.vocab_size), "w_clip_vit": bool(config.model.get("extra_keys"))}
 
 
+# Bytes of saved leaves restored per Orbax call by the export: bounds its memory (a leaf larger than this is read
+# alone). One Phi-1.5 layer is ~200 MB, so this is about one layer per call.
+EXPORT_BATCH_BYTES = 256 * 2**20
+
+
+def _export_plan(config, saved: dict, checkpoint: str):
+  """[(official key, saved leaf path, layer index or None, to_torch)]: the params rows, then the extras."""
+  plan = [(key, ("params",) + path, index, to_torch)
+          for key, path, index, to_torch in showo_keys.official_plan(config)]
+  for _, leaf, _, _ in plan:
+    if leaf not in saved:
+      raise CheckpointError(f"{checkpoint}: the checkpoint has no param {'/'.join(leaf[1:])} that its config "
+                            f"needs (not a Show-o checkpoint?)")
+  ident = lambda x, *_: x
+  extras = sorted((".".join(map(str, p[1:])), p) for p in saved if p[0] == "extras")
+  return plan + [(key, path, None, ident) for key, path in extras]
+
+
+def _batches(plan, saved: dict, budget: int):
+  """Consecutive plan rows whose distinct leaves add up to at most `budget` bytes (a larger leaf goes alone)."""
+  size = lambda leaf: int(np.prod(saved[leaf][0], dtype=np.int64)) * np.dtype(saved[leaf][1]).itemsize
+  rows, leaves, nbytes = [], {}, 0
+  for row in plan:
+    leaf = row[1]
+    if leaf not in leaves and rows and nbytes + size(leaf) > budget:
+      yield rows, leaves
+      rows, leaves, nbytes = [], {}, 0
+    if leaf not in leaves:
+      leaves[leaf], nbytes = saved[leaf], nbytes + size(leaf)
+    rows.append(row)
+  if rows:
+    yield rows, leaves
+
+
 def export_showo(checkpoint: str, output: str, *, overwrite: bool = False):
-  """Our checkpoint → official folder (config.json + pytorch_model.safetensors), one tensor at a time."""
-  state, config = _restore(checkpoint)
-  params = state["params"]
-  extras = _flatten(state.get("extras") or {})
+  """Our checkpoint → official folder (config.json + pytorch_model.safetensors), streamed.
 
-  def tensors():
-    yield from showo_keys.iter_official(params, config)
-    for key in sorted(extras):
-      yield key, np.asarray(extras[key])
+  The saved params are restored a batch of leaves at a time (EXPORT_BATCH_BYTES), converted and written; the
+  header comes first, from the saved shapes alone. Memory: one batch plus a tensor, not the model.
+  """
+  ckpt, step, config = _open_checkpoint(checkpoint)
+  try:
+    saved = ckpt.saved_leaves(step)
+    plan = _export_plan(config, saved, checkpoint)
 
-  # Header first: shapes come from a dry pass over the (cheap, view-producing) converters.
-  specs = [(k, (tuple(v.shape), np.asarray(v).dtype)) for k, v in tensors()]
-  with staged_output(output, overwrite) as tmp:
-    streaming.write_safetensors(os.path.join(tmp, WEIGHTS), specs, tensors())
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      json.dump(official_config_json(config), f, indent=2)
+    def convert(value, index, to_torch):
+      return showo_keys.to_official(value, index, to_torch, config)
+
+    # Zero-stride stand-ins of the saved shapes: the (view-producing) converters give each official shape
+    # without touching any data.
+    stand_in = lambda leaf: np.broadcast_to(np.zeros((), saved[leaf][1]), saved[leaf][0])
+    specs = []
+    for key, leaf, index, to_torch in plan:
+      out = convert(stand_in(leaf), index, to_torch)
+      specs.append((key, (tuple(out.shape), out.dtype)))
+
+    def tensors():
+      for rows, leaves in _batches(plan, saved, EXPORT_BATCH_BYTES):
+        values = ckpt.restore_leaves(step, leaves)
+        for key, leaf, index, to_torch in rows:
+          yield key, convert(values[leaf], index, to_torch)
+        del values
+
+    with staged_output(output, overwrite) as tmp:
+      streaming.write_safetensors(os.path.join(tmp, WEIGHTS), specs, tensors())
+      with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(official_config_json(config), f, indent=2)
+  finally:
+    ckpt.close()
 
 
 ###########################  llm  ###########################

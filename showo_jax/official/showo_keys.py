@@ -37,11 +37,12 @@ def _layer_map(family: str):
 
   ident = lambda x, *_: np.asarray(x)
   lin = lambda w, *_: _linear(w)
+  lin_t = lambda k, *_: np.asarray(k).T  # a view: the safetensors writer makes each tensor contiguous
   rows = []
   for p, n_key in (("q", "h"), ("k", "kv"), ("v", "kv")):
     rows.append((f"self_attn.{p}_proj.weight", ("attn", f"{p}_proj", "kernel"),
                  lambda w, dims, n_key=n_key: heads_in(w, dims[n_key], dims["d"]),
-                 lambda k, dims: np.ascontiguousarray(k.reshape(k.shape[0], -1).T)))
+                 lambda k, dims: k.reshape(k.shape[0], -1).T))
   if family == "phi":
     for p, n_key in (("q", "h"), ("k", "kv"), ("v", "kv")):
       rows.append((f"self_attn.{p}_proj.bias", ("attn", f"{p}_proj", "bias"),
@@ -52,15 +53,15 @@ def _layer_map(family: str):
         ("input_layernorm.bias", ("input_norm", "bias"), ident, ident),
         ("self_attn.dense.weight", ("attn", "o_proj", "kernel"),
          lambda w, dims: heads_out(w, dims["h"], dims["d"]),
-         lambda k, dims: np.ascontiguousarray(k.reshape(-1, k.shape[-1]).T)),
+         lambda k, dims: k.reshape(-1, k.shape[-1]).T),
         ("self_attn.dense.bias", ("attn", "o_proj", "bias"), ident, ident),
         ("self_attn.q_layernorm.weight", ("attn", "q_norm", "scale"), ident, ident),
         ("self_attn.q_layernorm.bias", ("attn", "q_norm", "bias"), ident, ident),
         ("self_attn.k_layernorm.weight", ("attn", "k_norm", "scale"), ident, ident),
         ("self_attn.k_layernorm.bias", ("attn", "k_norm", "bias"), ident, ident),
-        ("mlp.fc1.weight", ("mlp", "fc1", "kernel"), lin, lin),
+        ("mlp.fc1.weight", ("mlp", "fc1", "kernel"), lin, lin_t),
         ("mlp.fc1.bias", ("mlp", "fc1", "bias"), ident, ident),
-        ("mlp.fc2.weight", ("mlp", "fc2", "kernel"), lin, lin),
+        ("mlp.fc2.weight", ("mlp", "fc2", "kernel"), lin, lin_t),
         ("mlp.fc2.bias", ("mlp", "fc2", "bias"), ident, ident),
     ]
   else:
@@ -69,12 +70,12 @@ def _layer_map(family: str):
         ("post_attention_layernorm.weight", ("post_attention_norm", "scale"), ident, ident),
         ("self_attn.o_proj.weight", ("attn", "o_proj", "kernel"),
          lambda w, dims: heads_out(w, dims["h"], dims["d"]),
-         lambda k, dims: np.ascontiguousarray(k.reshape(-1, k.shape[-1]).T)),
+         lambda k, dims: k.reshape(-1, k.shape[-1]).T),
         ("self_attn.q_norm.weight", ("attn", "q_norm", "scale"), ident, ident),
         ("self_attn.k_norm.weight", ("attn", "k_norm", "scale"), ident, ident),
-        ("mlp.gate_proj.weight", ("mlp", "gate_proj", "kernel"), lin, lin),
-        ("mlp.up_proj.weight", ("mlp", "up_proj", "kernel"), lin, lin),
-        ("mlp.down_proj.weight", ("mlp", "down_proj", "kernel"), lin, lin),
+        ("mlp.gate_proj.weight", ("mlp", "gate_proj", "kernel"), lin, lin_t),
+        ("mlp.up_proj.weight", ("mlp", "up_proj", "kernel"), lin, lin_t),
+        ("mlp.down_proj.weight", ("mlp", "down_proj", "kernel"), lin, lin_t),
     ]
   return rows
 
@@ -82,8 +83,9 @@ def _layer_map(family: str):
 def _top_map(family: str):
   ident = lambda x, *_: np.asarray(x)
   lin = lambda w, *_: _linear(w)
+  lin_t = lambda k, *_: np.asarray(k).T  # a view: the safetensors writer makes each tensor contiguous
   rows = [("model.embed_tokens.weight", ("embed", "embedding"), ident, ident),
-          ("lm_head.weight", ("lm_head", "kernel"), lin, lin)]
+          ("lm_head.weight", ("lm_head", "kernel"), lin, lin_t)]
   if family == "phi":
     rows += [("model.final_layernorm.weight", ("final_norm", "scale"), ident, ident),
              ("model.final_layernorm.bias", ("final_norm", "bias"), ident, ident),
@@ -182,7 +184,7 @@ def params_from_official(state: dict, config, prefix: str = PREFIX):
     expected[prefix + key] = (path, to_flax)
   for i in range(m.num_layers):
     for key, path, to_flax, _ in _layer_map(m.family):
-      if not m.qk_norm and "_norm" in path[-2] and path[0] == "attn":
+      if not _used(path, m):
         continue
       expected[f"{prefix}model.layers.{i}.{key}"] = ((f"layers_{i}",) + path, to_flax)
   # Indexing (not .items()) so that a lazy state dict reads each tensor once, when it is converted.
@@ -235,26 +237,42 @@ def _check_shapes(params, config, state):
 
 def params_to_official(params, config, prefix: str = PREFIX) -> dict:
   """Inverse of params_from_official: Flax params → official state dict (numpy, PyTorch layout)."""
-  return dict(iter_official(params, config, prefix))
+  return {k: np.ascontiguousarray(v) for k, v in iter_official(params, config, prefix)}
+
+
+def _used(path, m) -> bool:
+  """False for the QK-norm params of a config without QK-norm."""
+  return m.qk_norm or not (path[0] == "attn" and path[-2] in ("q_norm", "k_norm"))
+
+
+def official_plan(config, prefix: str = PREFIX):
+  """[(official key, flax path, layer index or None, to_torch)]: where each official tensor comes from.
+
+  A scanned layout ({"layers": stacked}) is listed leaf by leaf (every layer of one stacked leaf together), so
+  that a reader fetching a few leaves at a time (the streaming export) reads each stacked leaf once.
+  """
+  m = config.model
+  rows = [(prefix + key, path, None, to_torch) for key, path, _, to_torch in _top_map(m.family)]
+  layer_rows = [(key, path, to_torch) for key, path, _, to_torch in _layer_map(m.family) if _used(path, m)]
+  if m.scan_layers:
+    rows += [(f"{prefix}model.layers.{i}.{key}", ("layers",) + path, i, to_torch)
+             for key, path, to_torch in layer_rows for i in range(m.num_layers)]
+  else:
+    rows += [(f"{prefix}model.layers.{i}.{key}", (f"layers_{i}",) + path, None, to_torch)
+             for i in range(m.num_layers) for key, path, to_torch in layer_rows]
+  return rows
+
+
+def to_official(value, index, to_torch, config):
+  """One plan row applied to its flax leaf; a view where possible (transposes are not copied)."""
+  value = np.asarray(value)
+  return to_torch(value if index is None else value[index], _dims(config.model))
 
 
 def iter_official(params, config, prefix: str = PREFIX):
-  """Yields (official key, numpy array) one tensor at a time (each converted only when reached)."""
-  m = config.model
-  dims = _dims(m)
-  if m.scan_layers:
-    layer = lambda i, path: np.asarray(_lookup(params["layers"], path))[i]
-  else:
-    layer = lambda i, path: _lookup(params, (f"layers_{i}",) + path)
-  for key, path, _, to_torch in _top_map(m.family):
-    yield prefix + key, to_torch(np.asarray(_lookup(params, path)), dims)
-  for i in range(m.num_layers):
-    for key, path, _, to_torch in _layer_map(m.family):
-      try:
-        value = layer(i, path)
-      except KeyError:
-        continue  # e.g. no QK-norm
-      yield f"{prefix}model.layers.{i}.{key}", to_torch(np.asarray(value), dims)
+  """Yields (official key, numpy array) one tensor at a time, as views of `params` where possible."""
+  for key, path, index, to_torch in official_plan(config, prefix):
+    yield key, to_official(_lookup(params, path), index, to_torch, config)
 
 
 def stack_layers(params, num_layers: int):

@@ -170,11 +170,21 @@ def write_safetensors(path: str, specs, tensors):
     tensors: an iterable of (key, array) in the same order (e.g. a generator converting one tensor at a time).
   """
   specs = list(specs)
+  done = 0
   with open(path, "wb") as f:
     f.write(_header_bytes(specs))
-    for (key, (shape, dtype)), (got_key, value) in zip(specs, tensors, strict=True):
+    # A plain loop over `tensors`, not zip(): zip keeps the previous item alive until the next one is made,
+    # which would hold a streaming producer's last batch while it reads the next.
+    for got_key, value in tensors:
+      if done == len(specs):
+        raise CheckpointError(f"{path}: tensor {got_key!r} has no header entry (more tensors than header entries)")
+      key, (shape, dtype) = specs[done]
       value = np.ascontiguousarray(value)
       if got_key != key or tuple(value.shape) != tuple(shape) or value.dtype != np.dtype(dtype):
         raise CheckpointError(f"{path}: tensor {got_key!r} {value.shape} {value.dtype} does not match the "
                               f"header entry {key!r} {tuple(shape)} {np.dtype(dtype)}")
       f.write(memoryview(value.reshape(-1).view(np.uint8)))
+      del value  # before the producer makes the next one
+      done += 1
+  if done != len(specs):
+    raise CheckpointError(f"{path}: header entry {specs[done][0]!r} has no tensor (fewer tensors than entries)")

@@ -12,6 +12,7 @@ import signal
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -23,14 +24,22 @@ class Checkpointer:
   """Save / restore of (state, data iterator, config) under `directory`, keeping the last `max_to_keep`."""
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True, save_concurrent_gb=None):
-    """`save_concurrent_gb` bounds the bytes Orbax serialises at once (default: Orbax's 96 GB), which bounds
-    the memory a save adds on top of the state (the checkpoint converter sets it; state + config items only)."""
+    """`save_concurrent_gb` (the checkpoint converter's mode; state + config items only) writes numpy leaves in
+    place, at most that many GB at once: Orbax's default numpy handler deep-copies every leaf first, and its
+    jax.Array handler copies every array to host before writing (on CPU too), either a second copy of the
+    state. The caller must leave the arrays unchanged until save() returns."""
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     handlers = None
-    if save_concurrent_gb is not None:
-      handlers = {"state": ocp.StandardCheckpointHandler(save_concurrent_gb=int(save_concurrent_gb), use_ocdbt=False),
+    self._in_place = save_concurrent_gb is not None
+    if self._in_place:
+      th = ocp.type_handlers
+      registry = th.create_type_handler_registry(
+          (np.ndarray, th.NumpyHandler(deepcopy_host_arrays=False)), (np.number, th.ScalarHandler()),
+          (int, th.ScalarHandler()), (float, th.ScalarHandler()), (jax.Array, th.ArrayHandler()))
+      handlers = {"state": ocp.PyTreeCheckpointHandler(save_concurrent_gb=int(save_concurrent_gb), use_ocdbt=False,
+                                                       type_handler_registry=registry),
                   "config": ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
     self._preempted = False
@@ -44,7 +53,7 @@ class Checkpointer:
 
   # -- save / restore ----------------------------------------------------------------------------------------
   def save(self, step: int, state, *, data_iter=None, config=None) -> bool:
-    items = {"state": ocp.args.StandardSave(state)}
+    items = {"state": ocp.args.PyTreeSave(state) if self._in_place else ocp.args.StandardSave(state)}
     if data_iter is not None:
       items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
     if config is not None:
@@ -63,6 +72,48 @@ class Checkpointer:
     """The saved state as a tree of host arrays, without a target (for params-only loading)."""
     restored = self._manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     return restored["state"]
+
+  def saved_leaves(self, step: int) -> dict:
+    """{leaf path (tuple of keys): (shape, dtype)} of the saved `state`, from its metadata (no array data)."""
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      tree = handler.metadata(self._item_path(step, "state")).tree
+    finally:
+      handler.close()
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path): (tuple(v.shape), v.dtype)
+            for path, v in flat}
+
+  def restore_leaves(self, step: int, leaves: dict) -> dict:
+    """Only the given leaves ({path: (shape, dtype)}, as from saved_leaves) of the saved `state`, as numpy.
+
+    A partial restore: the rest of the state is never read, so memory is the leaves asked for (the streaming
+    export reads a checkpoint a few hundred MB at a time).
+    """
+    item, args = {}, {}
+    for path, (shape, dtype) in leaves.items():
+      node, arg_node = item, args
+      for key in path[:-1]:
+        node, arg_node = node.setdefault(key, {}), arg_node.setdefault(key, {})
+      node[path[-1]] = jax.ShapeDtypeStruct(shape, dtype)
+      arg_node[path[-1]] = ocp.RestoreArgs(restore_type=np.ndarray)  # host arrays: no device copy
+    handler = ocp.PyTreeCheckpointHandler(restore_concurrent_gb=1)
+    try:
+      restored = handler.restore(self._item_path(step, "state"),
+                                 args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True))
+    finally:
+      handler.close()
+    out = {}
+    for path in leaves:
+      node = restored
+      for key in path:
+        node = node[key]
+      out[path] = node
+    return out
+
+  def _item_path(self, step: int, item: str):
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    return epath.Path(self.directory) / str(int(step)) / item
 
   def saved_config(self, step: int) -> dict:
     restored = self._manager.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))
@@ -88,7 +139,6 @@ class Checkpointer:
     if jax.process_count() == 1:
       return self._preempted
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
     return bool(np.any(multihost_utils.process_allgather(np.array(self._preempted))))
 
 
