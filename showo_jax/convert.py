@@ -11,129 +11,44 @@
       The official layout back: config.json (SPEC §9 fields) + pytorch_model.safetensors ([out, in] weights).
       import → export gives back every tensor bit for bit (float32 sources).
   llm --input HF_FOLDER --output CKPT_DIR --config configs/showo.py:size=… [--qk-norm identity|init]
-      A Phi-1.5 or LLaMA-family HF checkpoint as the backbone of a fresh Show-o (see `llm_to_showo`).
+      A Phi-1.5 or LLaMA-family HF checkpoint as the backbone of a fresh Show-o (see `convert_llm.llm_to_showo`).
 
 Memory: import reads and converts tensors one at a time into one host copy of the model, which Orbax writes in
 place (no second copy), so its peak is about one model plus ~1 GB; export restores and writes a few hundred MB
 of leaves at a time, so its peak does not grow with the model (`python -m showo_jax.bench convert`). Every
 output is written in a temporary folder beside the target and renamed into place when complete; bad input
 gives a one-line error and a non-zero exit.
+
+Modules: this one holds the CLI, import and export; `convert_llm` the `llm` conversion; `convert_lib` the
+output folders and checkpoint writer all three share.
 """
 
 import argparse
-import contextlib
-import importlib.util
 import json
 import os
-import shutil
 import sys
-import tempfile
 
 import numpy as np
 
 from showo_jax import config_lib
+from showo_jax import convert_lib
+from showo_jax import convert_llm
 from showo_jax.models import vocab as vocab_lib
-from showo_jax.official import reader
 from showo_jax.official import showo_keys
 from showo_jax.official import streaming
 
-CheckpointError = reader.CheckpointError
-CHECKPOINTS = "checkpoints"
+CheckpointError = convert_lib.CheckpointError
+CHECKPOINTS = convert_lib.CHECKPOINTS
 WEIGHTS = "pytorch_model.safetensors"
 _MAGVIT_PREFIXES = ("encoder.", "decoder.", "quantize.")
-
-
-###########################  Output folders  ###########################
-
-def _holds_checkpoint(folder: str) -> bool:
-  if not os.path.isdir(folder):
-    return False
-  names = set(os.listdir(folder))
-  if CHECKPOINTS in names or any(n.isdigit() for n in names):
-    return True
-  return any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names)
-
-
-@contextlib.contextmanager
-def staged_output(output: str, overwrite: bool):
-  """Yields a temporary folder beside `output`; on success its entries replace those of `output`.
-
-  Nothing is left behind when the body raises, and an existing checkpoint is only replaced with `overwrite`.
-  """
-  output = os.path.abspath(output)
-  if os.path.exists(output) and not os.path.isdir(output):
-    raise CheckpointError(f"{output}: exists and is not a folder")
-  if _holds_checkpoint(output) and not overwrite:
-    raise CheckpointError(f"{output}: already holds a checkpoint (pass --overwrite to replace it)")
-  parent = os.path.dirname(output)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.converting-", dir=parent)
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the output folder's mode
-  try:
-    yield tmp
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  if not os.path.exists(output):
-    os.rename(tmp, output)
-    return
-  for name in os.listdir(tmp):
-    dst = os.path.join(output, name)
-    if os.path.exists(dst):  # move the old entry aside first so the swap is two renames
-      old = f"{dst}.replaced-{os.getpid()}"
-      os.rename(dst, old)
-      os.rename(os.path.join(tmp, name), dst)
-      shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
-    else:
-      os.rename(os.path.join(tmp, name), dst)
-  os.rmdir(tmp)
-
-
-def _nest(flat: dict) -> dict:
-  """{"mm_projector.0.weight": a} → {"mm_projector": {"0": {"weight": a}}} (Orbax-friendly names)."""
-  out = {}
-  for key, value in flat.items():
-    node = out
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return out
-
-
-def write_checkpoint(folder: str, params, config, extras=None):
-  """Writes FOLDER/checkpoints/0 in the layout the trainer writes (params-only `state` + `config`).
-
-  The numpy leaves are written where they lie (the Checkpointer's converter mode), 1 GB at a time: the save
-  adds no second copy of the model.
-  """
-  from showo_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
-  state = {"step": np.zeros((), np.int32), "params": params}
-  if extras:
-    state["extras"] = _nest(extras)
-  ckpt = checkpointing.Checkpointer(os.path.join(folder, CHECKPOINTS), async_save=False, save_concurrent_gb=1)
-  try:
-    ckpt.save(0, state, config=config)
-  finally:
-    ckpt.close()
+# Names this module defined before the llm conversion and shared helpers moved out; still importable here.
+staged_output = convert_lib.staged_output
+write_checkpoint = convert_lib.write_checkpoint
+load_config_file = convert_llm.load_config_file
+llm_to_showo = convert_llm.llm_to_showo
 
 
 ###########################  import  ###########################
-
-def _official_json(source: str) -> dict:
-  path = os.fspath(source)
-  folder = path if os.path.isdir(path) else os.path.dirname(path)
-  cfg_path = os.path.join(folder, "config.json")
-  if not os.path.exists(cfg_path):
-    return {}
-  try:
-    with open(cfg_path) as f:
-      return json.load(f)
-  except ValueError as e:
-    raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
-
 
 def detect_kind(keys, description: str) -> str:
   keys = list(keys)
@@ -154,7 +69,7 @@ def import_showo(source: str, output: str, *, overwrite: bool = False):
   desc = getattr(state, "description", source)
   if detect_kind(state.keys(), desc) != "showo":
     raise CheckpointError(f"{desc}: a MAGVIT-v2 checkpoint, not a Show-o (use --kind magvit)")
-  meta = _official_json(source)
+  meta = convert_lib.source_config_json(source)
   meta = meta if meta.get("_class_name") == "Showo" else {}
   try:
     config = showo_keys.infer_config(state.shapes(), llm_vocab_size=meta.get("llm_vocab_size"),
@@ -164,14 +79,14 @@ def import_showo(source: str, output: str, *, overwrite: bool = False):
   if meta.get("num_vq_tokens"):
     config.data.num_image_tokens = int(meta["num_vq_tokens"])
     config.data.resolution = int(round(np.sqrt(config.data.num_image_tokens))) * config.data.downsample
-  with staged_output(output, overwrite) as tmp:
+  with convert_lib.staged_output(output, overwrite) as tmp:
     try:
       params, extras = showo_keys.params_from_official(state, config)
     except CheckpointError as e:
       raise CheckpointError(f"{desc}: {e}") from None
     if extras:
       config.model.extra_keys = sorted(extras)
-    write_checkpoint(tmp, params, config, extras)
+    convert_lib.write_checkpoint(tmp, params, config, extras)
     del params, extras
   return config
 
@@ -187,7 +102,7 @@ def import_magvit(source: str, output: str, *, overwrite: bool = False):
     params, config = magvit_keys.params_from_official(state)
   except CheckpointError as e:
     raise CheckpointError(f"{desc}: {e}") from None
-  with staged_output(output, overwrite) as tmp:
+  with convert_lib.staged_output(output, overwrite) as tmp:
     _write_tokenizer_checkpoint(tmp, params, config)
   return config
 
@@ -312,136 +227,12 @@ def export_showo(checkpoint: str, output: str, *, overwrite: bool = False):
           yield key, convert(values[leaf], index, to_torch)
         del values
 
-    with staged_output(output, overwrite) as tmp:
+    with convert_lib.staged_output(output, overwrite) as tmp:
       streaming.write_safetensors(os.path.join(tmp, WEIGHTS), specs, tensors())
       with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(official_config_json(config), f, indent=2)
   finally:
     ckpt.close()
-
-
-###########################  llm  ###########################
-
-def load_config_file(spec: str):
-  """`configs/showo.py:size=tiny` → get_config("size=tiny")."""
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise CheckpointError(f"{path}: no such config file")
-  module_spec = importlib.util.spec_from_file_location("_convert_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
-def _hf_family(keys, desc):
-  if "model.final_layernorm.weight" in keys:
-    return "phi"
-  if "model.norm.weight" in keys:
-    return "llama"
-  if any(k.startswith(showo_keys.PREFIX) for k in keys):
-    raise CheckpointError(f"{desc}: this is a Show-o checkpoint; use `convert import`")
-  raise CheckpointError(f"{desc}: neither a Phi (model.final_layernorm.weight) nor a LLaMA-family "
-                        f"(model.norm.weight) Hugging Face checkpoint (first key {sorted(keys)[0]!r})")
-
-
-class _ShowoView(dict):
-  """Official Show-o keys over an HF LLM state dict: renamed lazily, resized/created tensors precomputed."""
-
-  def __init__(self, hf, made):
-    super().__init__()
-    self._hf, self._made = hf, made
-    for key in hf:
-      if not key.endswith("rotary_emb.inv_freq"):  # old LLaMA checkpoints store this recomputable buffer
-        dict.__setitem__(self, showo_keys.PREFIX + key, None)
-    for key in made:
-      dict.__setitem__(self, key, None)
-
-  def __getitem__(self, key):
-    if key in self._made:
-      return self._made.pop(key)  # handed over once: no second copy stays here
-    return self._hf[key[len(showo_keys.PREFIX):]]
-
-
-def _resized(rows, new_rows, std, rng, bias=False):
-  out = np.zeros((new_rows,) + rows.shape[1:], np.float32) if bias else (
-      rng.standard_normal((new_rows,) + rows.shape[1:]) * std).astype(np.float32)
-  keep = min(len(rows), new_rows)
-  out[:keep] = rows[:keep]
-  return out
-
-
-def llm_to_showo(source: str, output: str, config, *, qk_norm: str = "identity", seed: int = 0,
-                 overwrite: bool = False):
-  """A Phi-1.5 / LLaMA-family HF checkpoint as the backbone of a fresh Show-o.
-
-  Backbone sizes come from the LLM (its tensors and config.json) and override `config.model`'s; the vocabulary
-  layout (`config.model.vocab`) stays. Embedding and head rows: the LLM's first `vocab_size` rows are kept
-  (as the official `resize_token_embeddings` does: phi-1.5's padding rows 50295…51199 stay), all further rows
-  — special tokens, codebook, [MASK] — are N(0, init_std), new head biases 0. `qk_norm="identity"` adds no
-  norm (config.model.qk_norm=False), so text logits equal the LLM's; "init" adds a freshly initialised one
-  (weight 1, bias 0, as the official recipe does — which changes the logits). An LLM that has QK-norm keeps it.
-  """
-  hf = streaming.open_state_dict(source)
-  desc = getattr(hf, "description", source)
-  shapes = hf.shapes()
-  family = _hf_family(shapes, desc)
-  meta = _official_json(source)
-  m = config.model
-  heads = int(meta.get("num_attention_heads") or 0)
-  if not heads:
-    raise CheckpointError(f"{source}: config.json with num_attention_heads is needed beside the weights")
-  hidden = shapes["model.embed_tokens.weight"][1]
-  head_dim = int(meta.get("head_dim") or hidden // heads)
-  layers = 1 + max(int(k.split(".")[2]) for k in shapes if k.startswith("model.layers."))
-  l0 = "model.layers.0."
-  m.family, m.hidden_size, m.num_layers, m.num_heads = family, int(hidden), int(layers), heads
-  m.head_dim = 0 if head_dim * heads == hidden else head_dim
-  m.num_kv_heads = shapes[l0 + "self_attn.k_proj.weight"][0] // head_dim
-  m.intermediate_size = shapes[l0 + ("mlp.fc1.weight" if family == "phi" else "mlp.gate_proj.weight")][0]
-  m.rope_theta = float(meta.get("rope_theta", 10000.0))
-  if family == "phi":
-    m.rotary_fraction, m.norm_eps = float(meta.get("partial_rotary_factor", 0.5)), float(meta.get("layer_norm_eps", 1e-5))
-    qn = ("self_attn.q_layernorm.weight", "self_attn.q_layernorm.bias", "self_attn.k_layernorm.weight",
-          "self_attn.k_layernorm.bias")
-  else:
-    m.rotary_fraction, m.norm_eps = 1.0, float(meta.get("rms_norm_eps", 1e-6))
-    qn = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")
-    if meta.get("rope_scaling"):
-      raise CheckpointError(f"{source}: rope_scaling {meta['rope_scaling']} is not supported")
-  has_qk = l0 + qn[0] in shapes
-  if qk_norm not in ("identity", "init"):
-    raise CheckpointError(f"--qk-norm={qk_norm!r}: use 'identity' or 'init'")
-  m.qk_norm = has_qk or qk_norm == "init"
-  layout = vocab_lib.VocabLayout.from_config(config)
-  m.vocab_size = layout.vocab_size
-  config_lib.validate(config)
-  rows = shapes["model.embed_tokens.weight"][0]
-  if rows < layout.llm_vocab_size:
-    raise CheckpointError(f"{desc}: model.embed_tokens.weight has {rows} rows, fewer than "
-                          f"config.model.vocab.llm_vocab_size={layout.llm_vocab_size}")
-  rng = np.random.default_rng(seed)
-  made = {}
-  p = showo_keys.PREFIX
-  with staged_output(output, overwrite) as tmp:
-    made[p + "model.embed_tokens.weight"] = _resized(hf["model.embed_tokens.weight"], m.vocab_size, m.init_std, rng)
-    head = hf["lm_head.weight"] if "lm_head.weight" in shapes else hf["model.embed_tokens.weight"]  # tied
-    made[p + "lm_head.weight"] = _resized(head, m.vocab_size, m.init_std, rng)
-    del head
-    if family == "phi":
-      bias = hf["lm_head.bias"] if "lm_head.bias" in shapes else np.zeros((rows,), np.float32)
-      made[p + "lm_head.bias"] = _resized(bias, m.vocab_size, 0.0, rng, bias=True)
-    if m.qk_norm and not has_qk:
-      d = config_lib.head_dim(m)
-      for i in range(layers):
-        for name in qn:
-          made[f"{p}model.layers.{i}.{name}"] = (np.ones if name.endswith("weight") else np.zeros)((d,), np.float32)
-    view = _ShowoView(hf, made)
-    try:
-      params, extras = showo_keys.params_from_official(view, config)
-    except CheckpointError as e:
-      raise CheckpointError(f"{desc}: {e}") from None
-    write_checkpoint(tmp, params, config, extras)
-  return config
 
 
 ###########################  CLI  ###########################
@@ -479,8 +270,9 @@ def run(args) -> str:
   if args.cmd == "export":
     export_showo(args.checkpoint, args.output, overwrite=args.overwrite)
     return f"exported {args.checkpoint} → {args.output}"
-  llm_to_showo(args.input, args.output, load_config_file(args.config), qk_norm=args.qk_norm, seed=args.seed,
-               overwrite=args.overwrite)
+  config = convert_llm.load_config_file(args.config)
+  convert_llm.llm_to_showo(args.input, args.output, config, qk_norm=args.qk_norm, seed=args.seed,
+                           overwrite=args.overwrite)
   return f"converted LLM {args.input} → {args.output}"
 
 

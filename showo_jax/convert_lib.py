@@ -1,0 +1,107 @@
+"""What the `python -m showo_jax.convert` subcommands share: staged output folders, our params-only checkpoint
+writer, and the official config.json read beside a source.
+
+Kept apart from `convert` so that `convert_llm` can use it without importing the CLI module back.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from showo_jax.official import reader
+
+CheckpointError = reader.CheckpointError
+CHECKPOINTS = "checkpoints"
+
+
+def _holds_checkpoint(folder: str) -> bool:
+  if not os.path.isdir(folder):
+    return False
+  names = set(os.listdir(folder))
+  if CHECKPOINTS in names or any(n.isdigit() for n in names):
+    return True
+  return any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names)
+
+
+@contextlib.contextmanager
+def staged_output(output: str, overwrite: bool):
+  """Yields a temporary folder beside `output`; on success its entries replace those of `output`.
+
+  Nothing is left behind when the body raises, and an existing checkpoint is only replaced with `overwrite`.
+  """
+  output = os.path.abspath(output)
+  if os.path.exists(output) and not os.path.isdir(output):
+    raise CheckpointError(f"{output}: exists and is not a folder")
+  if _holds_checkpoint(output) and not overwrite:
+    raise CheckpointError(f"{output}: already holds a checkpoint (pass --overwrite to replace it)")
+  parent = os.path.dirname(output)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.converting-", dir=parent)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the output folder's mode
+  try:
+    yield tmp
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  if not os.path.exists(output):
+    os.rename(tmp, output)
+    return
+  for name in os.listdir(tmp):
+    dst = os.path.join(output, name)
+    if os.path.exists(dst):  # move the old entry aside first so the swap is two renames
+      old = f"{dst}.replaced-{os.getpid()}"
+      os.rename(dst, old)
+      os.rename(os.path.join(tmp, name), dst)
+      shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
+    else:
+      os.rename(os.path.join(tmp, name), dst)
+  os.rmdir(tmp)
+
+
+def _nest(flat: dict) -> dict:
+  """{"mm_projector.0.weight": a} → {"mm_projector": {"0": {"weight": a}}} (Orbax-friendly names)."""
+  out = {}
+  for key, value in flat.items():
+    node = out
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return out
+
+
+def write_checkpoint(folder: str, params, config, extras=None):
+  """Writes FOLDER/checkpoints/0 in the layout the trainer writes (params-only `state` + `config`).
+
+  The numpy leaves are written where they lie (the Checkpointer's converter mode), 1 GB at a time: the save
+  adds no second copy of the model.
+  """
+  from showo_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  state = {"step": np.zeros((), np.int32), "params": params}
+  if extras:
+    state["extras"] = _nest(extras)
+  ckpt = checkpointing.Checkpointer(os.path.join(folder, CHECKPOINTS), async_save=False, save_concurrent_gb=1)
+  try:
+    ckpt.save(0, state, config=config)
+  finally:
+    ckpt.close()
+
+
+def source_config_json(source: str) -> dict:
+  """The config.json beside a checkpoint source (its folder, or the folder of the file); {} if there is none."""
+  path = os.fspath(source)
+  folder = path if os.path.isdir(path) else os.path.dirname(path)
+  cfg_path = os.path.join(folder, "config.json")
+  if not os.path.exists(cfg_path):
+    return {}
+  try:
+    with open(cfg_path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
