@@ -1,4 +1,9 @@
-"""Small training setups for tests: a tiny config over synthetic pre-tokenized records (no tokenizer training)."""
+"""Small training setups for tests: a tiny config over synthetic pre-tokenized records (no tokenizer training).
+
+Also a config file for the training CLI (launch/scaling_check.sh):
+  python -m showo_jax.train --config tests/train_fixtures.py:folder=DATA,steps=20 --workdir RUN
+where DATA already holds the records (`make_records(DATA)`; written once, before processes start).
+"""
 
 import os
 
@@ -42,3 +47,10 @@ def tiny_config(folder: str, steps: int = 3):
                  peak_tflops_per_device=1.0)
   c.optimizer.update(lr=1e-3, warmup_steps=1)
   return config_lib.validate(c)
+
+
+def get_config(arg: str = ""):
+  args = config_lib.parse_arg(arg, folder="", steps=3)
+  if not args.folder:
+    raise config_lib.ConfigError("tests/train_fixtures.py needs folder=DIR (the synthetic records' folder)")
+  return tiny_config(args.folder, steps=args.steps)
