@@ -1,14 +1,18 @@
-"""Benchmarks: `python -m showo_jax.bench train|data [--steps N] [--json OUT]`.
+"""Benchmarks: `python -m showo_jax.bench train|data|convert|sample|tokenizer [--steps N] [--json OUT]`.
 
 train: the float32 matmul peak of this machine, then for the tiny and the medium config (phi, width 512, 8 layers,
   8 heads, MLP 2048, text vocab 1,000 + codebook 8,192, 64 text + 256 image tokens → L = 323, batch t2i/lm/mmu
   4/2/2), in float32 and with bfloat16 compute (float32 params): median step time, tokens/s, MFU against the
-  measured peak, and peak memory.
-data: batches/s of each task's input pipeline (embedded data) against the tiny config's step rate.
+  measured peak, and peak memory. `--sizes` picks configs, `official` (the 1.3B model, batch 8/4/4) among them.
+  On an accelerator the peaks come from 8192² products and bf16 rows are set against the bf16 peak.
+data: batches/s of each task's input pipeline against the train step rate, for the tiny config (embedded
+  data) and the medium config (synthetic 256-token records with captions and LLaVA conversations).
 convert: writes a synthetic official-shaped Show-o checkpoint of random float32 tensors (every key and shape of
   ../shared/parity/param_shapes_full.json; `--layers N` keeps only the first N decoder layers for a quick run),
   then runs `python -m showo_jax.convert import` and `export` on it as child processes and reports each one's
   peak resident memory against the checkpoint's size (goal: < 1.5x).
+tokenizer: MAGVIT-v2 encode (image → indices) and decode (indices → image) images/s at batch 8 for the `tiny`
+  (32 px) and `official` (256 px) shapes with random params, and the process's peak memory.
 sample: MaskGIT T2I (16 steps, CFG) latency at batch 1 and images/s at batch 8, prefix-cached vs full forwards vs
   the 16 batched forwards alone; MMU ms/token with the KV cache vs full recomputation (showo_jax/sampling/
   benchmark.py), for the tiny and the medium config with random params (`--steps` = timed repeats).
@@ -49,6 +53,14 @@ def medium_config():
   return config_lib.validate(c)
 
 
+def official_config():
+  """The official 1.3B model (phi-1.5 at 256 px, L = 387) at batch t2i/lm/mmu 8/4/4: an accelerator-sized step."""
+  c = config_lib.showo_config("phi-1.5")
+  c.train.update(batch_t2i=8, batch_lm=4, batch_mmu=4)
+  c.model.scan_layers = True  # one compiled layer: minutes less compilation, the same step
+  return config_lib.validate(c)
+
+
 def tiny_config():
   import importlib.util  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py")
@@ -82,9 +94,22 @@ def _random_batch(config, rng):
   return {"input_ids": ids, "labels": labels, "task_ids": tasks}
 
 
-def _peak_sampler(size: int = 2048):
-  """A function returning one sample of the float32 matmul FLOP/s (the best of 3 products of `size`²)."""
-  a = jax.device_put(jnp.ones((size, size), jnp.float32), jax.local_devices()[0])
+def _on_accelerator() -> bool:
+  return jax.devices()[0].platform != "cpu"
+
+
+def _peak_size() -> int:
+  return 8192 if _on_accelerator() else 2048  # an accelerator needs a big product to reach its peak
+
+
+def _peak_dtype(config) -> str:
+  """The MFU denominator's dtype: float32 on CPU (bf16 is no faster there); the compute dtype on accelerators."""
+  return str(config.model.dtype) if _on_accelerator() else "float32"
+
+
+def _peak_sampler(size: int = 2048, dtype="float32"):
+  """A function returning one sample of the matmul FLOP/s (the best of 3 products of `size`²)."""
+  a = jax.device_put(jnp.ones((size, size), jnp.dtype(dtype)), jax.local_devices()[0])
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
 
@@ -111,7 +136,7 @@ def bench_train_step(config, steps: int, peak: float) -> dict:
   state = run.init_state(0)
   batch = _random_batch(config, np.random.default_rng(0))
   rng = jax.random.key(0)
-  sample_peak = _peak_sampler()
+  sample_peak = _peak_sampler(_peak_size(), _peak_dtype(config))
   t0 = time.perf_counter()
   state, metrics = run.step(state, batch, rng)
   jax.block_until_ready(metrics)
@@ -136,17 +161,25 @@ def bench_train_step(config, steps: int, peak: float) -> dict:
 
 
 def cmd_train(args) -> dict:
-  peak = flops_lib.measure_matmul_peak()
-  out = {"machine": machine(), "f32_matmul_peak_tflops": peak / 1e12, "results": {}}
-  print(f"machine: {out['machine']}\nfloat32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
-  for name, make in (("tiny", tiny_config), ("medium", medium_config)):
+  dtypes = ("float32", "bfloat16") if _on_accelerator() else ("float32",)
+  peaks = {d: flops_lib.measure_matmul_peak(_peak_size(), jnp.dtype(d)) for d in dtypes}
+  out = {"machine": machine(), "f32_matmul_peak_tflops": peaks["float32"] / 1e12, "results": {}}
+  print(f"machine: {out['machine']}")
+  for d, peak in peaks.items():
+    out[f"{d}_matmul_peak_tflops"] = peak / 1e12
+    print(f"{d} matmul peak: {peak / 1e9:.1f} GFLOP/s")
+  makers = {"tiny": tiny_config, "medium": medium_config, "official": official_config}
+  for name in args.sizes.split(","):
+    if name not in makers:
+      raise SystemExit(f"error: --sizes: unknown config {name!r}; known: {', '.join(makers)}")
+    make = makers[name]
     for dtype in ("float32", "bfloat16"):
       config = make()
       config.model.dtype = dtype
-      r = bench_train_step(config, args.steps, peak)
+      r = bench_train_step(config, args.steps, peaks[_peak_dtype(config)])
       out["results"][f"{name}/{dtype}"] = r
       print(f"{name:6s} {dtype:8s} step {r['step_time_s'] * 1e3:8.1f} ms  {r['tokens_per_s']:9.0f} tok/s  "
-            f"MFU {100 * r['mfu']:5.1f}% of the f32 peak ({r['peak_tflops_interleaved'] * 1e3:.1f} GFLOP/s "
+            f"MFU {100 * r['mfu']:5.1f}% of the {_peak_dtype(config)} peak ({r['peak_tflops_interleaved'] * 1e3:.1f} GFLOP/s "
             f"between steps; {100 * r['mfu_vs_start_peak']:.1f}% of the start peak)  "
             f"peak mem {r['peak_memory_gb']:.2f} GB  load {r['load_average']:.1f}")
     f32, bf16 = out["results"][f"{name}/float32"], out["results"][f"{name}/bfloat16"]
@@ -154,25 +187,65 @@ def cmd_train(args) -> dict:
   return out
 
 
+def _medium_data(config, folder: str):
+  """Sources and text tokenizer shaped for the medium config: records of 256 image tokens (8,192 codes) with a
+  caption and a two-turn LLaVA conversation (so mmu runs the llava prompt path), and the embedded documents."""
+  from showo_jax.data import embedded, records, text_tokenizer  # pylint: disable=g-import-not-at-top
+  from showo_jax.models import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  layout = vocab_lib.VocabLayout.from_config(config)
+  tok_path = os.path.join(folder, f"text_tokenizer_{layout.llm_vocab_size}.json")
+  if not os.path.exists(tok_path):
+    embedded.train_text_tokenizer(tok_path, vocab_size=layout.llm_vocab_size)
+  docs = embedded.load_text("train")
+  images, text = os.path.join(folder, "medium_images"), os.path.join(folder, "medium_text")
+  rng = np.random.default_rng(0)
+  if not os.path.exists(os.path.join(images, records.META)):
+    records.write_records(images, ({
+        "image_tokens": rng.integers(0, layout.codebook_size, config.data.num_image_tokens).astype(np.int16),
+        "caption": docs[i % len(docs)][:300],
+        "conversation": json.dumps([[f"What is in picture {i}?", docs[i % len(docs)][:200]],
+                                    ["And then?", docs[(i + 1) % len(docs)][:100]]]),
+    } for i in range(512)))
+  if not os.path.exists(os.path.join(text, records.META)):
+    records.write_records(text, ({"text": d} for d in docs))
+  image_source = records.RecordSource(images)
+  sources = {"t2i": image_source, "mmu": image_source, "lm": records.RecordSource(text)}
+  return sources, text_tokenizer.TextTokenizer(tok_path, layout), layout
+
+
 def cmd_data(args) -> dict:
+  """Batches/s of each task pipeline against the train step rate, for the tiny and the medium config."""
   from showo_jax.data import pipeline, prepare  # pylint: disable=g-import-not-at-top
-  config = tiny_config()
   workdir = args.workdir or tempfile.mkdtemp(prefix="showo_bench_")
-  data = prepare.prepare_training_data(config, workdir)
-  out = {"machine": machine(), "workdir": workdir, "batches_per_s": {}}
-  sizes = {"t2i": config.train.batch_t2i, "lm": config.train.batch_lm, "mmu": config.train.batch_mmu}
-  datasets = pipeline.task_datasets(data.sources, sizes, data.text_tokenizer, data.layout, config, seed=0)
-  for task, ds in datasets.items():
-    it = iter(ds)
-    next(it)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-      next(it)
-    out["batches_per_s"][task] = args.steps / (time.perf_counter() - t0)
-    print(f"{task:4s} pipeline: {out['batches_per_s'][task]:8.1f} batches/s")
-  step = bench_train_step(config, max(3, args.steps // 10), flops_lib.measure_matmul_peak())
-  out["train_steps_per_s"] = 1.0 / step["step_time_s"]
-  print(f"tiny train step: {out['train_steps_per_s']:.1f} steps/s (each pipeline must exceed this)")
+  out = {"machine": machine(), "workdir": workdir}
+  peak = flops_lib.measure_matmul_peak()
+  print(f"machine: {out['machine']}")
+  for name, make in (("tiny", tiny_config), ("medium", medium_config)):
+    config = make()
+    if name == "tiny":  # the embedded default (MNIST digits, news text)
+      data = prepare.prepare_training_data(config, workdir)
+      sources, tok, layout = data.sources, data.text_tokenizer, data.layout
+    else:
+      sources, tok, layout = _medium_data(config, workdir)
+    sizes = {"t2i": config.train.batch_t2i, "lm": config.train.batch_lm, "mmu": config.train.batch_mmu}
+    rates = {}
+    for task, ds in pipeline.task_datasets(sources, sizes, tok, layout, config, seed=0).items():
+      # Timed from the start over enough batches to amortise it: a warm iterator would drain grain's prefetch
+      # buffer instead of measuring the sustained rate.
+      n = max(100, args.steps)
+      t0 = time.perf_counter()
+      it = iter(ds)
+      for _ in range(n):
+        next(it)
+      rates[task] = n / (time.perf_counter() - t0)
+    step_rate = 1.0 / bench_train_step(config, max(3, args.steps // 10), peak)["step_time_s"]
+    together = 1.0 / sum(1.0 / r for r in rates.values())  # one process builds all three per step
+    out[name] = {"batches_per_s": rates, "train_steps_per_s": step_rate, "data_steps_per_s": together}
+    for task, r in rates.items():
+      print(f"{name:6s} {task:4s} pipeline {r:8.1f} batches/s")
+    verdict = "feeds it" if together > step_rate else "STALLS it"
+    print(f"{name:6s} all tasks {together:8.1f} steps/s of data vs {step_rate:.1f} train steps/s: {verdict} "
+          f"({together / step_rate:.1f}x)", flush=True)
   return out
 
 
@@ -231,6 +304,50 @@ def cmd_convert(args) -> dict:
   return out
 
 
+def _time_into(out: dict, name: str, fn, params, x, repeats: int):
+  """Compiles and times fn(params, x); records NAME_compile_s and NAME_images_per_s; returns the result."""
+  t0 = time.perf_counter()
+  result = jax.block_until_ready(fn(params, x))
+  out[f"{name}_compile_s"] = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(params, x))
+    times.append(time.perf_counter() - t0)
+  out[f"{name}_images_per_s"] = x.shape[0] / statistics.median(times)
+  return result
+
+
+def bench_tokenizer_size(size: str, batch: int, repeats: int) -> dict:
+  from showo_jax import config_magvit  # pylint: disable=g-import-not-at-top
+  from showo_jax.models import magvit  # pylint: disable=g-import-not-at-top
+  config = config_magvit.magvit_config(size)
+  res = int(config.resolution)  # tiny: the embedded default's 32 px digits; official: 256 px
+  model = magvit.magvit_from_config(config)
+  images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (batch, res, res, 3)), jnp.float32)
+  params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
+  grid = res // config_magvit.downsample_factor(config)
+  encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=magvit.MagvitV2.encode)[2].reshape(batch, -1))
+  decode = jax.jit(lambda p, i: model.apply({"params": p}, i, (grid, grid), method=magvit.MagvitV2.decode_indices))
+  out = {"resolution": res, "batch": batch, "tokens_per_image": grid * grid}
+  indices = _time_into(out, "encode", encode, params, images, repeats)
+  _time_into(out, "decode", decode, params, indices, repeats)
+  out["peak_memory_gb"] = _peak_memory_bytes() / 2**30
+  return out
+
+
+def cmd_tokenizer(args) -> dict:
+  out = {"machine": machine(), "load_average": os.getloadavg()[0], "results": {}}
+  print(f"machine: {out['machine']}, load average {out['load_average']:.1f}")
+  for size in ("tiny", "official"):
+    r = bench_tokenizer_size(size, 8, max(1, args.steps // (1 if size == "tiny" else 3)))
+    out["results"][size] = r
+    print(f"{size:8s} {r['resolution']}px batch {r['batch']}: encode {r['encode_images_per_s']:8.1f} img/s  "
+          f"decode {r['decode_images_per_s']:8.1f} img/s  peak mem {r['peak_memory_gb']:.2f} GB "
+          f"(process, cumulative)", flush=True)
+  return out
+
+
 def cmd_sample(args) -> dict:
   from showo_jax.sampling import benchmark  # pylint: disable=g-import-not-at-top
   out = {"machine": machine(), "load_average": os.getloadavg(), "results": {}}
@@ -245,15 +362,18 @@ def cmd_sample(args) -> dict:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m showo_jax.bench", description=__doc__.split("\n")[0])
-  parser.add_argument("what", choices=["train", "data", "convert", "sample"])
+  parser.add_argument("what", choices=["train", "data", "convert", "sample", "tokenizer"])
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--json", default="", help="also write the figures to this file")
+  parser.add_argument("--sizes", default="tiny,medium",
+                      help="train: comma-separated configs among tiny, medium, official (1.3B; for accelerators)")
   parser.add_argument("--workdir", default="", help="data: where the embedded data is prepared (reused)")
   parser.add_argument("--shapes", default=_SHAPES, help="convert: param_shapes_full.json")
   parser.add_argument("--layers", type=int, default=0, help="convert: keep only this many layers (0 = all 24)")
   parser.add_argument("--keep", action="store_true", help="convert: keep the files written under --workdir")
   args = parser.parse_args(argv)
-  out = {"train": cmd_train, "data": cmd_data, "convert": cmd_convert, "sample": cmd_sample}[args.what](args)
+  out = {"train": cmd_train, "data": cmd_data, "convert": cmd_convert, "sample": cmd_sample,
+         "tokenizer": cmd_tokenizer}[args.what](args)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(out, f, indent=1)

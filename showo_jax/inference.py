@@ -169,15 +169,16 @@ class Pipeline:
     return [self.text_tokenizer.decode(t[:n]).strip() for t, n in zip(tokens, lens)]
 
   # -- mixed modality ----------------------------------------------------------------------------------------
-  def mixed(self, prompt: str, *, max_text_tokens: int = 64, steps: int = 12, temperature: float = 0.0,
-            seed: int = 0, max_images: int = 1) -> list:
-    """Text → image → text from one prompt; returns [("text", str) | ("image", uint8 [H, W, 3]), …]."""
+  def mixed(self, prompt: str, *, max_text_tokens: int = 64, steps: int = 12, temperature: float = 1.0,
+            text_temperature: float = 0.0, seed: int = 0, max_images: int = 1) -> list:
+    """Text → image → text from one prompt; returns [("text", str) | ("image", uint8 [H, W, 3]), …].
+    `temperature`: MaskGIT confidence temperature (as in t2i); `text_temperature`: text sampling (0 = greedy)."""
     from showo_jax.sampling import mixed as mixed_lib  # pylint: disable=g-import-not-at-top
     ids = [self.layout.bos_id] + self.text_tokenizer.encode([prompt])[0]
     cfg = mixed_lib.MixedConfig(
         text=autoregressive.SamplingConfig(max_new_tokens=max_text_tokens, eos_ids=(self.layout.eos_id,),
-                                           pad_id=self.layout.pad_id, temperature=temperature),
-        image=maskgit.MaskGitConfig.from_layout(self.layout, num_steps=steps),
+                                           pad_id=self.layout.pad_id, temperature=text_temperature),
+        image=maskgit.MaskGitConfig.from_layout(self.layout, num_steps=steps, temperature=temperature),
         num_image_tokens=self.config.data.num_image_tokens, max_images=max_images)
     segments = mixed_lib.mixed_generate(self.cfg, self.params, np.asarray(ids, np.int32), jax.random.key(seed),
                                         self.layout, cfg)

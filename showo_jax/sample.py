@@ -4,7 +4,7 @@
   mmu          --image PATH [PATH …] --question "…" [--json]
   inpaint      --image PATH --mask PATH --prompt "…" --out PATH
   extrapolate  --image PATH --direction left|right|up|down --prompt "…" --out PATH
-  mixed        --prompt "…" --out DIR
+  mixed        --prompt "…" [--temperature T --text-temperature T] --out DIR
 
 Images are preprocessed exactly as in training (any mode → RGB, resize the shorter side, center-crop; SPEC §8).
 An inpainting mask of any size goes through the same resize + center-crop (as grayscale), so it stays aligned
@@ -77,6 +77,7 @@ def _parser():
   mixed.add_argument("--prompt", required=True)
   mixed.add_argument("--out", required=True, help="folder: text.txt and image_0.png, …")
   mixed.add_argument("--max-text-tokens", type=int, default=64)
+  mixed.add_argument("--text-temperature", type=float, default=0.0, help="text sampling temperature (0 = greedy)")
   return p
 
 
@@ -102,6 +103,8 @@ def check_args(args):
       raise ValueError(f"need --top-k >= 0 and 0 < --top-p <= 1, got {args.top_k} and {args.top_p}")
   if args.mode == "mixed" and args.max_text_tokens < 1:
     raise ValueError(f"--max-text-tokens must be >= 1, got {args.max_text_tokens}")
+  if args.mode == "mixed" and args.text_temperature < 0:
+    raise ValueError(f"--text-temperature must be >= 0, got {args.text_temperature}")
   if args.mode == "extrapolate" and args.direction not in _DIRECTIONS:
     raise ValueError(f"--direction must be one of {', '.join(_DIRECTIONS)}, got {args.direction!r}")
   if not os.path.exists(args.checkpoint):
@@ -156,7 +159,8 @@ def run(args) -> int:
       out = pipe.extrapolate(image, args.direction, args.prompt, **kw)
     images_lib.save_png(out, args.out)
   elif args.mode == "mixed":
-    segments = pipe.mixed(args.prompt, max_text_tokens=args.max_text_tokens, steps=args.steps, seed=args.seed)
+    segments = pipe.mixed(args.prompt, max_text_tokens=args.max_text_tokens, steps=args.steps,
+                          temperature=args.temperature, text_temperature=args.text_temperature, seed=args.seed)
     os.makedirs(args.out, exist_ok=True)
     texts, k = [], 0
     for kind, value in segments:

@@ -146,6 +146,44 @@ def test_mixed_writes_text_and_images(workdir, tmp_path):
       assert _png(tmp_path / "mix" / name).shape == (RES, RES, 3)
 
 
+def test_mixed_temperatures_are_used_and_seeded(workdir, tmp_path):
+  base = ["mixed", "--checkpoint", workdir, "--prompt", "one two", "--steps", 2, "--max-text-tokens", 6]
+  texts = []
+  for name, extra in (("a", ["--seed", 1]), ("b", ["--seed", 1]), ("c", ["--seed", 2])):
+    _ok(*base, "--text-temperature", 5.0, *extra, "--out", tmp_path / name)
+    with open(tmp_path / name / "text.txt") as f:
+      texts.append(f.read())
+  assert texts[0] == texts[1]  # the same seed gives the same sample
+  _ok(*base, "--out", tmp_path / "greedy")  # greedy text, MaskGIT temperature 1
+  _ok(*base, "--temperature", 0.0, "--out", tmp_path / "cold")
+  with open(tmp_path / "greedy" / "text.txt") as f, open(tmp_path / "cold" / "text.txt") as g:
+    assert f.read() == g.read()  # the MaskGIT temperature does not touch greedy text
+
+
+def test_evaluate_writes_the_report(workdir):
+  from showo_jax import eval_lib  # pylint: disable=g-import-not-at-top
+  from showo_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from showo_jax.data import embedded  # pylint: disable=g-import-not-at-top
+  from showo_jax.inference import Pipeline  # pylint: disable=g-import-not-at-top
+  report = evaluate.evaluate(workdir, steps=2, guidance=1.0, per_class=1)
+  with open(os.path.join(workdir, "eval.json")) as f:
+    assert json.load(f) == json.loads(json.dumps(report))
+  for key in ("mmu_accuracy", "t2i_class_consistency", "classifier_test_accuracy", "tokenizer_codebook_usage"):
+    assert 0.0 <= report[key] <= 1.0, key
+  assert report["classifier_test_accuracy"] >= 0.88  # the judge itself is trustworthy
+  assert report["guidance"] == 1.0 and report["maskgit_steps"] == 2 and len(report["mmu_examples"]) == 10
+  assert 1.0 < report["lm_perplexity"] < 1e6
+  # Cross-check the tokenizer figures with the pipeline used directly.
+  pipe = Pipeline.from_checkpoint(workdir)
+  images, _ = embedded.load_mnist()
+  test = images[embedded.split_indices(len(images), "test")]
+  codes = pipe.encode(test)
+  assert report["tokenizer_codebook_usage"] == eval_lib.codebook_usage(codes, pipe.layout.codebook_size)
+  assert abs(report["tokenizer_psnr"] - eval_lib.psnr(test, pipe.decode(codes))) < 1e-3
+  summary = _png(os.path.join(workdir, "eval.png"))
+  assert summary.shape == (3 * 3 * (RES + 2), 3 * 10 * (RES + 2), 3)  # 1 sample row + originals + recon, ×3
+
+
 def _bad_cases(wd, im, tmp):
   t2i = ["t2i", "--checkpoint", wd, "--prompt", "x", "--out", tmp / "o.png"]
   return {
@@ -166,12 +204,14 @@ def _bad_cases(wd, im, tmp):
       "no output": (["t2i", "--checkpoint", wd, "--prompt", "x"], "t2i needs --out"),
       "unknown mode": (["paint", "--checkpoint", wd], "invalid choice: 'paint'"),
       "missing option": (["mmu", "--checkpoint", wd, "--image", im["rgb"]], "--question"),
+      "negative text temperature": (["mixed", "--checkpoint", wd, "--prompt", "x", "--text-temperature", "-1",
+                                     "--out", tmp / "o.png"], "--text-temperature must be >= 0, got -1.0"),
   }
 
 
 @pytest.mark.parametrize("case", ["missing image", "corrupt image", "corrupt mask", "steps 0", "negative guidance",
                                   "unknown direction", "not a checkpoint", "no checkpoint folder", "no output",
-                                  "unknown mode", "missing option"])
+                                  "unknown mode", "missing option", "negative text temperature"])
 def test_bad_input_is_one_error_line(workdir, images, tmp_path, case):
   argv, needle = _bad_cases(workdir, images, tmp_path)[case]
   code, out, err = _run(*argv)
