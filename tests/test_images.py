@@ -146,3 +146,34 @@ def test_pair_grid():
   grid = images.pair_grid(a, a + 255, pairs_per_row=2, min_tile=16)  # tiles enlarged ×2 to 16 px
   assert grid.shape == (3 * 18 + 2, 2 * (32 + 6) + 2, 3)
   assert grid[2, 2].tolist() == [0, 0, 0] and grid[2, 2 + 16 + 2].tolist() == [255, 255, 255]
+
+
+def _shift(image, dy, dx):
+  """Moves the content by (dy, dx) with zero fill (float64 reference)."""
+  out = np.zeros_like(image)
+  h, w = image.shape[:2]
+  out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = image[max(-dy, 0):h - max(dy, 0),
+                                                                    max(-dx, 0):w - max(dx, 0)]
+  return out
+
+
+def test_embedded_shifted_copies_are_shifts_of_the_originals():
+  from showo_jax.data import embedded  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  originals = rng.integers(0, 256, (6, 7, 7, 3), dtype=np.uint8)
+  labels = np.arange(6)
+  out, out_labels = embedded.shifted_copies(originals, labels, 4, max_shift=2, seed=1)
+  assert out.shape == (24, 7, 7, 3) and out.dtype == np.uint8
+  np.testing.assert_array_equal(out[:6], originals)
+  np.testing.assert_array_equal(out_labels, np.tile(labels, 4))
+  shifts = set()
+  for k in range(6, 24):
+    matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+               if np.array_equal(out[k], _shift(originals[k % 6], dy, dx))]
+    assert matches, k
+    shifts.add(matches[0])
+  assert len(shifts) > 3  # the shifts vary
+  collection = images.ImageCollection("embedded:train*2", 32)
+  assert len(collection) == 2 * 4500
+  with pytest.raises(ValueError, match=r"copies after '\*'"):
+    images.ImageCollection("embedded:train*0", 32)

@@ -98,3 +98,21 @@ def test_mixture_within_a_task_follows_the_weights(tmp_path):
   order = pipeline._global_order(data.sources["mmu"], 0)  # pylint: disable=protected-access
   from_other = np.mean([order[i]["caption"] == "x" for i in range(400)])
   assert abs(from_other - 0.75) < 0.05
+
+
+def test_mmu_image_token_noise_replaces_about_that_share(tmp_path):
+  config = train_fixtures.tiny_config(str(tmp_path))
+  clean = next(_iterator(config))
+  config.data.mmu_image_token_noise = 0.5
+  noisy = next(_iterator(config))
+  layout = prepare.prepare_training_data(config, "/tmp/unused").layout
+  mmu = clean["task_ids"] == 2
+  n = config.data.num_image_tokens
+  image = slice(2, 2 + n)  # [MMU] [SOI] image [EOI] text
+  a, b = clean["input_ids"][mmu][:, image], noisy["input_ids"][mmu][:, image]
+  assert ((b >= layout.image_offset) & (b < layout.image_offset + layout.codebook_size)).all()
+  changed = (a != b).mean()
+  assert 0.2 < changed < 0.6  # 0.5 replaced, of which 1/64 by the same code
+  np.testing.assert_array_equal(np.delete(clean["input_ids"][mmu], np.s_[2:2 + n], 1),
+                                np.delete(noisy["input_ids"][mmu], np.s_[2:2 + n], 1))  # text untouched
+  np.testing.assert_array_equal(clean["input_ids"][~mmu], noisy["input_ids"][~mmu])  # other tasks untouched

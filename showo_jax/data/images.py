@@ -202,10 +202,16 @@ class ImageCollection:
                        "embedded:train or embedded:test")
 
   def _open_embedded(self, split: str):
+    """`train`, `test`, or `train*K`: the split plus K - 1 randomly shifted copies (`embedded.shifted_copies`)."""
     from showo_jax.data import embedded  # pylint: disable=g-import-not-at-top
+    split, _, copies = split.partition("*")
+    if copies and not (copies.isdigit() and int(copies) >= 1):
+      raise ValueError(f"image source {self.spec!r}: copies after '*' must be an integer >= 1")
     images, labels = embedded.load_mnist()
     idx = embedded.split_indices(len(images), split)
     images, labels = images[idx], labels[idx]
+    if copies and int(copies) > 1:
+      images, labels = embedded.shifted_copies(images, labels, int(copies))
     self._fields = [{"caption": embedded.caption(l), "label": int(l), "question": embedded.QUESTION,
                      "answer": embedded.DIGITS[int(l)]} for l in labels]
     if images.shape[1] != self.resolution and self.resize:

@@ -106,6 +106,11 @@ class _MMUBatch:
   def __call__(self, batch):
     records = _valid(batch[0])
     images = self.layout.image_ids(np.stack([np.asarray(r["image_tokens"], np.int64) for r in records]))
+    noise = float(self.data_cfg.get("mmu_image_token_noise", 0.0))
+    if noise > 0:  # regularisation: each image token replaced by a random code with probability `noise`
+      for row, rng in zip(images, batch[1]):
+        replace = rng.random(row.shape) < noise
+        row[replace] = self.layout.image_offset + rng.integers(0, self.layout.codebook_size, int(replace.sum()))
     chats = [i for i, r in enumerate(records) if "conversation" in r]
     plain = [i for i, r in enumerate(records) if "conversation" not in r]
     t = self.data_cfg.max_text_len

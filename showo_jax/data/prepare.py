@@ -54,30 +54,36 @@ def _text_tokenizer(config, workdir: str, layout) -> text_tokenizer_lib.TextToke
 
 
 def _embedded_records(config, workdir: str):
-  """(train records folder, test records folder, tokenizer checkpoint) for the embedded default."""
+  """({name: records folder}, tokenizer checkpoint) for the embedded default: `train`, `test`, and with
+  config.data.embedded_mmu_copies = K > 1 also `train*K` (the training digits plus shifted copies, for MMU)."""
   from showo_jax import tokenize_images  # pylint: disable=g-import-not-at-top
   from showo_jax.training import tokenizer_trainer  # pylint: disable=g-import-not-at-top
   checkpoint = config.tokenizer.checkpoint
+  copies = int(config.data.get("embedded_mmu_copies", 1))
+  splits = {"train": "train", "test": "test"}
+  if copies > 1:
+    splits["mmu"] = f"train*{copies}"
+  folders = {name: os.path.join(workdir, "data", f"mnist_{spec.replace('*', '_x')}") for name, spec in splits.items()}
   if jax.process_index() == 0:
     if not checkpoint:
       checkpoint = tokenizer_trainer.train_tokenizer(config.tokenizer.magvit, os.path.join(workdir, "tokenizer"))
-    for split in ("train", "test"):
-      folder = os.path.join(workdir, "data", f"mnist_{split}")
-      if not os.path.exists(os.path.join(folder, records.META)):
-        tokenize_images.pretokenize(checkpoint, f"embedded:{split}", folder)
+    for name, spec in splits.items():
+      if not os.path.exists(os.path.join(folders[name], records.META)):
+        tokenize_images.pretokenize(checkpoint, f"embedded:{spec}", folders[name])
   _barrier("pretokenize")
   checkpoint = checkpoint or os.path.join(workdir, "tokenizer")
-  return os.path.join(workdir, "data", "mnist_train"), os.path.join(workdir, "data", "mnist_test"), checkpoint
+  return folders, checkpoint
 
 
 def prepare_training_data(config, workdir: str) -> TrainingData:
   layout = vocab_lib.VocabLayout.from_config(config)
   tok = _text_tokenizer(config, workdir, layout)
   if config.data.source == "embedded":
-    train, test, checkpoint = _embedded_records(config, workdir)
-    image_source = records.open_source(train)
-    sources = {"t2i": image_source, "mmu": image_source, "lm": [{"text": t} for t in embedded.load_text("train")]}
-    eval_sources = {"images": records.open_source(test), "text": embedded.load_text("test")}
+    folders, checkpoint = _embedded_records(config, workdir)
+    image_source = records.open_source(folders["train"])
+    mmu_source = records.open_source(folders["mmu"]) if "mmu" in folders else image_source
+    sources = {"t2i": image_source, "mmu": mmu_source, "lm": [{"text": t} for t in embedded.load_text("train")]}
+    eval_sources = {"images": records.open_source(folders["test"]), "text": embedded.load_text("test")}
     return TrainingData(layout, tok, sources, checkpoint, eval_sources)
   if config.data.source == "records":
     d = config.data
