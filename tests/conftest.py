@@ -54,3 +54,13 @@ def parity_sampling():
     meta = json.load(f)
   with np.load(_parity_file("parity_sampling_trace.npz")) as data:
     return meta, dict(data)
+
+
+@pytest.fixture(scope="module")
+def fast_compiles():
+  """Unoptimised XLA for one module (as Flax's train tests): compiles take half the time.
+  Use with `pytestmark = pytest.mark.usefixtures("fast_compiles")`."""
+  old = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)

@@ -31,12 +31,7 @@ from showo_jax.models import vocab as vocab_lib
 RES = 16  # images are encoded at 16 px by a 2-level tokenizer: 8 x 8 = 64 tokens of a 16-code book
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # unoptimised XLA: faster compiles
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ from showo_jax.training import tokenizer_losses as tl
 from showo_jax.training import tokenizer_trainer as tt
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-  """Unoptimised XLA for this module only (as Flax's train tests): compiles take half the time."""
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # unoptimised XLA: faster compiles
 
 
 def _micro(**overrides):
