@@ -30,7 +30,8 @@ def _checkpoint_dir(path: str):
 
 
 def load_checkpoint(path: str, step=None):
-  """(params as numpy, config) from one of our training checkpoints; the latest step unless given."""
+  """(params as numpy, config) from one of our training checkpoints; the latest step unless given. A run that
+  kept an EMA (config.train.ema_decay > 0) gives its EMA params: those are the ones it samples and evaluates with."""
   from showo_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   found = _checkpoint_dir(path)
   if found is None:
@@ -43,7 +44,8 @@ def load_checkpoint(path: str, step=None):
     state = ckpt.restore_raw(step)
   finally:
     ckpt.close()
-  return jax.tree.map(np.asarray, state["params"]), config
+  params = state.get("ema_params") or state["params"]
+  return jax.tree.map(np.asarray, params), config
 
 
 def load_params(source: str, config):

@@ -113,6 +113,8 @@ def showo_config(size: str = "tiny", res: int = 256) -> ConfigDict:
       grad_accum_steps=1,
       log_every=10, checkpoint_every=500, keep_checkpoints=3, sample_every=0,  # 0 = never
       sample_steps=12, sample_guidance=0.0,  # MaskGIT steps and CFG weight of samples (and of `evaluate`)
+      ema_decay=0.0,  # >0: keep ema ← d·ema + (1 − d)·params (d warms up as (1+t)/(10+t)); samples, evaluation
+      # and init_from/export of the checkpoint use the EMA params. 0 = none
       stop_after=0,  # >0: stop (with a checkpoint) after this many steps in this process; rerun to continue
       init_from="",  # params only: a Show-o checkpoint (ours or official) to start from
       peak_tflops_per_device=0.0,  # for MFU; 0 = measure a float32 matmul once at startup
@@ -185,6 +187,7 @@ def validate(config) -> ConfigDict:
       _check(t[name] > 0, f"config.train.{name}={t[name]} must be positive")
     for name in ("batch_t2i", "batch_lm", "batch_mmu", "checkpoint_every", "sample_every"):
       _check(t[name] >= 0, f"config.train.{name}={t[name]} must be >= 0")
+    _check(0 <= t.get("ema_decay", 0.0) < 1, f"config.train.ema_decay={t.get('ema_decay')} must be in [0, 1)")
     _check(t.batch_t2i + t.batch_lm + t.batch_mmu > 0, "config.train: all task batch sizes are 0")
     for name in ("batch_t2i", "batch_lm", "batch_mmu"):
       _check(t[name] % t.grad_accum_steps == 0,

@@ -170,8 +170,10 @@ EXPORT_BATCH_BYTES = 256 * 2**20
 
 
 def _export_plan(config, saved: dict, checkpoint: str):
-  """[(official key, saved leaf path, layer index or None, to_torch)]: the params rows, then the extras."""
-  plan = [(key, ("params",) + path, index, to_torch)
+  """[(official key, saved leaf path, layer index or None, to_torch)]: the params rows, then the extras. A run
+  that kept an EMA exports its EMA params (what it sampled and evaluated with)."""
+  root = "ema_params" if any(leaf[0] == "ema_params" for leaf in saved) else "params"
+  plan = [(key, (root,) + path, index, to_torch)
           for key, path, index, to_torch in showo_keys.official_plan(config)]
   for _, leaf, _, _ in plan:
     if leaf not in saved:

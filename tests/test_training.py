@@ -95,3 +95,39 @@ def test_incompatible_checkpoint_refuses_to_resume(tmp_path):
   with pytest.raises(checkpointing.CheckpointMismatchError, match=r"config.model.num_layers=2, this run has "
                                                                   r"config.model.num_layers=3"):
     trainer.train_and_evaluate(config, workdir)
+
+
+def test_ema_follows_its_warmed_up_decay_and_is_what_the_checkpoint_serves(tmp_path):
+  config = train_fixtures.tiny_config(str(tmp_path / "data"))
+  config.train.ema_decay = 0.9
+  run = trainer.Run(config, mesh=sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]))
+  data = prepare.prepare_training_data(config, "/tmp/unused")
+  batches = pipeline.MultiTaskIterator(pipeline.task_datasets(data.sources, {"t2i": 4, "lm": 2, "mmu": 2},
+                                                              data.text_tokenizer, data.layout, config, seed=0))
+  state = run.init_state(0)
+  as64 = lambda tree: [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+  ema = as64(state.params)
+  for t in range(3):
+    state, _ = run.step(state, next(batches), jax.random.key(0))
+    d = min(0.9, (1 + t) / (10 + t))  # 0.1, 0.18, 0.25: the warm-up, not 0.9 yet
+    ema = [d * e + (1 - d) * p for e, p in zip(ema, as64(state.params))]
+  for got, want in zip(as64(state.ema_params), ema):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert max(np.abs(g - p).max() for g, p in zip(as64(state.ema_params), as64(state.params))) > 1e-5
+
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(config, workdir)
+  params, _ = checkpoint_io.load_checkpoint(workdir)
+  from showo_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  saved = ckpt.restore_raw(ckpt.latest_step())
+  ckpt.close()
+  for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(saved["ema_params"])):
+    np.testing.assert_array_equal(got, want)
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(saved["ema_params"]),
+                                                      jax.tree.leaves(saved["params"])))
+  config.train.ema_decay = 0.0
+  config.train.steps = 4
+  with pytest.raises(checkpointing.CheckpointMismatchError, match=r"train.ema_decay=0.9, this run has "
+                                                                  r"config.train.ema_decay=0.0"):
+    trainer.train_and_evaluate(config, workdir)

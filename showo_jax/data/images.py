@@ -202,7 +202,7 @@ class ImageCollection:
                        "embedded:train or embedded:test")
 
   def _open_embedded(self, split: str):
-    """`train`, `test`, or `train*K`: the split plus K - 1 randomly shifted copies (`embedded.shifted_copies`)."""
+    """`train`, `test`, or `train*K`: the split plus K - 1 randomly distorted copies (`embedded.augmented_copies`)."""
     from showo_jax.data import embedded  # pylint: disable=g-import-not-at-top
     split, _, copies = split.partition("*")
     if copies and not (copies.isdigit() and int(copies) >= 1):
@@ -211,7 +211,7 @@ class ImageCollection:
     idx = embedded.split_indices(len(images), split)
     images, labels = images[idx], labels[idx]
     if copies and int(copies) > 1:
-      images, labels = embedded.shifted_copies(images, labels, int(copies))
+      images, labels = embedded.augmented_copies(images, labels, int(copies))
     self._fields = [{"caption": embedded.caption(l), "label": int(l), "question": embedded.QUESTION,
                      "answer": embedded.DIGITS[int(l)]} for l in labels]
     if images.shape[1] != self.resolution and self.resize:

@@ -28,19 +28,34 @@ class TrainState:
   step: jax.Array  # int32 scalar: optimizer updates done
   params: Any
   opt_state: Any
+  ema_params: Any = None  # moving average of params (config.train.ema_decay > 0), else None
 
 
-def init_state(rng, model: transformer.Transformer, tx, seq_len: int) -> TrainState:
+def init_state(rng, model: transformer.Transformer, tx, seq_len: int, ema: bool = False) -> TrainState:
   """Boxed (logically annotated) initial state; jit it with out_shardings and nn.unbox the result."""
   ids = jnp.zeros((1, seq_len), jnp.int32)
   params = model.init(rng, ids, jnp.ones((1, seq_len, seq_len), bool))["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    ema_params=params if ema else None)
+
+
+def ema_decay_at(step, decay: float):
+  """The EMA decay used after update `step` (0-based): min(decay, (1 + t) / (10 + t)), so the average is not
+  dominated by the random init early on (the warm-up of TF's ExponentialMovingAverage with num_updates)."""
+  t = step.astype(jnp.float32)
+  return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
+def inference_params(state):
+  """The params to sample and evaluate with: the EMA when the run keeps one."""
+  return state.ema_params if state.ema_params is not None else state.params
 
 
 def make_train_step(model: transformer.Transformer, tx, config, lr_schedule):
   """Builds train_step(state, batch, rng) for jax.jit (model, optimizer and config are closed over)."""
   layout = vocab_lib.VocabLayout.from_config(config)
   accum = int(config.train.get("grad_accum_steps", 1))
+  ema_decay = float(config.train.get("ema_decay", 0.0))
   loss_kwargs = dict(soi_id=layout.soi_id, eoi_id=layout.eoi_id, boundary_targets=config.loss.t2i_boundary_targets)
   coeffs = dict(t2i_coeff=config.loss.t2i_coeff, lm_coeff=config.loss.lm_coeff, mmu_coeff=config.loss.mmu_coeff)
 
@@ -74,11 +89,15 @@ def make_train_step(model: transformer.Transformer, tx, config, lr_schedule):
       (grads, out), _ = jax.lax.scan(body, (zeros, sums0), micro_batches)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    ema = None
+    if ema_decay > 0:
+      d = ema_decay_at(state.step, ema_decay)
+      ema = jax.tree.map(lambda e, p: e + (1.0 - d) * (p - e), state.ema_params, params)
     metrics = {k: out[k] for k in _LOSS_KEYS}
     metrics["grad_norm"] = optimizer_lib.global_norm(grads)
     metrics["param_norm"] = optimizer_lib.global_norm(params)
     metrics["lr"] = lr_schedule(state.step)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema), metrics
 
   return train_step
 

@@ -11,6 +11,7 @@ import time
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from showo_jax import config_lib
@@ -27,7 +28,7 @@ from showo_jax.training import train_step as step_lib
 # Fields that must agree between a checkpoint and the run resuming it.
 _RESUME_FIELDS = ("model.family", "model.hidden_size", "model.num_layers", "model.num_heads", "model.num_kv_heads",
                   "model.intermediate_size", "model.vocab_size", "model.scan_layers", "model.vocab.llm_vocab_size",
-                  "model.vocab.codebook_size", "data.max_text_len", "data.num_image_tokens")
+                  "model.vocab.codebook_size", "data.max_text_len", "data.num_image_tokens", "train.ema_decay")
 
 
 def _batch_sizes(config) -> dict:
@@ -46,7 +47,8 @@ class Run:
     self.seq_len = config_lib.seq_len(config)
     rows = sum(_batch_sizes(config).values())
     sharding.check_batch(rows // config.train.grad_accum_steps, self.mesh, "micro-batch (all tasks)")
-    init = functools.partial(step_lib.init_state, model=self.model, tx=self.tx, seq_len=self.seq_len)
+    init = functools.partial(step_lib.init_state, model=self.model, tx=self.tx, seq_len=self.seq_len,
+                             ema=config.train.get("ema_decay", 0.0) > 0)
     with self.scope():
       boxed = jax.eval_shape(init, jax.random.key(0))
       self.state_shardings = sharding.logical_shardings(boxed, self.mesh, self.rules)
@@ -81,7 +83,7 @@ def _init_from(run: Run, state, source: str):
   from showo_jax import checkpoint_io  # pylint: disable=g-import-not-at-top
   params = checkpoint_io.load_params(source, run.config)
   params = jax.device_put(params, run.state_shardings.params)
-  return state.replace(params=params)
+  return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params) if state.ema_params is not None else None)
 
 
 def _peak_flops(config) -> float:
@@ -162,7 +164,7 @@ def train_and_evaluate(config, workdir: str):
       if save:
         ckpt.save(step, state, data_iter=data_iter, config=config)
       if sampler is not None and step % config.train.sample_every == 0:
-        sampler.write(step, state.params, writer)
+        sampler.write(step, step_lib.inference_params(state), writer)
       if preempted:
         logging.warning("preempted (SIGTERM): saved step %d, stopping", step)
         break
