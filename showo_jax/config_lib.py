@@ -69,6 +69,7 @@ def model_config(size: str) -> ConfigDict:
       qk_norm=True,  # forced on by the official code (SPEC §1.2)
       vocab_size=0,  # embedding/head rows; 0 = exactly the vocabulary layout's size
       init_std=0.02,
+      dropout_rate=0.0,  # training only: on the embeddings and on each residual branch (phi's embd/resid_pdrop)
       dtype="float32",  # activations
       param_dtype="float32",
       scan_layers=False,

@@ -1,6 +1,8 @@
 """Backbone numerics: official parity (logits, activations, gradients), llama family vs a float64 oracle,
 scan/remat equivalence, mixed precision, logical axis annotations."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -150,3 +152,31 @@ def test_init_shapes_follow_config():
   assert p["layers_1"]["attn"]["q_norm"]["scale"].shape == (16,)
   np.testing.assert_array_equal(p["layers_1"]["attn"]["q_norm"]["scale"], np.ones(16))  # identity at init
   assert abs(float(p["embed"]["embedding"].std()) - 0.02) < 0.003
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_dropout_is_training_only_and_drops_the_configured_share(scan):
+  config = config_lib.showo_config("tiny")
+  config.model.update(dropout_rate=0.25, scan_layers=scan)
+  cfg = transformer.TransformerConfig.from_config(config)
+  ids = jnp.arange(24).reshape(2, 12) % 50
+  allowed = jnp.tril(jnp.ones((2, 12, 12), bool))
+  params = nn.unbox(transformer.Transformer(cfg).init(jax.random.key(0), ids, allowed))
+  plain = transformer.Transformer(transformer.TransformerConfig.from_config(config_lib.showo_config("tiny")))
+  if scan:
+    plain = transformer.Transformer(dataclasses.replace(plain.cfg, scan_layers=True))
+  # Inference (deterministic, the default) ignores the rate entirely.
+  np.testing.assert_array_equal(transformer.Transformer(cfg).apply(params, ids, allowed), plain.apply(params, ids, allowed))
+  train = transformer.Transformer(cfg, deterministic=False)
+  a = train.apply(params, ids, allowed, rngs={"dropout": jax.random.key(1)})
+  b = train.apply(params, ids, allowed, rngs={"dropout": jax.random.key(1)})
+  c = train.apply(params, ids, allowed, rngs={"dropout": jax.random.key(2)})
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+  # The embedding dropout zeroes about a quarter of the entries and scales the rest by 1 / 0.75.
+  _, inter = train.apply(params, ids, allowed, rngs={"dropout": jax.random.key(3)}, mutable=["intermediates"])
+  emb = np.asarray(inter["intermediates"]["embeddings"][0])
+  table = np.asarray(params["params"]["embed"]["embedding"])[np.asarray(ids)]
+  kept = emb != 0
+  assert 0.2 < 1 - kept.mean() < 0.3
+  np.testing.assert_allclose(emb[kept], table[kept] / 0.75, rtol=1e-6)

@@ -58,6 +58,7 @@ class TransformerConfig:
   param_dtype: str
   scan_layers: bool
   remat_policy: str
+  dropout_rate: float = 0.0
 
   @classmethod
   def from_config(cls, config) -> "TransformerConfig":
@@ -67,7 +68,8 @@ class TransformerConfig:
                intermediate_size=m.intermediate_size, rotary_dim=config_lib.rotary_dim(m),
                rope_theta=float(m.rope_theta), norm_eps=float(m.norm_eps), qk_norm=bool(m.qk_norm),
                init_std=float(m.init_std), dtype=m.dtype, param_dtype=m.param_dtype,
-               scan_layers=bool(m.scan_layers), remat_policy=m.remat_policy)
+               scan_layers=bool(m.scan_layers), remat_policy=m.remat_policy,
+               dropout_rate=float(m.get("dropout_rate", 0.0)))
 
   @property
   def is_phi(self) -> bool:
@@ -173,6 +175,7 @@ class DecoderBlock(nn.Module):
   """One decoder layer; returns (x, None) so that it can be scanned."""
   cfg: TransformerConfig
   decode: bool = False
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x, allowed, cos, sin):
@@ -181,11 +184,12 @@ class DecoderBlock(nn.Module):
     h = _norm(cfg, "input_norm")(x)
     attn = Attention(cfg, self.decode, name="attn")(h, allowed, cos, sin)
     self.sow("intermediates", "attn_out", attn)
+    drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic or cfg.dropout_rate == 0)
     if cfg.is_phi:  # parallel residual from one shared pre-norm
-      x = x + attn + Mlp(cfg, name="mlp")(h)
+      x = x + drop(attn) + drop(Mlp(cfg, name="mlp")(h))
     else:
-      x = x + attn
-      x = x + Mlp(cfg, name="mlp")(_norm(cfg, "post_attention_norm")(x))
+      x = x + drop(attn)
+      x = x + drop(Mlp(cfg, name="mlp")(_norm(cfg, "post_attention_norm")(x)))
     x = nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
     self.sow("intermediates", "output", x)
     return x, None
@@ -195,9 +199,11 @@ class Transformer(nn.Module):
   """Unified-vocabulary decoder: ids [B, L] + allowed [B, L, L] → float32 logits [B, L, V].
 
   With `decode=True`, see the module docstring: allowed is [B, Lq, max_len] and the cache is mutable.
+  `deterministic=False` (training) applies cfg.dropout_rate and needs a "dropout" rng.
   """
   cfg: TransformerConfig
   decode: bool = False
+  deterministic: bool = True
 
   def setup(self):
     cfg = self.cfg
@@ -210,11 +216,13 @@ class Transformer(nn.Module):
       block = nn.remat(block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       self.layers = nn.scan(
-          block, variable_axes={"params": 0, "intermediates": 0, "cache": 0}, split_rngs={"params": True},
+          block, variable_axes={"params": 0, "intermediates": 0, "cache": 0},
+          split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
-          metadata_params={nn.PARTITION_NAME: axes.LAYERS})(cfg, self.decode, name="layers")
+          metadata_params={nn.PARTITION_NAME: axes.LAYERS})(cfg, self.decode, self.deterministic, name="layers")
     else:
-      self.layers = [block(cfg, self.decode, name=f"layers_{i}") for i in range(cfg.num_layers)]
+      self.layers = [block(cfg, self.decode, self.deterministic, name=f"layers_{i}") for i in range(cfg.num_layers)]
+    self.embed_dropout = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic or cfg.dropout_rate == 0)
     self.final_norm = _norm(cfg, "final_norm")
     self.lm_head = _dense(cfg, cfg.vocab_size, [axes.EMBED], [axes.VOCAB], "lm_head")
 
@@ -225,7 +233,7 @@ class Transformer(nn.Module):
     if positions is None:  # official: plain arange over the padded sequence (SPEC §0.12)
       positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
     cos, sin = layers.rotary_tables(positions, cfg.rotary_dim, cfg.rope_theta)
-    x = self.embed(input_ids)
+    x = self.embed_dropout(self.embed(input_ids))
     self.sow("intermediates", "embeddings", x)
     if cfg.scan_layers:
       x, _ = self.layers(x, allowed, cos, sin)

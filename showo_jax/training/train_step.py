@@ -59,9 +59,13 @@ def make_train_step(model: transformer.Transformer, tx, config, lr_schedule):
   loss_kwargs = dict(soi_id=layout.soi_id, eoi_id=layout.eoi_id, boundary_targets=config.loss.t2i_boundary_targets)
   coeffs = dict(t2i_coeff=config.loss.t2i_coeff, lm_coeff=config.loss.lm_coeff, mmu_coeff=config.loss.mmu_coeff)
 
-  def micro_loss(params, micro, denominators):
+  dropout = model.cfg.dropout_rate > 0
+  train_model = model.clone(deterministic=False) if dropout else model
+
+  def micro_loss(params, micro, denominators, rng):
     allowed = omni_mask.omni_attention_mask(micro["input_ids"], micro["task_ids"], layout)
-    logits = model.apply({"params": params}, micro["input_ids"], allowed)
+    rngs = {"dropout": rng} if dropout else None
+    logits = train_model.apply({"params": params}, micro["input_ids"], allowed, rngs=rngs)
     out = losses.showo_loss(logits, micro["input_ids"], micro["labels"], micro["task_ids"], **loss_kwargs,
                             **coeffs, denominators=denominators)
     return out["loss"], out
@@ -69,24 +73,26 @@ def make_train_step(model: transformer.Transformer, tx, config, lr_schedule):
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
   def train_step(state: TrainState, batch, rng):
-    del rng  # the step is deterministic: masking and condition dropout happen in the input pipeline
+    # Masking and condition dropout happen in the input pipeline; `rng` only drives model dropout (if any).
+    rng = jax.random.fold_in(rng, state.step)
     counts = losses.target_counts(batch["input_ids"], batch["labels"], batch["task_ids"], **loss_kwargs)
     if accum == 1:
-      (_, out), grads = grad_fn(state.params, batch, counts)
+      (_, out), grads = grad_fn(state.params, batch, counts, rng)
     else:
       # Row j*k + i goes to micro-batch i: each device splits its own rows, so no data moves between devices.
       micro_batches = jax.tree.map(
           lambda x: x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1), batch)
 
-      def body(carry, micro):
+      def body(carry, micro_and_index):
         grads_acc, sums = carry
-        (_, out), g = grad_fn(state.params, micro, counts)
+        micro, index = micro_and_index
+        (_, out), g = grad_fn(state.params, micro, counts, jax.random.fold_in(rng, index))
         sums = {k: sums[k] + out[k] for k in sums}
         return (jax.tree.map(jnp.add, grads_acc, g), sums), None
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       sums0 = {k: jnp.zeros((), jnp.float32) for k in _LOSS_KEYS}
-      (grads, out), _ = jax.lax.scan(body, (zeros, sums0), micro_batches)
+      (grads, out), _ = jax.lax.scan(body, (zeros, sums0), (micro_batches, jnp.arange(accum)))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = None
