@@ -69,7 +69,9 @@ def model_config(size: str) -> ConfigDict:
       qk_norm=True,  # forced on by the official code (SPEC §1.2)
       vocab_size=0,  # embedding/head rows; 0 = exactly the vocabulary layout's size
       init_std=0.02,
-      dropout_rate=0.0,  # training only: on the embeddings and on each residual branch (phi's embd/resid_pdrop)
+      dropout_rate=0.0,
+      image_embedding_init="normal",  # or "codebook_bits": image-code rows of the embedding and the head
+      # start linear in the code's LFQ bits (models/vocab.py codebook_bit_rows); scratch training only  # training only: on the embeddings and on each residual branch (phi's embd/resid_pdrop)
       dtype="float32",  # activations
       param_dtype="float32",
       scan_layers=False,
@@ -164,6 +166,9 @@ def validate(config) -> ConfigDict:
          f"config.model.rotary_fraction={m.rotary_fraction} gives rotary_dim={rd}: must be even, in (0, head_dim]")
   for name in ("dtype", "param_dtype"):
     _check(m[name] in DTYPES, f"config.model.{name}={m[name]!r} is not one of {DTYPES}")
+  _check(m.get("image_embedding_init", "normal") in ("normal", "codebook_bits"),
+         f"config.model.image_embedding_init={m.get('image_embedding_init')!r} is not 'normal' or 'codebook_bits'")
+  _check(0 <= m.get("dropout_rate", 0.0) < 1, f"config.model.dropout_rate={m.get('dropout_rate')} must be in [0, 1)")
   _check(m.remat_policy in REMAT_POLICIES,
          f"config.model.remat_policy={m.remat_policy!r} is not one of {REMAT_POLICIES}")
   try:

@@ -131,3 +131,24 @@ def test_ema_follows_its_warmed_up_decay_and_is_what_the_checkpoint_serves(tmp_p
   with pytest.raises(checkpointing.CheckpointMismatchError, match=r"train.ema_decay=0.9, this run has "
                                                                   r"config.train.ema_decay=0.0"):
     trainer.train_and_evaluate(config, workdir)
+
+
+def test_codebook_bit_init_makes_image_rows_linear_in_the_lfq_bits(tmp_path):
+  config = train_fixtures.tiny_config(str(tmp_path))
+  config.model.image_embedding_init = "codebook_bits"
+  run = trainer.Run(config, mesh=sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]))
+  params = run.init_state(0).params
+  from showo_jax.models import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  layout = vocab_lib.VocabLayout.from_config(config)
+  signs = np.array([[1.0 if (c >> (5 - k)) & 1 else -1.0 for k in range(6)] for c in range(64)])  # MSB first
+  for table in (np.asarray(params["embed"]["embedding"], np.float64),
+                np.asarray(params["lm_head"]["kernel"], np.float64).T):
+    rows = table[layout.image_offset:layout.mask_id]
+    basis, *_ = np.linalg.lstsq(signs, rows, rcond=None)  # 6 vectors explain all 64 rows exactly
+    np.testing.assert_allclose(signs @ basis, rows, atol=1e-6)
+    assert 0.015 < rows.std() < 0.025  # still N(0, init_std)-sized
+    text_rows = table[:layout.image_offset]
+    assert np.linalg.lstsq(signs, text_rows[:64], rcond=None)[1].sum() > 1e-3  # the other rows stay random
+  # Code 0 (all bits -1) is minus code 63 (all +1): the structure the init encodes.
+  emb = np.asarray(params["embed"]["embedding"])
+  np.testing.assert_allclose(emb[layout.image_offset], -emb[layout.image_offset + 63], atol=1e-7)

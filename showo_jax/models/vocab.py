@@ -95,3 +95,18 @@ class VocabLayout:
   def is_image(self, ids):
     ids = np.asarray(ids)
     return (ids >= self.image_offset) & (ids < self.mask_id)
+
+
+def codebook_bit_rows(rng, layout: VocabLayout, features: int, std: float):
+  """float32 [codebook_size, features] rows for the image codes, linear in each code's LFQ bits: row(c) =
+  Σ_k s_k(c)·r_k with s(c) ∈ {−1, +1}^K (bit 0 = MSB, as in models/lfq.py) and r_k ~ N(0, std²/K), so
+  every row still has std `std`. Codes one bit apart start close, which a new codebook's N(0, std) rows
+  know nothing of (config.model.image_embedding_init = "codebook_bits")."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  bits = int(layout.codebook_size).bit_length() - 1
+  if 2 ** bits != layout.codebook_size:
+    raise ValueError(f"codebook_bits init needs a power-of-two codebook, got {layout.codebook_size}")
+  shifts = jnp.arange(bits - 1, -1, -1)
+  signs = 2.0 * ((jnp.arange(layout.codebook_size)[:, None] >> shifts) & 1) - 1.0  # [C, K]
+  return signs @ (jax.random.normal(rng, (bits, features), jnp.float32) * (std / np.sqrt(bits)))

@@ -31,12 +31,30 @@ class TrainState:
   ema_params: Any = None  # moving average of params (config.train.ema_decay > 0), else None
 
 
-def init_state(rng, model: transformer.Transformer, tx, seq_len: int, ema: bool = False) -> TrainState:
-  """Boxed (logically annotated) initial state; jit it with out_shardings and nn.unbox the result."""
+def init_state(rng, model: transformer.Transformer, tx, seq_len: int, ema: bool = False,
+               bit_layout: vocab_lib.VocabLayout = None) -> TrainState:
+  """Boxed (logically annotated) initial state; jit it with out_shardings and nn.unbox the result. With
+  `bit_layout`, the image-code rows of the embedding and the head are `vocab.codebook_bit_rows`."""
   ids = jnp.zeros((1, seq_len), jnp.int32)
   params = model.init(rng, ids, jnp.ones((1, seq_len, seq_len), bool))["params"]
+  if bit_layout is not None:
+    params = _codebook_bit_init(jax.random.fold_in(rng, 1), params, bit_layout, model.cfg)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     ema_params=params if ema else None)
+
+
+def _codebook_bit_init(rng, params, layout, cfg):
+  start, stop = layout.image_offset, layout.mask_id
+  emb_rng, head_rng = jax.random.split(rng)
+  emb = params["embed"]["embedding"]
+  head = params["lm_head"]["kernel"]
+  rows = vocab_lib.codebook_bit_rows(emb_rng, layout, cfg.hidden_size, cfg.init_std)
+  cols = vocab_lib.codebook_bit_rows(head_rng, layout, cfg.hidden_size, cfg.init_std).T
+  params = flax.core.unfreeze(params)
+  params["embed"]["embedding"] = emb.replace_boxed(emb.unbox().at[start:stop].set(rows.astype(emb.unbox().dtype)))
+  params["lm_head"]["kernel"] = head.replace_boxed(head.unbox().at[:, start:stop].set(
+      cols.astype(head.unbox().dtype)))
+  return params
 
 
 def ema_decay_at(step, decay: float):

@@ -35,6 +35,13 @@ def _batch_sizes(config) -> dict:
   return {"t2i": config.train.batch_t2i, "lm": config.train.batch_lm, "mmu": config.train.batch_mmu}
 
 
+def _bit_layout(config):
+  if config.model.get("image_embedding_init", "normal") != "codebook_bits":
+    return None
+  from showo_jax.models import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  return vocab_lib.VocabLayout.from_config(config)
+
+
 class Run:
   """Model, optimizer, shardings and jitted functions of one training run (also used by tests and bench)."""
 
@@ -48,7 +55,7 @@ class Run:
     rows = sum(_batch_sizes(config).values())
     sharding.check_batch(rows // config.train.grad_accum_steps, self.mesh, "micro-batch (all tasks)")
     init = functools.partial(step_lib.init_state, model=self.model, tx=self.tx, seq_len=self.seq_len,
-                             ema=config.train.get("ema_decay", 0.0) > 0)
+                             ema=config.train.get("ema_decay", 0.0) > 0, bit_layout=_bit_layout(config))
     with self.scope():
       boxed = jax.eval_shape(init, jax.random.key(0))
       self.state_shardings = sharding.logical_shardings(boxed, self.mesh, self.rules)
