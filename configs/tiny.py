@@ -18,7 +18,7 @@ def get_config(arg: str = ""):
   m.vocab.update(llm_vocab_size=1024, codebook_size=64, bos_id=0, eos_id=0)  # BPE trained on the embedded text
   m.vocab_size = 1024 + 10 + 64 + 1
   c.data.update(source="embedded", resolution=32, downsample=4, num_image_tokens=64, max_text_len=24,
-                lm_window_chars=400, embedded_mmu_copies=5)  # MMU: the digits + 4 shifted copies
+                lm_window_chars=400, embedded_mmu_copies=5)  # MMU: the digits + 4 distorted copies
   c.tokenizer.magvit = config_magvit.magvit_config("tiny")
   c.train.update(steps=args.steps or 1500, batch_t2i=12, batch_lm=4, batch_mmu=16, log_every=25,
                  checkpoint_every=500, sample_every=500, seed=0)

@@ -34,6 +34,7 @@ import numpy as np
 
 from showo_jax import config_lib
 from showo_jax import sharding
+from showo_jax.common import xla_options
 from showo_jax.training import flops as flops_lib
 
 
@@ -327,11 +328,17 @@ def bench_tokenizer_size(size: str, batch: int, repeats: int) -> dict:
   images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (batch, res, res, 3)), jnp.float32)
   params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
   grid = res // config_magvit.downsample_factor(config)
-  encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=magvit.MagvitV2.encode)[2].reshape(batch, -1))
-  decode = jax.jit(lambda p, i: model.apply({"params": p}, i, (grid, grid), method=magvit.MagvitV2.decode_indices))
+  encode_fn = lambda p, x: model.apply({"params": p}, x, method=magvit.MagvitV2.encode)[2].reshape(batch, -1)
+  decode_fn = lambda p, i: model.apply({"params": p}, i, (grid, grid), method=magvit.MagvitV2.decode_indices)
   out = {"resolution": res, "batch": batch, "tokens_per_image": grid * grid}
-  indices = _time_into(out, "encode", encode, params, images, repeats)
-  _time_into(out, "decode", decode, params, indices, repeats)
+  # The project's options (common/xla_options.py), then XLA's defaults for comparison.
+  for suffix, options in (("", xla_options.conv_net()), ("_xla_defaults", {})):
+    encode = jax.jit(encode_fn, compiler_options=options)
+    decode = jax.jit(decode_fn, compiler_options=options)
+    indices = _time_into(out, "encode" + suffix, encode, params, images, repeats)
+    _time_into(out, "decode" + suffix, decode, params, indices, repeats)
+    if not options:
+      break
   out["peak_memory_gb"] = _peak_memory_bytes() / 2**30
   return out
 
@@ -345,6 +352,9 @@ def cmd_tokenizer(args) -> dict:
     print(f"{size:8s} {r['resolution']}px batch {r['batch']}: encode {r['encode_images_per_s']:8.1f} img/s  "
           f"decode {r['decode_images_per_s']:8.1f} img/s  peak mem {r['peak_memory_gb']:.2f} GB "
           f"(process, cumulative)", flush=True)
+    if "encode_xla_defaults_images_per_s" in r:
+      print(f"{'':8s} with XLA's default library fusions: encode {r['encode_xla_defaults_images_per_s']:8.1f} "
+            f"img/s  decode {r['decode_xla_defaults_images_per_s']:8.1f} img/s", flush=True)
   return out
 
 

@@ -97,8 +97,8 @@ def showo_config(size: str = "tiny", res: int = 256) -> ConfigDict:
       t2i_records="", mmu_records="", lm_records="",  # record folders or tfds:NAME:SPLIT@DIR specs, comma-separated
       t2i_weights="", mmu_weights="", lm_weights="",  # mixture weights of those sources (default equal)
       lm_window_chars=8000,  # official: a random 8000-character window of each document
-      embedded_mmu_copies=1,
-      mmu_image_token_noise=0.0,  # MMU inputs: share of image tokens replaced by random codes (regularisation)  # embedded source: MMU trains on the digits plus K - 1 randomly shifted copies
+      embedded_mmu_copies=1,  # embedded source: MMU trains on the digits plus K - 1 randomly distorted copies
+      mmu_image_token_noise=0.0,  # MMU inputs: share of image tokens replaced by random codes (regularisation)
   ))
   c.text_tokenizer = ConfigDict(dict(path=""))  # local tokenizer.json (never a hub download)
   c.tokenizer = ConfigDict(dict(checkpoint=""))  # the image tokenizer (MAGVIT-v2) checkpoint folder

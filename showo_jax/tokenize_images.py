@@ -31,6 +31,7 @@ import numpy as np
 
 from showo_jax import config_magvit
 from showo_jax import sharding
+from showo_jax.common import xla_options
 from showo_jax.data import images as images_lib
 from showo_jax.data import records
 from showo_jax.models import magvit
@@ -49,7 +50,7 @@ def _encoder(config_json: str):
   def encode(params, images_u8):  # uint8 [B, H, W, 3] → int32 [B, h, w]
     return model.apply({"params": params}, images_lib.to_float(images_u8), method=magvit.MagvitV2.encode)[2]
 
-  return jax.jit(encode)
+  return jax.jit(encode, compiler_options=xla_options.conv_net())
 
 
 class Encoder:

@@ -148,31 +148,39 @@ def test_pair_grid():
   assert grid[2, 2].tolist() == [0, 0, 0] and grid[2, 2 + 16 + 2].tolist() == [255, 255, 255]
 
 
-def _shift(image, dy, dx):
-  """Moves the content by (dy, dx) with zero fill (float64 reference)."""
-  out = np.zeros_like(image)
-  h, w = image.shape[:2]
-  out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = image[max(-dy, 0):h - max(dy, 0),
-                                                                    max(-dx, 0):w - max(dx, 0)]
-  return out
-
-
-def test_embedded_shifted_copies_are_shifts_of_the_originals():
+def test_embedded_augmented_copies_follow_their_affine_maps():
   from showo_jax.data import embedded  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
-  originals = rng.integers(0, 256, (6, 7, 7, 3), dtype=np.uint8)
+  originals = rng.integers(0, 256, (6, 9, 9, 3), dtype=np.uint8)
   labels = np.arange(6)
-  out, out_labels = embedded.shifted_copies(originals, labels, 4, max_shift=2, seed=1)
-  assert out.shape == (24, 7, 7, 3) and out.dtype == np.uint8
+  out, out_labels = embedded.augmented_copies(originals, labels, 4, seed=1)
+  assert out.shape == (24, 9, 9, 3) and out.dtype == np.uint8
   np.testing.assert_array_equal(out[:6], originals)
   np.testing.assert_array_equal(out_labels, np.tile(labels, 4))
-  shifts = set()
-  for k in range(6, 24):
-    matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
-               if np.array_equal(out[k], _shift(originals[k % 6], dy, dx))]
-    assert matches, k
-    shifts.add(matches[0])
-  assert len(shifts) > 3  # the shifts vary
+  assert all(not np.array_equal(out[k], originals[k % 6]) for k in range(6, 24))
+  # The identity map gives the originals back exactly (bilinear weights at integer points are 0/1).
+  same, _ = embedded.augmented_copies(originals, labels, 2, max_shift=0, max_rotate_deg=0, scale_range=(1, 1),
+                                      max_shear=0)
+  np.testing.assert_array_equal(same[6:], originals)
+  # Geometry: a 2×2 dot 8 px right of the centre of a 33×33 image, rotated by up to 20°, keeps its distance
+  # from the centre and turns by at most 20°; shifted by up to 3 px, its centroid moves by at most 3 px per axis.
+  dot = np.zeros((1, 33, 33, 1), np.uint8)
+  dot[0, 16:18, 24:26] = 255
+  cy, cx = 16.5, 24.5  # its centroid
+  turned, _ = embedded.augmented_copies(dot, [0], 30, max_shift=0, max_rotate_deg=20, scale_range=(1, 1),
+                                        max_shear=0, seed=2)
+  shifted, _ = embedded.augmented_copies(dot, [0], 30, max_shift=3, max_rotate_deg=0, scale_range=(1, 1),
+                                         max_shear=0, seed=3)
+  ys, xs = np.mgrid[:33, :33]
+  angles = []
+  for img in turned[1:, ..., 0].astype(np.float64):
+    y, x = (img * ys).sum() / img.sum(), (img * xs).sum() / img.sum()
+    assert abs(np.hypot(y - 16, x - 16) - np.hypot(cy - 16, cx - 16)) < 0.3
+    angles.append(np.degrees(np.arctan2(y - 16, x - 16) - np.arctan2(cy - 16, cx - 16)))
+  assert max(abs(a) for a in angles) <= 20.5 and np.std(angles) > 5
+  for img in shifted[1:, ..., 0].astype(np.float64):
+    y, x = (img * ys).sum() / img.sum(), (img * xs).sum() / img.sum()
+    assert abs(y - cy) <= 3.05 and abs(x - cx) <= 3.05
   collection = images.ImageCollection("embedded:train*2", 32)
   assert len(collection) == 2 * 4500
   with pytest.raises(ValueError, match=r"copies after '\*'"):

@@ -48,25 +48,6 @@ def load_mnist():
   return np.repeat(padded[..., None], 3, axis=-1), labels
 
 
-def shifted_copies(images, labels, copies: int, *, max_shift: int = 2, seed: int = 0):
-  """The images followed by `copies - 1` copies, each image moved by a random (dy, dx) in [-max_shift, max_shift]
-  (zero fill; the digits sit in a 2-px border, so little ink is lost). Data augmentation for the MMU task:
-  4,500 digits are too few for image → text to generalise from token ids alone."""
-  images, labels = np.asarray(images), np.asarray(labels)
-  rng = np.random.default_rng(seed)
-  out, out_labels = [images], [labels]
-  h, w = images.shape[1:3]
-  pad = ((0, 0), (max_shift, max_shift), (max_shift, max_shift)) + ((0, 0),) * (images.ndim - 3)
-  padded = np.pad(images, pad)
-  for _ in range(copies - 1):
-    dy, dx = rng.integers(0, 2 * max_shift + 1, (2, len(images)))
-    rows = dy[:, None] + np.arange(h)[None]  # [N, H]: source rows of each output row
-    cols = dx[:, None] + np.arange(w)[None]
-    out.append(padded[np.arange(len(images))[:, None, None], rows[:, :, None], cols[:, None, :]])
-    out_labels.append(labels)
-  return np.concatenate(out), np.concatenate(out_labels)
-
-
 def augmented_copies(images, labels, copies: int, *, max_shift: float = 2.0, max_rotate_deg: float = 12.0,
                      scale_range=(0.9, 1.1), max_shear: float = 0.15, seed: int = 0):
   """The images followed by `copies - 1` copies, each under its own random affine map (rotation, scale, shear,

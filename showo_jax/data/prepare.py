@@ -55,7 +55,7 @@ def _text_tokenizer(config, workdir: str, layout) -> text_tokenizer_lib.TextToke
 
 def _embedded_records(config, workdir: str):
   """({name: records folder}, tokenizer checkpoint) for the embedded default: `train`, `test`, and with
-  config.data.embedded_mmu_copies = K > 1 also `train*K` (the training digits plus shifted copies, for MMU)."""
+  config.data.embedded_mmu_copies = K > 1 also `train*K` (the training digits plus distorted copies, for MMU)."""
   from showo_jax import tokenize_images  # pylint: disable=g-import-not-at-top
   from showo_jax.training import tokenizer_trainer  # pylint: disable=g-import-not-at-top
   checkpoint = config.tokenizer.checkpoint

@@ -22,6 +22,7 @@ import numpy as np
 
 from showo_jax import config_lib
 from showo_jax import config_magvit
+from showo_jax.common import xla_options
 from showo_jax.models import lfq
 from showo_jax.models import magvit
 from showo_jax.official import reader
@@ -286,7 +287,9 @@ def _compiled(config_json: str):
     images = model.apply({"params": params}, indices, grid_shape, method=magvit.MagvitV2.decode_indices)
     return jnp.transpose(images, (0, 3, 1, 2))
 
-  return jax.jit(encode), jax.jit(decode, static_argnames="grid_shape")
+  options = xla_options.conv_net()
+  return (jax.jit(encode, compiler_options=options),
+          jax.jit(decode, static_argnames="grid_shape", compiler_options=options))
 
 
 def _config_key(config) -> str:

@@ -27,6 +27,7 @@ import optax
 
 from showo_jax import config_magvit
 from showo_jax import sharding
+from showo_jax.common import xla_options
 from showo_jax.data import images as images_lib
 from showo_jax.models import discriminator as disc_lib
 from showo_jax.models import lfq
@@ -94,13 +95,14 @@ class TokenizerRun:
     self._init = jax.jit(self._init_fn, out_shardings=self.state_shardings,
                          compiler_options={"xla_backend_optimization_level": 0})
     self._train_step = jax.jit(self.make_train_step(), in_shardings=(self.state_shardings, self.batch_sh, repl),
-                               out_shardings=(self.state_shardings, repl), donate_argnums=(0,))
+                               out_shardings=(self.state_shardings, repl), donate_argnums=(0,),
+                               compiler_options=xla_options.conv_net())
     # Evaluation runs on this process's devices only, so each process can evaluate whole sets on its own.
     self.eval_mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
                                         jax.local_devices())
     self._eval_sh = sharding.batch_sharding(self.eval_mesh)
     self._eval = jax.jit(self._eval_fn, in_shardings=(sharding.replicated(self.eval_mesh), self._eval_sh),
-                         out_shardings=self._eval_sh)
+                         out_shardings=self._eval_sh, compiler_options=xla_options.conv_net())
 
   # -- state ---------------------------------------------------------------------------------------------------
   def _init_fn(self, rng) -> TokenizerState:
