@@ -76,6 +76,27 @@ def test_token_xent_literal():
   np.testing.assert_array_equal(np.asarray(valid), [[True, False]])
 
 
+def test_token_xent_gradient_is_softmax_minus_onehot_in_float64():
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  logits = (rng.standard_normal((3, 5, 11)) * 4).astype(np.float32)
+  targets = rng.integers(0, 11, (3, 5))
+  targets[0, 1] = targets[2, 4] = losses.IGNORE_ID
+  weights = rng.random((3, 5)).astype(np.float32)
+  total = lambda l: (losses.token_xent(l, jnp.asarray(targets))[0] * weights).sum()
+  value, grad = jax.value_and_grad(total)(jnp.asarray(logits))
+  x = logits.astype(np.float64)
+  p = np.exp(x - x.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  valid = targets != losses.IGNORE_ID
+  onehot = np.eye(11)[np.where(valid, targets, 0)]
+  want_grad = (p - onehot) * (weights * valid)[..., None]
+  want_value = (-(np.log(p) * onehot).sum(-1) * weights * valid).sum()
+  np.testing.assert_allclose(float(value), want_value, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(grad), want_grad, atol=2e-7)
+  assert np.all(np.asarray(grad)[0, 1] == 0) and np.all(np.asarray(grad)[2, 4] == 0)  # ignored: no gradient
+
+
 def test_task_without_rows_contributes_zero(parity_showo):
   out = losses.showo_loss(jnp.asarray(parity_showo["logits"][:4]), parity_showo["input_ids"][:4],
                           parity_showo["labels"][:4], np.zeros(4, np.int32), soi_id=101, eoi_id=102)
