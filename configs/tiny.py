@@ -17,10 +17,11 @@ def get_config(arg: str = ""):
   m.hidden_size, m.num_layers, m.num_heads, m.num_kv_heads, m.intermediate_size = 128, 4, 4, 4, 512
   m.vocab.update(llm_vocab_size=1024, codebook_size=64, bos_id=0, eos_id=0)  # BPE trained on the embedded text
   m.vocab_size = 1024 + 10 + 64 + 1
-  c.data.update(source="embedded", resolution=32, downsample=4, num_image_tokens=64, max_text_len=24,
-                lm_window_chars=400, embedded_mmu_copies=5)  # MMU: the digits + 4 distorted copies
+  # max_text_len 16 holds BOS + the 13-token MMU text + EOS; MMU trains on the digits + 9 distorted copies.
+  c.data.update(source="embedded", resolution=32, downsample=4, num_image_tokens=64, max_text_len=16,
+                lm_window_chars=400, embedded_mmu_copies=10)
   c.tokenizer.magvit = config_magvit.magvit_config("tiny")
-  c.train.update(steps=args.steps or 1500, batch_t2i=12, batch_lm=4, batch_mmu=16, log_every=25,
+  c.train.update(steps=args.steps or 2200, batch_t2i=8, batch_lm=2, batch_mmu=22, log_every=25,
                  checkpoint_every=500, sample_every=500, seed=0)
   c.train.sample_guidance = 2.0  # CFG weight of in-training samples and of `evaluate` (cond dropout is 10 %)
   c.loss.mmu_coeff = 3.0  # the MMU answer is a couple of tokens; t2i's 64 masked tokens would dominate otherwise
