@@ -25,5 +25,5 @@ def get_config(arg: str = ""):
                  checkpoint_every=500, sample_every=500, seed=0)
   c.train.sample_guidance = 2.0  # CFG weight of in-training samples and of `evaluate` (cond dropout is 10 %)
   c.loss.mmu_coeff = 3.0  # the MMU answer is a couple of tokens; t2i's 64 masked tokens would dominate otherwise
-  c.optimizer.update(lr=1e-3, warmup_steps=100, final_lr_fraction=0.1, weight_decay=0.01, grad_clip_norm=1.0)
+  c.optimizer.update(lr=2e-3, warmup_steps=100, final_lr_fraction=0.1, weight_decay=0.01, grad_clip_norm=1.0)
   return c
