@@ -50,10 +50,10 @@ def _codebook_bit_init(rng, params, layout, cfg):
   head = params["lm_head"]["kernel"]
   rows = vocab_lib.codebook_bit_rows(emb_rng, layout, cfg.hidden_size, cfg.init_std)
   cols = vocab_lib.codebook_bit_rows(head_rng, layout, cfg.hidden_size, cfg.init_std).T
+  emb_value, head_value = emb.unbox(), head.unbox()
   params = flax.core.unfreeze(params)
-  params["embed"]["embedding"] = emb.replace_boxed(emb.unbox().at[start:stop].set(rows.astype(emb.unbox().dtype)))
-  params["lm_head"]["kernel"] = head.replace_boxed(head.unbox().at[:, start:stop].set(
-      cols.astype(head.unbox().dtype)))
+  params["embed"]["embedding"] = emb.replace_boxed(emb_value.at[start:stop].set(rows.astype(emb_value.dtype)))
+  params["lm_head"]["kernel"] = head.replace_boxed(head_value.at[:, start:stop].set(cols.astype(head_value.dtype)))
   return params
 
 
