@@ -18,7 +18,8 @@ an epoch ends; here every task stream repeats forever and training is counted in
 step counts below. `config.data.loader_mode` records which one the official run used.
 """
 
-from showo_jax import config_lib
+from showo_jax.config import base as config_base
+from showo_jax.config import showo as showo_config
 
 # stage: (res allowed, T, per-device batch t2i/lm/mmu, lr, warmup, steps, loader mode, CFG used in eval samples)
 _STAGES = {
@@ -34,15 +35,15 @@ _TUNE = {("tune1", 256): ((4, 2, 7), 10_000), ("tune2", 256): ((4, 2, 6), 14_000
 
 
 def get_config(arg: str = ""):
-  args = config_lib.parse_arg(arg, stage="pretrain1", res=256, devices=48)
+  args = config_base.parse_arg(arg, stage="pretrain1", res=256, devices=48)
   if args.stage not in _STAGES:
-    raise config_lib.ConfigError(f"unknown stage {args.stage!r}; known: {', '.join(_STAGES)}")
+    raise config_base.ConfigError(f"unknown stage {args.stage!r}; known: {', '.join(_STAGES)}")
   res_ok, text_len, batches, lr, warmup, steps, mode, cfg_scale = _STAGES[args.stage]
   if args.res not in res_ok:
-    raise config_lib.ConfigError(f"stage {args.stage} is trained at {res_ok[0]} only, not res={args.res}")
+    raise config_base.ConfigError(f"stage {args.stage} is trained at {res_ok[0]} only, not res={args.res}")
   if batches is None:
     batches, steps = _TUNE[(args.stage, args.res)]
-  c = config_lib.showo_config("phi-1.5", res=args.res)
+  c = showo_config.showo_config("phi-1.5", res=args.res)
   c.data.max_text_len = text_len  # 387-token sequences for pretraining, 640 / 1408 for instruction tuning
   c.data.loader_mode = mode
   c.train.update(steps=steps, batch_t2i=batches[0] * args.devices, batch_lm=batches[1] * args.devices,

@@ -6,13 +6,14 @@ then trains Show-o on t2i ("a handwritten digit seven"), mmu ("What digit is thi
 corpus of gensim's test data). See showo_jax/data/embedded.py.
 """
 
-from showo_jax import config_lib
-from showo_jax import config_magvit
+from showo_jax.config import base as config_base
+from showo_jax.config import showo as showo_config
+from showo_jax.tokenizer import config as tokenizer_config
 
 
 def get_config(arg: str = ""):
-  args = config_lib.parse_arg(arg, steps=0)
-  c = config_lib.showo_config("tiny")
+  args = config_base.parse_arg(arg, steps=0)
+  c = showo_config.showo_config("tiny")
   m = c.model
   m.hidden_size, m.num_layers, m.num_heads, m.num_kv_heads, m.intermediate_size = 128, 4, 4, 4, 512
   m.vocab.update(llm_vocab_size=1024, codebook_size=64, bos_id=0, eos_id=0)  # BPE trained on the embedded text
@@ -20,7 +21,7 @@ def get_config(arg: str = ""):
   # max_text_len 16 holds BOS + the 13-token MMU text + EOS; MMU trains on the digits + 9 distorted copies.
   c.data.update(source="embedded", resolution=32, downsample=4, num_image_tokens=64, max_text_len=16,
                 lm_window_chars=400, embedded_mmu_copies=10)
-  c.tokenizer.magvit = config_magvit.magvit_config("tiny")
+  c.tokenizer.magvit = tokenizer_config.magvit_config("tiny")
   c.train.update(steps=args.steps or 2500, batch_t2i=8, batch_lm=2, batch_mmu=22, log_every=25,
                  checkpoint_every=500, sample_every=500, seed=0)
   c.train.sample_guidance = 2.0  # CFG weight of in-training samples and of `evaluate` (cond dropout is 10 %)

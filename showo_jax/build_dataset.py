@@ -21,6 +21,8 @@ import logging
 import sys
 
 from showo_jax.data import builders
+from showo_jax.interop import checkpoints
+from showo_jax.tokenizer import pretokenize
 
 
 def _report(stats: dict) -> str:
@@ -58,10 +60,13 @@ def main(argv=None):
              "pairs": dict(image_root=args.image_root), "llava": dict(image_root=args.image_root)}[args.kind]
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   try:
-    stats = builders.build(args.kind, args.input, args.output, checkpoint=args.tokenizer_checkpoint,
-                           batch_size=args.batch_size, resolution=args.resolution,
-                           records_per_shard=args.records_per_shard, process_index=args.process_index,
-                           process_count=args.process_count, **options)
+    encoder = None
+    if args.tokenizer_checkpoint and builders.source_module(args.kind).Source.needs_images:
+      params, tokenizer_cfg = checkpoints.load_tokenizer(args.tokenizer_checkpoint)
+      encoder = pretokenize.Encoder(params, tokenizer_cfg, args.batch_size, args.resolution)
+    stats = builders.build(args.kind, args.input, args.output, encoder=encoder,
+                           checkpoint=args.tokenizer_checkpoint or "", records_per_shard=args.records_per_shard,
+                           process_index=args.process_index, process_count=args.process_count, **options)
   except (FileNotFoundError, ValueError) as e:  # bad layout, names file, checkpoint, flags: one line
     sys.exit(f"error: {e}")
   print(_report(stats))

@@ -18,7 +18,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from showo_jax import config_lib
+from showo_jax.config import showo as showo_config
 from showo_jax.data import embedded
 from showo_jax.data import images as images_lib
 
@@ -33,8 +33,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 def evaluate(workdir: str, checkpoint: str = "", *, steps: int = 12, guidance: float = -1.0, per_class: int = 20,
              seed: int = 0) -> dict:
-  from showo_jax import eval_lib  # pylint: disable=g-import-not-at-top
-  from showo_jax.inference import Pipeline, _apply_fn  # pylint: disable=g-import-not-at-top
+  from showo_jax.evaluation import measures  # pylint: disable=g-import-not-at-top
+  from showo_jax.inference.pipeline import Pipeline
+  from showo_jax.inference.pipeline import _apply_fn  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   pipe = Pipeline.from_checkpoint(checkpoint or workdir)
   config = pipe.config
@@ -49,12 +50,12 @@ def evaluate(workdir: str, checkpoint: str = "", *, steps: int = 12, guidance: f
   answers = []
   for i in range(0, len(codes), 100):
     answers += pipe.mmu(codes[i:i + 100], embedded.QUESTION, max_new_tokens=6)
-  correct = [eval_lib.answer_is(a, embedded.DIGITS[k]) for a, k in zip(answers, test_labels)]
+  correct = [measures.answer_is(a, embedded.DIGITS[k]) for a, k in zip(answers, test_labels)]
   report["mmu_accuracy"] = float(np.mean(correct))
   report["mmu_examples"] = [f"{embedded.DIGITS[k]} -> {a}" for a, k in list(zip(answers, test_labels))[:10]]
 
   # T2I class consistency.
-  classifier = eval_lib.PixelClassifier(images[train_idx], labels[train_idx])
+  classifier = measures.PixelClassifier(images[train_idx], labels[train_idx])
   report["classifier_test_accuracy"] = classifier.accuracy(images[test_idx], labels[test_idx])
   prompts = [embedded.caption(k) for k in range(10) for _ in range(per_class)]
   wanted = np.repeat(np.arange(10), per_class)
@@ -64,11 +65,11 @@ def evaluate(workdir: str, checkpoint: str = "", *, steps: int = 12, guidance: f
 
   # Tokenizer reconstruction on the test split.
   recon = np.concatenate([pipe.decode(codes[i:i + 250]) for i in range(0, len(codes), 250)])
-  report["tokenizer_psnr"] = eval_lib.psnr(images[test_idx], recon)
-  report["tokenizer_codebook_usage"] = eval_lib.codebook_usage(codes, pipe.layout.codebook_size)
+  report["tokenizer_psnr"] = measures.psnr(images[test_idx], recon)
+  report["tokenizer_codebook_usage"] = measures.codebook_usage(codes, pipe.layout.codebook_size)
 
-  report["lm_perplexity"] = eval_lib.perplexity(_apply_fn(pipe.cfg), pipe.params, embedded.load_text("test"),
-                                                pipe.text_tokenizer, pipe.layout, config_lib.seq_len(config))
+  report["lm_perplexity"] = measures.perplexity(_apply_fn(pipe.cfg), pipe.params, embedded.load_text("test"),
+                                                pipe.text_tokenizer, pipe.layout, showo_config.seq_len(config))
   report["seconds"] = time.time() - t0
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(report, f, indent=1)

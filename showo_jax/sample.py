@@ -126,7 +126,7 @@ def load_mask(path: str, resolution: int) -> np.ndarray:
 
 def run(args) -> int:
   from showo_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
-  from showo_jax.inference import Pipeline  # pylint: disable=g-import-not-at-top
+  from showo_jax.inference.pipeline import Pipeline  # pylint: disable=g-import-not-at-top
   check_args(args)
   pipe = Pipeline.from_checkpoint(args.checkpoint, tokenizer=args.tokenizer, text_tokenizer=args.text_tokenizer)
   pipe.warn = lambda message: print(f"warning: {message}", file=sys.stderr)

@@ -10,10 +10,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from showo_jax import config_lib
-from showo_jax import sharding
+from showo_jax.config import base as config_base
+from showo_jax.config import showo as showo_config
+from showo_jax.common import sharding
 
-_CONFIG = config_lib.define_config_flag()
+_CONFIG = config_base.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.", required=True)
 
 
@@ -23,15 +24,15 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   config = _CONFIG.value
   try:
-    config_lib.validate(config)
-  except config_lib.ConfigError as e:
+    showo_config.validate(config)
+  except config_base.ConfigError as e:
     sys.exit(f"error: {e}")
   sharding.maybe_initialize_distributed(config.train.distributed)
-  from showo_jax.official import reader  # pylint: disable=g-import-not-at-top
-  from showo_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
-  from showo_jax.training import metrics  # pylint: disable=g-import-not-at-top
+  from showo_jax.interop import reader  # pylint: disable=g-import-not-at-top
+  from showo_jax.common import checkpointing  # pylint: disable=g-import-not-at-top
+  from showo_jax.common import metrics  # pylint: disable=g-import-not-at-top
   from showo_jax.training import trainer  # pylint: disable=g-import-not-at-top
-  known = (config_lib.ConfigError, sharding.MeshError, reader.CheckpointError, checkpointing.CheckpointMismatchError,
+  known = (config_base.ConfigError, sharding.MeshError, reader.CheckpointError, checkpointing.CheckpointMismatchError,
            metrics.NonFiniteLossError, FileNotFoundError)
   try:
     trainer.train_and_evaluate(config, _WORKDIR.value)

@@ -11,10 +11,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from showo_jax import config_lib
-from showo_jax import config_magvit
+from showo_jax.config import base as config_base
+from showo_jax.tokenizer import config as tokenizer_config
 
-_CONFIG = config_lib.define_config_flag(help_string="Config file, e.g. configs/magvit2.py:size=tiny")
+_CONFIG = config_base.define_config_flag(help_string="Config file, e.g. configs/magvit2.py:size=tiny")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and sample grids.", required=True)
 
 
@@ -24,15 +24,15 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   config = _CONFIG.value
   try:
-    config_magvit.validate_training(config)
-  except config_lib.ConfigError as e:
+    tokenizer_config.validate_training(config)
+  except config_base.ConfigError as e:
     sys.exit(f"error: {e}")
-  from showo_jax import sharding  # pylint: disable=g-import-not-at-top
+  from showo_jax.common import sharding  # pylint: disable=g-import-not-at-top
   from showo_jax.data import images  # pylint: disable=g-import-not-at-top
-  from showo_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
-  from showo_jax.training import metrics  # pylint: disable=g-import-not-at-top
-  from showo_jax.training import tokenizer_trainer  # pylint: disable=g-import-not-at-top
-  known = (config_lib.ConfigError, sharding.MeshError, checkpointing.CheckpointMismatchError, images.ImageError,
+  from showo_jax.common import checkpointing  # pylint: disable=g-import-not-at-top
+  from showo_jax.common import metrics  # pylint: disable=g-import-not-at-top
+  from showo_jax.tokenizer import trainer as tokenizer_trainer  # pylint: disable=g-import-not-at-top
+  known = (config_base.ConfigError, sharding.MeshError, checkpointing.CheckpointMismatchError, images.ImageError,
            metrics.NonFiniteLossError, FileNotFoundError)
   try:
     folder = tokenizer_trainer.train_tokenizer(config, _WORKDIR.value)

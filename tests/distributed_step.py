@@ -13,9 +13,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_fixtures  # pylint: disable=g-import-not-at-top,wrong-import-position
-from showo_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
+from showo_jax.common import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from showo_jax.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
-from showo_jax.data import prepare  # pylint: disable=g-import-not-at-top,wrong-import-position
+from showo_jax.training import prepare  # pylint: disable=g-import-not-at-top,wrong-import-position
 from showo_jax.training import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from showo_jax import config_lib
+from showo_jax.config import showo as showo_config
 from showo_jax import interop
 from showo_jax.data import prompting
 from showo_jax.models import omni_mask
@@ -29,7 +29,7 @@ def rel_err(got, want):
 def model_a(parity_showo):
   state = {k[len("param."):]: v for k, v in parity_showo.items() if k.startswith("param.")}
   params, config = interop.load_official_showo(state)
-  return transformer.TransformerConfig.from_config(config), params
+  return showo_config.transformer_config(config), params
 
 
 @functools.lru_cache(maxsize=2)
@@ -61,7 +61,7 @@ def test_greedy_matches_official_mmu_trace(model_a, parity_showo, parity_samplin
   if scan_layers:
     params, config = interop.load_official_showo(
         {k[6:]: v for k, v in parity_showo.items() if k.startswith("param.")}, scan_layers=True)
-    cfg = transformer.TransformerConfig.from_config(config)
+    cfg = showo_config.transformer_config(config)
   prompt = trace["mmu.prompt_ids"].astype(np.int32)  # [1, 77]
   tokens, lengths, logits = ar.generate_with_model(cfg, params, prompt, np.array([77]), jax.random.key(0),
                                                    _greedy(12), TINY, "mmu", return_logits=True)
@@ -196,9 +196,9 @@ def test_mixed_generation_makes_images_on_soi(model_a):
 
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_decode_mode_adds_no_params_and_cache_shapes(scan_layers):
-  config = config_lib.showo_config("tiny")
+  config = showo_config.showo_config("tiny")
   config.model.scan_layers = scan_layers
-  cfg = transformer.TransformerConfig.from_config(config)
+  cfg = showo_config.transformer_config(config)
   args = (jax.random.key(0), jnp.zeros((2, 5), jnp.int32), jnp.ones((2, 5, 5), bool))
   plain = jax.eval_shape(transformer.Transformer(cfg).init, *args)
   cached = jax.eval_shape(transformer.Transformer(cfg, decode=True).init, *args)

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from showo_jax import build_dataset
-from showo_jax import config_lib
-from showo_jax import config_magvit
-from showo_jax import tokenize_images
+from showo_jax.config import showo as showo_config
+from showo_jax.tokenizer import config as tokenizer_config
+from showo_jax.tokenizer import pretokenize
 from showo_jax.data import builders
 from showo_jax.data import embedded
 from showo_jax.data import images
@@ -25,8 +25,7 @@ from showo_jax.data import prompting
 from showo_jax.data import records
 from showo_jax.data import text_tokenizer
 from showo_jax.data.builders import common
-from showo_jax.models import magvit
-from showo_jax.models import vocab as vocab_lib
+from showo_jax.tokenizer import magvit
 
 RES = 16  # images are encoded at 16 px by a 2-level tokenizer: 8 x 8 = 64 tokens of a 16-code book
 
@@ -37,12 +36,12 @@ pytestmark = pytest.mark.usefixtures("fast_compiles")  # unoptimised XLA: faster
 @pytest.fixture(scope="module")
 def tokenizer():
   """(params, config) of a randomly initialised micro MAGVIT-v2, and its direct encode of uint8 images."""
-  c = config_magvit.magvit_config("tiny")
+  c = tokenizer_config.magvit_config("tiny")
   for tower in (c.encoder, c.decoder):
     tower.ch, tower.ch_mult, tower.num_res_blocks = 8, [1, 2], [1, 1]
   c.norm_groups, c.codebook_bits, c.resolution = 8, 4, RES
   c.data.resolution = RES  # the size the pre-tokenizer resizes to
-  model = magvit.magvit_from_config(c)
+  model = tokenizer_config.magvit_from_config(c)
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, RES, RES, 3)))["params"]
   apply = jax.jit(lambda p, x: model.apply({"params": p}, images.to_float(x), method=magvit.MagvitV2.encode)[2])
 
@@ -55,6 +54,12 @@ def tokenizer():
     return np.concatenate(out)
 
   return (params, c), encode
+
+
+def _build(kind, inputs, output, *, checkpoint=None, batch_size=64, resolution=0, **kwargs):
+  """builders.build with the encoder of a (params, config) tokenizer, as the build_dataset CLI makes it."""
+  encoder = pretokenize.Encoder(*checkpoint, batch_size, resolution) if checkpoint is not None else None
+  return builders.build(kind, inputs, output, encoder=encoder, **kwargs)
 
 
 def _png(seed: int, size=(20, 24)) -> bytes:
@@ -109,7 +114,7 @@ def test_text_jsonl_and_parquet(tmp_path):
     want += ["p one", "p two", "p three"]
   except ImportError:
     pass
-  stats = builders.build("text", inputs, str(tmp_path / "out"), records_per_shard=4)
+  stats = _build("text", inputs, str(tmp_path / "out"), records_per_shard=4)
   assert [r["text"] for r in _rows(tmp_path / "out")] == want
   assert stats["num_records"] == len(want)
   skipped = {"bad json line": 1, "empty text": 1, "non-text text": 1, "no text": 1}
@@ -124,7 +129,7 @@ def test_text_parquet_without_pyarrow_is_one_line(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "pyarrow", None)
   monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
   with pytest.raises(ValueError, match=r"c\.parquet: reading parquet needs pyarrow, which is not installed"):
-    builders.build("text", [str(tmp_path / "c.parquet")], str(tmp_path / "out"))
+    _build("text", [str(tmp_path / "c.parquet")], str(tmp_path / "out"))
 
 
 # ------------------------------------------------------------------------------------------------ imagenet
@@ -138,7 +143,7 @@ def test_imagenet_class_folders(tokenizer, tmp_path):
   _write(str(root / "n01443537" / "bad.png"), CORRUPT)
   names = tmp_path / "LOC_synset_mapping.txt"
   names.write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n")
-  stats = builders.build("imagenet", [str(root)], str(tmp_path / "out"), checkpoint=checkpoint,
+  stats = _build("imagenet", [str(root)], str(tmp_path / "out"), checkpoint=checkpoint,
                          class_names=str(names), batch_size=8)
   rows = _rows(tmp_path / "out")
   assert [(r["caption"], r["label"]) for r in rows] == [("tench", 0), ("tench", 0), ("goldfish", 1)]
@@ -150,10 +155,10 @@ def test_imagenet_class_folders(tokenizer, tmp_path):
   plain = tmp_path / "plain"
   _write(str(plain / "golden_retriever" / "a.png"), _png(7))
   _write(str(plain / "acorn" / "b.png"), _png(8))
-  builders.build("imagenet", [str(plain)], str(tmp_path / "out2"), checkpoint=checkpoint, batch_size=8)
+  _build("imagenet", [str(plain)], str(tmp_path / "out2"), checkpoint=checkpoint, batch_size=8)
   assert [(r["caption"], r["label"]) for r in _rows(tmp_path / "out2")] == [("acorn", 0), ("golden retriever", 1)]
   with pytest.raises(ValueError, match=r"no --class-names file to name class n01440764"):
-    builders.build("imagenet", [str(root)], str(tmp_path / "out3"), checkpoint=checkpoint)
+    _build("imagenet", [str(root)], str(tmp_path / "out3"), checkpoint=checkpoint)
 
 
 def test_imagenet_tfds_manual_layout(tokenizer, tmp_path):
@@ -175,14 +180,14 @@ def test_imagenet_tfds_manual_layout(tokenizer, tmp_path):
       _add(t, f"ILSVRC2012_val_0000000{i}.JPEG", _png(10 + i))
   names = tmp_path / "imagenet_label_mapping"
   names.write_text("0: tench\n1: goldfish\n65: sea snake\n230: Shetland sheepdog\n970: alp\n")
-  stats = builders.build("imagenet", [str(manual)], str(tmp_path / "train"), checkpoint=checkpoint,
+  stats = _build("imagenet", [str(manual)], str(tmp_path / "train"), checkpoint=checkpoint,
                          class_names=str(names), batch_size=8)
   rows = _rows(tmp_path / "train")
   assert stats["num_records"] == 3 and stats["corrupt"] == 0
   assert [(r["caption"], r["label"]) for r in rows] == [("tench", 0), ("tench", 0), ("goldfish", 1)]
   np.testing.assert_array_equal(np.stack([r["image_tokens"] for r in rows]),
                                 encode(_pixels([_png(1), _png(2), _png(3)])))
-  builders.build("imagenet", [str(manual)], str(tmp_path / "val"), checkpoint=checkpoint, class_names=str(names),
+  _build("imagenet", [str(manual)], str(tmp_path / "val"), checkpoint=checkpoint, class_names=str(names),
                  split="validation", batch_size=8)
   rows = _rows(tmp_path / "val")  # archive order 3, 1, 2; labels n01751748, n09193705, n02105855 for 1, 2, 3
   assert [(r["caption"], r["label"]) for r in rows] == [("Shetland sheepdog", 230), ("sea snake", 65), ("alp", 970)]
@@ -218,7 +223,7 @@ def test_pairs_webdataset_shards(tokenizer, tmp_path):
     cut = t.getmember("sub/011.txt").offset_data + 4
   data = (tmp_path / "shard-001.tar").read_bytes()
   (tmp_path / "shard-001.tar").write_bytes(data[:cut])  # the archive ends inside sub/011.txt
-  stats = builders.build("pairs", [str(tmp_path)], str(tmp_path / "out"), checkpoint=checkpoint, batch_size=8,
+  stats = _build("pairs", [str(tmp_path)], str(tmp_path / "out"), checkpoint=checkpoint, batch_size=8,
                          records_per_shard=3)
   rows = _rows(tmp_path / "out")
   assert [r["caption"] for r in rows] == ["a red square", "two cats", "kept"]
@@ -247,7 +252,7 @@ def test_pairs_manifest_and_folder(tokenizer, tmp_path):
   c = _write(str(folder / "c.png"), _png(3))
   _write(str(folder / "c.txt"), b"cherry\n")
   _write(str(folder / "e.png"), _png(4))  # no caption
-  stats = builders.build("pairs", [str(tmp_path / "pairs.jsonl"), str(folder)], str(tmp_path / "out"),
+  stats = _build("pairs", [str(tmp_path / "pairs.jsonl"), str(folder)], str(tmp_path / "out"),
                          checkpoint=checkpoint, image_root=str(imgs), batch_size=8)
   rows = _rows(tmp_path / "out")
   assert [r["caption"] for r in rows] == ["apple", "banana", "cherry"]
@@ -291,7 +296,7 @@ def _llava(tmp_path):
 def test_llava_conversations(tokenizer, tmp_path):
   checkpoint, encode = tokenizer
   path, root, pairs = _llava(tmp_path)
-  stats = builders.build("llava", [path], str(tmp_path / "out"), checkpoint=checkpoint, image_root=root,
+  stats = _build("llava", [path], str(tmp_path / "out"), checkpoint=checkpoint, image_root=root,
                          batch_size=8)
   rows = _rows(tmp_path / "out")
   assert [json.loads(r["conversation"]) for r in rows] == pairs
@@ -309,35 +314,35 @@ def test_llava_conversations(tokenizer, tmp_path):
 def _showo_config(tmp_path, max_text_len=80):
   tok = str(tmp_path / "text_tokenizer.json")
   embedded.train_text_tokenizer(tok, vocab_size=300)
-  c = config_lib.showo_config("tiny")
+  c = showo_config.showo_config("tiny")
   c.model.vocab.update(llm_vocab_size=300, codebook_size=16, bos_id=0, eos_id=0)
   c.model.vocab_size = 384
   c.data.update(num_image_tokens=64, max_text_len=max_text_len, lm_window_chars=200)
   c.text_tokenizer.path = tok
-  return config_lib.validate(c)
+  return showo_config.validate(c)
 
 
 def test_built_records_feed_the_pipelines(tokenizer, tmp_path):
   checkpoint, _ = tokenizer
   config = _showo_config(tmp_path)
-  layout = vocab_lib.VocabLayout.from_config(config)
+  layout = showo_config.vocab_layout(config)
   tok = text_tokenizer.TextTokenizer(config.text_tokenizer.path, layout)
   path, root, pairs = _llava(tmp_path)
-  builders.build("llava", [path], str(tmp_path / "llava"), checkpoint=checkpoint, image_root=root, batch_size=8)
+  _build("llava", [path], str(tmp_path / "llava"), checkpoint=checkpoint, image_root=root, batch_size=8)
   folder = tmp_path / "pairs"
   for i, caption in enumerate(["one two", "three"]):
     _write(str(folder / f"{i}.png"), _png(i))
     _write(str(folder / f"{i}.txt"), caption.encode())
-  builders.build("pairs", [str(folder)], str(tmp_path / "pairs_out"), checkpoint=checkpoint, batch_size=8)
+  _build("pairs", [str(folder)], str(tmp_path / "pairs_out"), checkpoint=checkpoint, batch_size=8)
   with open(tmp_path / "docs.jsonl", "w") as f:
     f.write(json.dumps({"content": "a document about nothing"}) + "\n")
-  builders.build("text", [str(tmp_path / "docs.jsonl")], str(tmp_path / "text"))
+  _build("text", [str(tmp_path / "docs.jsonl")], str(tmp_path / "text"))
   sources = {"t2i": records.open_source(str(tmp_path / "pairs_out")),
              "mmu": records.open_source(str(tmp_path / "llava")), "lm": records.open_source(str(tmp_path / "text"))}
   sizes = {"t2i": 2, "lm": 1, "mmu": 3}
   datasets = pipeline.task_datasets(sources, sizes, tok, layout, config, seed=0)
   batch = next(pipeline.MultiTaskIterator(datasets))
-  assert batch["input_ids"].shape == (6, config_lib.seq_len(config))
+  assert batch["input_ids"].shape == (6, showo_config.seq_len(config))
   np.testing.assert_array_equal(batch["task_ids"], [0, 0, 1, 2, 2, 2])
   # mmu rows: exactly llava_prompt of the record; labels on the answers (and their EOS) only.
   mmu = next(iter(datasets["mmu"]))
@@ -372,7 +377,7 @@ def test_interrupted_build_resumes_without_duplicates(tokenizer, tmp_path, monke
   for i in range(7):
     _write(str(folder / f"{i}.png"), _png(i))
     _write(str(folder / f"{i}.txt"), f"caption {i}".encode())
-  clean = builders.build("pairs", [str(folder)], str(tmp_path / "clean"), checkpoint=checkpoint, batch_size=8,
+  clean = _build("pairs", [str(folder)], str(tmp_path / "clean"), checkpoint=checkpoint, batch_size=8,
                          records_per_shard=2)
   real = common.image_file
 
@@ -383,11 +388,11 @@ def test_interrupted_build_resumes_without_duplicates(tokenizer, tmp_path, monke
 
   monkeypatch.setattr(common, "image_file", flaky)
   with pytest.raises(_Interrupt):
-    builders.build("pairs", [str(folder)], str(tmp_path / "out"), checkpoint=checkpoint, batch_size=8,
+    _build("pairs", [str(folder)], str(tmp_path / "out"), checkpoint=checkpoint, batch_size=8,
                    records_per_shard=2)
   assert not os.path.exists(tmp_path / "out" / records.META)  # not readable as a complete dataset
   monkeypatch.setattr(common, "image_file", real)
-  again = builders.build("pairs", [str(folder)], str(tmp_path / "out"), checkpoint=checkpoint, batch_size=8,
+  again = _build("pairs", [str(folder)], str(tmp_path / "out"), checkpoint=checkpoint, batch_size=8,
                          records_per_shard=2)
   assert again["shards_skipped"] == 3 and again["num_records"] == clean["num_records"] == 7
   got, want = _rows(tmp_path / "out"), _rows(tmp_path / "clean")
@@ -396,7 +401,7 @@ def test_interrupted_build_resumes_without_duplicates(tokenizer, tmp_path, monke
     np.testing.assert_array_equal(g["image_tokens"], w["image_tokens"])
   (tmp_path / "docs.jsonl").write_text('{"text": "a"}\n')
   with pytest.raises(ValueError, match=r"holds a pre-tokenization with builder='pairs', not 'text'"):
-    builders.build("text", [str(tmp_path / "docs.jsonl")], str(tmp_path / "out"))  # another dataset's folder
+    _build("text", [str(tmp_path / "docs.jsonl")], str(tmp_path / "out"))  # another dataset's folder
 
 
 def test_processes_split_the_shards(tmp_path):
@@ -404,10 +409,10 @@ def test_processes_split_the_shards(tmp_path):
     for i in range(9):
       f.write(json.dumps({"text": f"doc {i}"}) + "\n")
   out = str(tmp_path / "out")
-  first = builders.build("text", [str(tmp_path / "docs.jsonl")], out, records_per_shard=2, process_index=1,
+  first = _build("text", [str(tmp_path / "docs.jsonl")], out, records_per_shard=2, process_index=1,
                          process_count=2)
   assert not first["complete"] and not os.path.exists(os.path.join(out, records.META))
-  last = builders.build("text", [str(tmp_path / "docs.jsonl")], out, records_per_shard=2, process_index=0,
+  last = _build("text", [str(tmp_path / "docs.jsonl")], out, records_per_shard=2, process_index=0,
                         process_count=2)
   assert last["complete"] and last["num_records"] == 9 and last["shards_skipped"] == 2  # process 1's shards
   assert [r["text"] for r in _rows(out)] == [f"doc {i}" for i in range(9)]
@@ -426,19 +431,19 @@ def test_cli_reports_and_one_line_errors(tmp_path, capsys):
 
 
 def test_pretokenize_runs_on_the_shared_writer(tokenizer, tmp_path):
-  """tokenize_images.pretokenize (now a source fed to write_sharded) keeps its counts, fields and resume."""
+  """pretokenize.pretokenize (now a source fed to write_sharded) keeps its counts, fields and resume."""
   checkpoint, encode = tokenizer
   folder = tmp_path / "imgs"
   files = [_write(str(folder / f"{i}.png"), _png(i)) for i in range(3)]
   _write(str(folder / "broken.png"), CORRUPT)
   _write(str(folder / "1.txt"), b"one\n")
-  stats = tokenize_images.pretokenize(checkpoint, str(folder), str(tmp_path / "out"), batch_size=8,
+  stats = pretokenize.pretokenize(checkpoint, str(folder), str(tmp_path / "out"), batch_size=8,
                                       records_per_shard=2)
   assert stats["num_records"] == 3 and stats["corrupt"] == 1 and stats["skipped"] == {"unusable image": 1}
   assert "broken.png: unreadable or corrupt image" in stats["corrupt_examples"][0]
   rows = _rows(tmp_path / "out")
   assert [r.get("caption") for r in rows] == [None, "one", None]
   np.testing.assert_array_equal(np.stack([r["image_tokens"] for r in rows]), encode(_pixels(files)))
-  again = tokenize_images.pretokenize(checkpoint, str(folder), str(tmp_path / "out"), batch_size=8,
+  again = pretokenize.pretokenize(checkpoint, str(folder), str(tmp_path / "out"), batch_size=8,
                                       records_per_shard=2)
   assert again["shards_skipped"] == 2 and again["num_records"] == 3 and again["corrupt"] == 1

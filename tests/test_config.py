@@ -6,26 +6,27 @@ from absl import flags
 import numpy as np
 import pytest
 
-from showo_jax import config_lib
+from showo_jax.config import base as config_base
+from showo_jax.config import showo as showo_config
 from showo_jax import interop
 from showo_jax.models import vocab as vocab_lib
-from showo_jax.official import showo_keys
+from showo_jax.interop import showo_keys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_official_phi_presets_match_spec():
   for res, tokens in ((256, 256), (512, 1024)):
-    c = config_lib.validate(config_lib.showo_config("phi-1.5", res=res))
+    c = showo_config.validate(showo_config.showo_config("phi-1.5", res=res))
     assert c.data.num_image_tokens == tokens and c.data.max_text_len == 128
-    assert config_lib.seq_len(c) == 128 + tokens + 3
+    assert showo_config.seq_len(c) == 128 + tokens + 3
     assert (c.model.hidden_size, c.model.num_layers, c.model.num_heads, c.model.intermediate_size) == (
         2048, 24, 32, 8192)
-    assert config_lib.rotary_dim(c.model) == 32 and c.model.vocab_size == 58498
+    assert showo_config.rotary_dim(c.model) == 32 and c.model.vocab_size == 58498
 
 
 def test_official_vocabulary_layout():
-  layout = vocab_lib.VocabLayout.from_config(config_lib.showo_config("phi-1.5"))
+  layout = showo_config.vocab_layout(showo_config.showo_config("phi-1.5"))
   assert (layout.pad_id, layout.soi_id, layout.eoi_id, layout.sov_id, layout.eov_id) == (
       50295, 50296, 50297, 50298, 50299)
   assert (layout.t2i_id, layout.mmu_id, layout.t2v_id, layout.v2v_id, layout.lvg_id) == (
@@ -37,7 +38,7 @@ def test_official_vocabulary_layout():
 
 
 def test_tiny_layout_matches_parity(parity_json):
-  layout = vocab_lib.VocabLayout.from_config(config_lib.showo_config("tiny"))
+  layout = showo_config.vocab_layout(showo_config.showo_config("tiny"))
   ids = parity_json["tiny_showo"]["special_token_ids"]
   for token in vocab_lib.SPECIAL_TOKENS:
     assert layout.special_id(token) == ids[token]
@@ -60,14 +61,14 @@ def test_tiny_layout_matches_parity(parity_json):
     ("model.vocab.bos_id", 100, "bos_id=100 is not a text id"),
 ])
 def test_validate_names_the_bad_field(field, value, message):
-  config = config_lib.showo_config("tiny")
+  config = showo_config.showo_config("tiny")
   node = config
   *parents, leaf = field.split(".")
   for p in parents:
     node = node[p]
   node[leaf] = value
-  with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.validate(config)
+  with pytest.raises(config_base.ConfigError) as e:
+    showo_config.validate(config)
   assert message in str(e.value) and "\n" not in str(e.value)
 
 
@@ -81,22 +82,22 @@ def _parse_flags(argv):
 
 def test_command_line_overrides():
   showo_py = ROOT / "configs" / "showo.py"
-  c = config_lib.validate(_parse_flags([
+  c = showo_config.validate(_parse_flags([
       "prog", f"--config={showo_py}:size=phi-1.5,res=512", "--config.model.num_layers=3",
       "--config.loss.lm_coeff=0.25", "--config.model.scan_layers=True"]))
   assert (c.model.num_layers, c.loss.lm_coeff, c.model.scan_layers) == (3, 0.25, True)
   assert c.data.num_image_tokens == 1024
   with pytest.raises(Exception, match="unknown config arg 'sz'"):
     _parse_flags(["prog", f"--config={showo_py}:sz=tiny"])
-  with pytest.raises(config_lib.ConfigError, match="config.model.num_heads=3 does not divide"):
-    config_lib.validate(_parse_flags(["prog", f"--config={showo_py}", "--config.model.num_heads=3"]))
+  with pytest.raises(config_base.ConfigError, match="config.model.num_heads=3 does not divide"):
+    showo_config.validate(_parse_flags(["prog", f"--config={showo_py}", "--config.model.num_heads=3"]))
 
 
 def test_parse_arg_types_and_errors():
-  args = config_lib.parse_arg("size=phi-1.5,res=512,runlocal=true", size="tiny", res=256, runlocal=False)
+  args = config_base.parse_arg("size=phi-1.5,res=512,runlocal=true", size="tiny", res=256, runlocal=False)
   assert (args.size, args.res, args.runlocal) == ("phi-1.5", 512, True)
-  with pytest.raises(config_lib.ConfigError, match="unknown config arg 'colour'"):
-    config_lib.parse_arg("colour=red", size="tiny")
+  with pytest.raises(config_base.ConfigError, match="unknown config arg 'colour'"):
+    config_base.parse_arg("colour=red", size="tiny")
 
 
 def _state(parity):

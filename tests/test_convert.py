@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from safetensors import numpy as st_numpy
 
-from showo_jax import checkpoint_io
-from showo_jax import config_lib
-from showo_jax import convert
+from showo_jax.interop import checkpoints
+from showo_jax.config import showo as showo_config
+from showo_jax.interop import convert
 from showo_jax import interop
-from showo_jax.official import streaming
+from showo_jax.interop import streaming
 from tests import numpy_reference
 
 _OFFICIAL_JSON = {"_class_name": "Showo", "codebook_size": 64, "llm_model_path": "tiny_phi_config_A",
@@ -51,7 +51,7 @@ def imported(parity_showo, tmp_path_factory):
 ###########################  import / export parity  ###########################
 
 def test_import_gives_parity_logits(imported, parity_showo):
-  params, config = checkpoint_io.load_checkpoint(imported[1])
+  params, config = checkpoints.load_checkpoint(imported[1])
   assert (config.model.vocab.llm_vocab_size, config.model.vocab.codebook_size) == (100, 64)
   logits = interop.showo_logits(params, config, parity_showo["input_ids"], parity_showo["attention_allowed"])
   want = parity_showo["logits"]
@@ -90,7 +90,7 @@ def test_sharded_input_and_clip_projector(parity_showo, tmp_path):
     json.dump({**_OFFICIAL_JSON, "w_clip_vit": True}, f)
   ckpt, out = str(tmp_path / "ckpt"), tmp_path / "exported"
   assert convert.main(["import", "--input", str(src), "--output", ckpt]) == 0
-  _, config = checkpoint_io.load_checkpoint(ckpt)
+  _, config = checkpoints.load_checkpoint(ckpt)
   assert list(config.model.extra_keys) == sorted(proj)
   assert convert.main(["export", "--checkpoint", ckpt, "--output", str(out)]) == 0
   got = st_numpy.load_file(str(out / convert.WEIGHTS))
@@ -264,13 +264,13 @@ def test_llm_backbone_keeps_text_logits(family, tmp_path):
   size = "tiny" if family == "phi" else "tiny-llama"
   argv = ["llm", "--input", str(src), "--output", out, "--config", os.path.join(_ROOT, f"configs/showo.py:size={size}")]
   assert convert.main(argv) == 0
-  params, config = checkpoint_io.load_checkpoint(out)
+  params, config = checkpoints.load_checkpoint(out)
   assert config.model.vocab_size == 175 and not config.model.qk_norm
   ids = rng.integers(0, 100, (2, 12))
   allowed = np.tril(np.ones((12, 12), bool))[None].repeat(2, 0)
   got = interop.showo_logits(params, config, ids, allowed)
   want = _reference_no_qk_norm(state, ids, family=family, heads=4, kv_heads=meta["num_key_value_heads"],
-                               rotary_dim=config_lib.rotary_dim(config.model), theta=meta["rope_theta"],
+                               rotary_dim=showo_config.rotary_dim(config.model), theta=meta["rope_theta"],
                                eps=config.model.norm_eps)
   assert np.max(np.abs(got[..., :rows] - want)) <= 1e-4 * np.max(np.abs(want))
   emb = params["embed"]["embedding"]
@@ -284,8 +284,8 @@ def test_magvit_import_and_sampling(imported, parity_magvit, parity_json, tmp_pa
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from showo_jax import sample  # pylint: disable=g-import-not-at-top
   from showo_jax.data import text_tokenizer  # pylint: disable=g-import-not-at-top
-  from showo_jax.official import magvit_keys  # pylint: disable=g-import-not-at-top
-  from showo_jax.training import tokenizer_trainer  # pylint: disable=g-import-not-at-top
+  from showo_jax.interop import magvit_keys  # pylint: disable=g-import-not-at-top
+  from showo_jax.tokenizer import trainer as tokenizer_trainer  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   src = tmp_path / "magvit"
   src.mkdir()

@@ -3,10 +3,10 @@
 import jax.numpy as jnp
 import numpy as np
 
-from showo_jax import eval_lib
+from showo_jax.config import showo as showo_config
+from showo_jax.evaluation import measures
 from showo_jax.data import embedded
 from showo_jax.data import prompting
-from showo_jax.models import vocab as vocab_lib
 
 import train_fixtures
 
@@ -17,17 +17,17 @@ def test_psnr_literal():
   recon[0] += 1  # MSE 1
   recon[1] += 2  # MSE 4
   want = np.mean([10 * np.log10(255.0**2 / 1.0), 10 * np.log10(255.0**2 / 4.0)])
-  assert abs(eval_lib.psnr(originals, recon) - want) < 1e-9
+  assert abs(measures.psnr(originals, recon) - want) < 1e-9
   assert abs(want - 45.1205) < 1e-3  # (48.1308 + 42.1102) / 2
 
 
 def test_codebook_usage_and_answer_scoring():
-  assert eval_lib.codebook_usage(np.array([[0, 1, 1], [3, 3, 0]]), 8) == 3 / 8
-  assert eval_lib.answer_is("Seven.", "seven")
-  assert eval_lib.answer_is("  seven is the digit", "seven")
-  assert not eval_lib.answer_is("it is seven", "seven")  # the first word decides
-  assert not eval_lib.answer_is("seventeen", "seven")
-  assert not eval_lib.answer_is("", "seven")
+  assert measures.codebook_usage(np.array([[0, 1, 1], [3, 3, 0]]), 8) == 3 / 8
+  assert measures.answer_is("Seven.", "seven")
+  assert measures.answer_is("  seven is the digit", "seven")
+  assert not measures.answer_is("it is seven", "seven")  # the first word decides
+  assert not measures.answer_is("seventeen", "seven")
+  assert not measures.answer_is("", "seven")
 
 
 class _CharTokenizer:
@@ -39,7 +39,7 @@ class _CharTokenizer:
 
 def test_perplexity_equals_float64_recomputation(tmp_path):
   config = train_fixtures.tiny_config(str(tmp_path / "data"), steps=1)
-  layout = vocab_lib.VocabLayout.from_config(config)
+  layout = showo_config.vocab_layout(config)
   rng = np.random.default_rng(0)
   # A bigram "model": the logits at a position depend only on the token there.
   table = rng.standard_normal((config.model.vocab_size, config.model.vocab_size)).astype(np.float32)
@@ -50,7 +50,7 @@ def test_perplexity_equals_float64_recomputation(tmp_path):
 
   texts = ["a short text", "another, somewhat longer text that gets cut", "x"]
   seq_len = 16
-  got = eval_lib.perplexity(apply_fn, {"table": jnp.asarray(table)}, texts, _CharTokenizer(), layout, seq_len,
+  got = measures.perplexity(apply_fn, {"table": jnp.asarray(table)}, texts, _CharTokenizer(), layout, seq_len,
                             batch_size=2)
   ids, labels = prompting.lm_prompt(_CharTokenizer().encode(texts), layout, seq_len)
   logits = table.astype(np.float64)[ids]
@@ -69,7 +69,7 @@ def test_pixel_classifier_recognises_real_test_digits():
   images, labels = embedded.load_mnist()
   train = embedded.split_indices(len(images), "train")
   test = embedded.split_indices(len(images), "test")
-  judge = eval_lib.PixelClassifier(images[train], labels[train])
+  judge = measures.PixelClassifier(images[train], labels[train])
   assert judge.accuracy(images[test], labels[test]) >= 0.88
   # A blank image is not confidently any particular training digit class for all ten prompts.
   assert judge.accuracy(np.zeros((10,) + images.shape[1:], np.uint8), np.arange(10)) <= 0.2

@@ -1,7 +1,6 @@
 """A training process killed with SIGKILL resumes from its last complete checkpoint and ends where an
 uninterrupted run ends (bit for bit); bad input to the CLI exits with a one-line error."""
 
-import os
 import pathlib
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import time
 import jax
 import numpy as np
 
-from showo_jax import checkpoint_io
+from showo_jax.interop import checkpoints
 from showo_jax.training import trainer
 import train_fixtures
 
@@ -49,8 +48,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
   config = train_fixtures.tiny_config(data, steps=6)
   config.train.checkpoint_every = 2
   trainer.train_and_evaluate(config, straight)
-  a, _ = checkpoint_io.load_checkpoint(str(workdir))
-  b, _ = checkpoint_io.load_checkpoint(straight)
+  a, _ = checkpoints.load_checkpoint(str(workdir))
+  b, _ = checkpoints.load_checkpoint(straight)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
 

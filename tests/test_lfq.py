@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from showo_jax import config_magvit
-from showo_jax.models import lfq
+from showo_jax.tokenizer import config as tokenizer_config
+from showo_jax.tokenizer import lfq
 
 
 # Jitted once per shape: eager dispatch of the many small ops would dominate the test time.
@@ -93,7 +93,7 @@ def test_straight_through_gradient_is_identity():
 def test_losses_match_parity(parity_magvit):
   z = jnp.asarray(parity_magvit["encoder_out"]).transpose(0, 2, 3, 1)  # NCHW → [B, h, w, K]
   codes, _ = lfq.quantize(z)
-  losses = jax.jit(lambda z, c: lfq.lfq_losses(z, c, config_magvit.magvit_config("tiny").lfq))(z, codes)
+  losses = jax.jit(lambda z, c: lfq.lfq_losses(z, c, tokenizer_config.magvit_config("tiny").lfq))(z, codes)
   np.testing.assert_allclose(losses["quantizer_loss"], parity_magvit["quantizer_loss"], rtol=1e-5)
   np.testing.assert_allclose(losses["entropy_loss"], parity_magvit["entropy_loss"], rtol=1e-5)
   np.testing.assert_allclose(_factorized(z, 1.0), _factorized64(np.asarray(z)), rtol=1e-5)
@@ -136,7 +136,7 @@ def test_exact_bounds_factorized(seed, bits):
 
 def test_entropy_loss_forms_and_weights():
   z = np.random.default_rng(3).normal(size=(2, 4, 4, 5)).astype(np.float32)
-  config = config_magvit.magvit_config("tiny").lfq
+  config = tokenizer_config.magvit_config("tiny").lfq
   config.entropy_form = "exact"
 
   @jax.jit

@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from showo_jax import config_lib
-from showo_jax import config_magvit
-from showo_jax.models import magvit
-from showo_jax.official import magvit_keys
+from showo_jax.config import base as config_base
+from showo_jax.tokenizer import codec
+from showo_jax.tokenizer import config as tokenizer_config
+from showo_jax.tokenizer import magvit
+from showo_jax.interop import magvit_keys
 
 TOL = 1e-4  # max |ours − official| / max |official|
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -37,7 +38,7 @@ def loaded(parity_magvit):
 def encoded(loaded, parity_magvit):
   """Our (z, codes, indices) of the parity photos, NHWC."""
   params, config = loaded
-  model = magvit.magvit_from_config(config)
+  model = tokenizer_config.magvit_from_config(config)
   images = jnp.transpose(parity_magvit["pixel_values"], (0, 2, 3, 1))  # [3, 32, 32, 3]
   return jax.jit(lambda p, x: model.apply({"params": p}, x, method=magvit.MagvitV2.encode))(params, images)
 
@@ -59,7 +60,7 @@ def test_encoder_and_quantizer_match(encoded, parity_magvit):
 
 
 def test_lfq_losses_of_our_latents_match(encoded, loaded, parity_magvit):
-  from showo_jax.models import lfq  # pylint: disable=g-import-not-at-top
+  from showo_jax.tokenizer import lfq  # pylint: disable=g-import-not-at-top
   z, codes, _ = encoded
   losses = jax.jit(lambda z, c: lfq.lfq_losses(z, c, loaded[1].lfq))(z, codes)
   np.testing.assert_allclose(losses["quantizer_loss"], parity_magvit["quantizer_loss"], rtol=1e-4)
@@ -67,34 +68,34 @@ def test_lfq_losses_of_our_latents_match(encoded, loaded, parity_magvit):
 
 
 def test_codebook_entries(parity_magvit):
-  from showo_jax.models import lfq  # pylint: disable=g-import-not-at-top
+  from showo_jax.tokenizer import lfq  # pylint: disable=g-import-not-at-top
   codes = lfq.indices_to_codes(jnp.asarray(parity_magvit["indices"]).reshape(3, 8, 8), 6)
   assert _rel_err(_nchw(codes), parity_magvit["codebook_entries_of_indices"]) < TOL
 
 
 def test_facade_encode_decode(loaded, parity_magvit):
   params, config = loaded
-  indices = magvit_keys.magvit_encode(params, config, parity_magvit["pixel_values"])
+  indices = codec.magvit_encode(params, config, parity_magvit["pixel_values"])
   assert indices.shape == (3, 64) and jnp.issubdtype(indices.dtype, jnp.integer)
   np.testing.assert_array_equal(indices, parity_magvit["indices"])
-  decoded = magvit_keys.magvit_decode({"params": params}, config, parity_magvit["indices"])
+  decoded = codec.magvit_decode({"params": params}, config, parity_magvit["indices"])
   assert decoded.shape == (3, 3, 32, 32) and decoded.dtype == jnp.float32
   assert _rel_err(decoded, parity_magvit["decoded"]) < TOL
-  grid = magvit_keys.magvit_decode(params, config, parity_magvit["decode_grid_indices"])
+  grid = codec.magvit_decode(params, config, parity_magvit["decode_grid_indices"])
   assert _rel_err(grid, parity_magvit["decoded_grid"]) < TOL
 
 
 def test_decode_non_square_grid(loaded, parity_magvit):
   params, config = loaded
-  rect = magvit_keys.magvit_decode(params, config, parity_magvit["decode_rect_indices"], shape=(4, 16))
+  rect = codec.magvit_decode(params, config, parity_magvit["decode_rect_indices"], shape=(4, 16))
   assert rect.shape == (1, 3, 16, 64)
   assert _rel_err(rect, parity_magvit["decoded_rect_4x16"]) < TOL
   with pytest.raises(ValueError, match="shape"):
-    magvit_keys.magvit_decode(params, config, np.zeros((1, 60), np.int64))  # 60 is no square
+    codec.magvit_decode(params, config, np.zeros((1, 60), np.int64))  # 60 is no square
   with pytest.raises(ValueError, match="does not hold"):
-    magvit_keys.magvit_decode(params, config, np.zeros((1, 64), np.int64), shape=(4, 8))
+    codec.magvit_decode(params, config, np.zeros((1, 64), np.int64), shape=(4, 8))
   with pytest.raises(ValueError, match=r"\[0, 64\)"):
-    magvit_keys.magvit_decode(params, config, np.full((1, 64), 64))
+    codec.magvit_decode(params, config, np.full((1, 64), 64))
 
 
 ############################  Checkpoints  ############################
@@ -110,7 +111,7 @@ def test_round_trip_is_bit_identical(loaded, parity_magvit):
 
 
 def test_inferred_config_is_the_tiny_preset(loaded):
-  assert loaded[1].to_dict() == config_magvit.magvit_config("tiny").to_dict()
+  assert loaded[1].to_dict() == tokenizer_config.magvit_config("tiny").to_dict()
 
 
 def test_load_from_files(loaded, parity_magvit, tmp_path):
@@ -124,7 +125,7 @@ def test_load_from_files(loaded, parity_magvit, tmp_path):
 
 def test_init_tree_matches_import(loaded):
   params, config = loaded
-  shapes = jax.eval_shape(magvit.magvit_from_config(config).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  shapes = jax.eval_shape(tokenizer_config.magvit_from_config(config).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   assert jax.tree.map(lambda x: x.shape, shapes["params"]) == jax.tree.map(lambda x: x.shape, params)
 
 
@@ -157,12 +158,12 @@ def test_export_rejects_wrong_tree(loaded):
 
 def test_attention_levels_and_generic_architecture():
   """Attention inside levels (never in the released model) exports, re-imports and runs the same."""
-  config = config_magvit.magvit_config("tiny")
+  config = tokenizer_config.magvit_config("tiny")
   config.encoder.ch_mult = [1, 2, 3]  # 96 channels: no preset
   config.encoder.attn_resolutions = [16]  # encoder level 1
   config.decoder.attn_resolutions = [8]  # decoder level 2 (the coarsest)
-  config_magvit.validate_magvit(config)
-  model = magvit.magvit_from_config(config)
+  tokenizer_config.validate_magvit(config)
+  model = tokenizer_config.magvit_from_config(config)
   # Random values on the init shapes: compiling `init` itself (many truncated-normal draws) takes ~10 s.
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
   rng = np.random.default_rng(0)
@@ -174,8 +175,8 @@ def test_attention_levels_and_generic_architecture():
   assert config2.encoder.ch_mult == [1, 2, 3]
   jax.tree.map(np.testing.assert_array_equal, params2, params)
   images = jax.random.uniform(jax.random.key(1), (1, 3, 32, 32), minval=-1, maxval=1)
-  np.testing.assert_array_equal(magvit_keys.magvit_encode(params, config, images),
-                                magvit_keys.magvit_encode(params2, config2, images))
+  np.testing.assert_array_equal(codec.magvit_encode(params, config, images),
+                                codec.magvit_encode(params2, config2, images))
 
 
 def test_official_shapes_and_parameter_count():
@@ -183,7 +184,7 @@ def test_official_shapes_and_parameter_count():
     pytest.skip(f"{SHAPES_FILE} is absent")
   full = json.loads(SHAPES_FILE.read_text())
   official = {k: tuple(v) for k, v in full["magvitv2"].items()}
-  config = config_magvit.magvit_config("official")
+  config = tokenizer_config.magvit_config("official")
   layout = {key: shape for key, _, shape, _ in magvit_keys.official_layout(config)}
   assert list(layout) == [k for k in official if k not in magvit_keys.BUFFER_KEYS]
   assert all(official[k] == s for k, s in layout.items())
@@ -191,15 +192,15 @@ def test_official_shapes_and_parameter_count():
   inferred = magvit_keys.config_from_state_dict({k: jax.ShapeDtypeStruct(s, jnp.float32)
                                                  for k, s in official.items()})
   assert inferred.to_dict() == config.to_dict()
-  shapes = jax.eval_shape(magvit.magvit_from_config(config).init, jax.random.key(0), jnp.zeros((1, 256, 256, 3)))
+  shapes = jax.eval_shape(tokenizer_config.magvit_from_config(config).init, jax.random.key(0), jnp.zeros((1, 256, 256, 3)))
   assert sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)) == full["magvitv2 n_params"] == 95_387_004
 
 
 def test_bfloat16_activations_run(loaded, parity_magvit):
   params, config = loaded
-  config = config_magvit.magvit_config("tiny")
+  config = tokenizer_config.magvit_config("tiny")
   config.dtype = "bfloat16"
-  decoded = magvit_keys.magvit_decode(params, config, parity_magvit["indices"][:1])
+  decoded = codec.magvit_decode(params, config, parity_magvit["indices"][:1])
   assert decoded.dtype == jnp.float32
   assert _rel_err(decoded, parity_magvit["decoded"][:1]) < 0.1
 
@@ -207,13 +208,13 @@ def test_bfloat16_activations_run(loaded, parity_magvit):
 ############################  Config  ############################
 
 def test_presets_validate():
-  for size in config_magvit.MAGVIT_PRESETS:
-    config_magvit.validate_magvit(config_magvit.magvit_config(size))
-  official = config_magvit.magvit_config("official")
+  for size in tokenizer_config.MAGVIT_PRESETS:
+    tokenizer_config.validate_magvit(tokenizer_config.magvit_config(size))
+  official = tokenizer_config.magvit_config("official")
   assert official.encoder.ch_mult == [1, 2, 2, 4, 4] and official.decoder.num_res_blocks == [4, 4, 3, 4, 3]
   assert official.codebook_bits == 13 and official.resolution == 256
-  with pytest.raises(config_lib.ConfigError, match="unknown magvit size"):
-    config_magvit.magvit_config("huge")
+  with pytest.raises(config_base.ConfigError, match="unknown magvit size"):
+    tokenizer_config.magvit_config("huge")
 
 
 @pytest.mark.parametrize("field, value, needle", [
@@ -228,30 +229,30 @@ def test_presets_validate():
     ("resolution", 30, "config.resolution"),
 ])
 def test_validate_names_the_field(field, value, needle):
-  config = config_magvit.magvit_config("tiny")
+  config = tokenizer_config.magvit_config("tiny")
   *parents, leaf = field.split(".")
   node = config
   for name in parents:
     node = node[name]
   node[leaf] = value
-  with pytest.raises(config_lib.ConfigError, match=needle.replace(".", r"\.")):
-    config_magvit.validate_magvit(config)
+  with pytest.raises(config_base.ConfigError, match=needle.replace(".", r"\.")):
+    tokenizer_config.validate_magvit(config)
 
 
 def test_exact_entropy_bit_limit():
-  config = config_magvit.magvit_config("official")
+  config = tokenizer_config.magvit_config("official")
   config.lfq.entropy_form = "exact"
-  config_magvit.validate_magvit(config)  # 13 bits: fine
+  tokenizer_config.validate_magvit(config)  # 13 bits: fine
   config.codebook_bits = 21
-  with pytest.raises(config_lib.ConfigError, match="config.codebook_bits=21"):
-    config_magvit.validate_magvit(config)
+  with pytest.raises(config_base.ConfigError, match="config.codebook_bits=21"):
+    tokenizer_config.validate_magvit(config)
 
 
 def test_config_file():
   spec = importlib.util.spec_from_file_location("magvit2_config", ROOT / "configs" / "magvit2.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  assert module.get_config("").to_dict() == config_magvit.magvit_config("tiny").to_dict()
+  assert module.get_config("").to_dict() == tokenizer_config.magvit_config("tiny").to_dict()
   assert module.get_config("size=official").codebook_bits == 13
-  with pytest.raises(config_lib.ConfigError):
+  with pytest.raises(config_base.ConfigError):
     module.get_config("bits=3")

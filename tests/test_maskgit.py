@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from showo_jax import config_lib
+from showo_jax.config import showo as showo_config
 from showo_jax import interop
 from showo_jax.data import prompting
 from showo_jax.models import omni_mask
@@ -87,9 +87,9 @@ def test_replays_official_trace(parity_showo, parity_sampling):
   meta, trace = parity_sampling
   info = meta["maskgit_trace_tiny_A"]
   params, config = interop.load_official_showo(_state(parity_showo))
-  cfg = transformer.TransformerConfig.from_config(config)
+  cfg = showo_config.transformer_config(config)
   apply_fn = _apply_fn(cfg)
-  layout = vocab_lib.VocabLayout.from_config(config)
+  layout = showo_config.vocab_layout(config)
   assert layout == TINY
   cond = trace["input_ids_cond_initial"].astype(np.int32)
   uncond = trace["input_ids_uncond_initial"].astype(np.int32)
@@ -125,7 +125,7 @@ def test_replays_official_trace(parity_showo, parity_sampling):
 def test_t2i_generate_on_trace_prompts(parity_showo, parity_sampling):
   _, trace = parity_sampling
   params, config = interop.load_official_showo(_state(parity_showo))
-  apply_fn = _apply_fn(transformer.TransformerConfig.from_config(config))
+  apply_fn = _apply_fn(showo_config.transformer_config(config))
   cond = trace["input_ids_cond_initial"].astype(np.int32)
   uncond = trace["input_ids_uncond_initial"].astype(np.int32)
   mg = _config(num_steps=12, guidance_scale=2.0)
@@ -144,9 +144,9 @@ def test_t2i_generate_on_trace_prompts(parity_showo, parity_sampling):
 @pytest.fixture(scope="module")
 def random_t2i():
   """A random tiny model and a batch of 3 t2i prompts: all masked, half known, one token unknown."""
-  config = config_lib.showo_config("tiny")
+  config = showo_config.showo_config("tiny")
   config.model.init_std = 0.3  # peaked enough that samples depend on the model, not only on the noise
-  cfg = transformer.TransformerConfig.from_config(config)
+  cfg = showo_config.transformer_config(config)
   ids0 = jnp.zeros((1, 8), jnp.int32)
   init = jax.jit(transformer.Transformer(cfg).init)
   params = nn.unbox(init(jax.random.key(7), ids0, jnp.ones((1, 8, 8), bool)))["params"]

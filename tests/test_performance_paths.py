@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from showo_jax import config_lib
+from showo_jax.config import showo as showo_config
 from showo_jax.models import attention
 from showo_jax.models import dense
 from showo_jax.models import layers
@@ -169,9 +169,9 @@ def test_rotary_matches_rotate_half_formula(d, rd):
 def test_model_fast_paths_match_plain_paths(monkeypatch, dtype):
   """Whole tiny model (phi, 4 heads, GQA-free) and llama (GQA): loss and every gradient, fast vs plain."""
   for size in ("tiny", "tiny-llama"):
-    config = config_lib.showo_config(size)
+    config = showo_config.showo_config(size)
     config.model.dtype = dtype
-    cfg = transformer.TransformerConfig.from_config(config)
+    cfg = showo_config.transformer_config(config)
     rng = np.random.default_rng(3)
     ids = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, 12)), jnp.int32)
     allowed = jnp.asarray(np.tril(np.ones((12, 12), bool))[None].repeat(2, 0))

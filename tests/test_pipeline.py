@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from showo_jax.data import pipeline
-from showo_jax.data import prepare
+from showo_jax.training import prepare
 from showo_jax.data import records
 import train_fixtures
 

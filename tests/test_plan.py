@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from showo_jax import config_lib
-from showo_jax import plan
+from showo_jax.config import showo as showo_config
+from showo_jax.tools import planner
 from showo_jax.models import transformer
 from showo_jax.training import flops as flops_lib
 
@@ -21,7 +21,7 @@ FSDP = 8
 
 
 def _tiny_config():
-  config = config_lib.showo_config("tiny")  # batch 4/2/2 = 8 rows: one per device
+  config = showo_config.showo_config("tiny")  # batch 4/2/2 = 8 rows: one per device
   config.mesh.update(data=1, fsdp=FSDP, tensor=1)
   return config
 
@@ -31,14 +31,14 @@ def tiny_plan():
   if jax.device_count() < FSDP:
     pytest.skip("needs 8 (fake) devices")
   config = _tiny_config()
-  return config, plan.plan(config, jax.devices()[:FSDP])
+  return config, planner.plan(config, jax.devices()[:FSDP])
 
 
 def _expected_param_bytes(config):
   """Per-device parameter bytes from the model's own logical names: with mesh data=1,fsdp=8,tensor=1 and the
   default rules, a leaf is split 8 ways exactly when one of its axes is 'embed'; every other leaf is replicated."""
-  model = transformer.Transformer(transformer.TransformerConfig.from_config(config))
-  seq = config_lib.seq_len(config)
+  model = transformer.Transformer(showo_config.transformer_config(config))
+  seq = showo_config.seq_len(config)
   boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, seq), jnp.int32), jnp.ones((1, seq, seq), bool))
   leaves = jax.tree.leaves(boxed["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
   count = sum(math.prod(leaf.value.shape) for leaf in leaves)
@@ -58,7 +58,7 @@ def test_plan_figures_match_independent_counts(tiny_plan):
   assert result["flops_analytic_per_device"] == pytest.approx(result["flops_analytic"] / FSDP)
   # XLA's arguments are exactly the state, the step counter and this device's batch rows (the rng is unused by
   # the deterministic step, and jit drops unused arguments).
-  rows, seq = 8 // FSDP, config_lib.seq_len(config)
+  rows, seq = 8 // FSDP, showo_config.seq_len(config)
   batch = (2 * rows * seq + rows) * 4
   assert result["argument_bytes"] == per_device + result["opt_state_bytes"] + 4 + batch
   assert result["alias_bytes"] == per_device + result["opt_state_bytes"] + 4  # the donated state is updated in place
@@ -70,10 +70,10 @@ def test_plan_figures_match_independent_counts(tiny_plan):
 
 def test_report_says_whether_it_fits(tiny_plan):
   _, result = tiny_plan
-  small = result["total_bytes"] / plan.GIB / 2
-  text = plan.report(result, small)
-  assert f"does not fit in {small:g} GiB" in text and not plan.fits(result, small)
-  assert "fits in 80 GiB" in plan.report(result, 80) and plan.fits(result, 80)
+  small = result["total_bytes"] / planner.GIB / 2
+  text = planner.report(result, small)
+  assert f"does not fit in {small:g} GiB" in text and not planner.fits(result, small)
+  assert "fits in 80 GiB" in planner.report(result, 80) and planner.fits(result, 80)
   for label in ("parameters", "optimizer state", "activations/temporaries", "FLOPs per step"):
     assert label in text
 

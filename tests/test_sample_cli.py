@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from showo_jax import config_magvit
+from showo_jax.tokenizer import config as tokenizer_config
 from showo_jax import sample
-from showo_jax.models import magvit
-from showo_jax.official import magvit_keys
+from showo_jax.interop import magvit_keys
 from showo_jax.training import trainer
 
 import train_fixtures
@@ -25,12 +24,12 @@ RES = 32  # showo_config("tiny") resolution; the tokenizer below downsamples by 
 
 def _tiny_magvit_npz(path: str):
   """A random MAGVIT-v2 (4 levels → factor 8, 6 bits = 64 codes) saved as an official state dict (.npz)."""
-  c = config_magvit.magvit_config("tiny")
+  c = tokenizer_config.magvit_config("tiny")
   for tower in (c.encoder, c.decoder):
     tower.ch, tower.ch_mult, tower.num_res_blocks = 32, [1, 1, 1, 1], [1, 1, 1, 1]
   c.codebook_bits = 6
-  c = config_magvit.validate_magvit(c)
-  params = magvit.magvit_from_config(c).init(jax.random.key(0), jnp.zeros((1, RES, RES, 3)))["params"]
+  c = tokenizer_config.validate_magvit(c)
+  params = tokenizer_config.magvit_from_config(c).init(jax.random.key(0), jnp.zeros((1, RES, RES, 3)))["params"]
   os.makedirs(os.path.dirname(path), exist_ok=True)
   np.savez(path, **magvit_keys.params_to_official(params, c))
 
@@ -161,10 +160,10 @@ def test_mixed_temperatures_are_used_and_seeded(workdir, tmp_path):
 
 
 def test_evaluate_writes_the_report(workdir):
-  from showo_jax import eval_lib  # pylint: disable=g-import-not-at-top
+  from showo_jax.evaluation import measures  # pylint: disable=g-import-not-at-top
   from showo_jax import evaluate  # pylint: disable=g-import-not-at-top
   from showo_jax.data import embedded  # pylint: disable=g-import-not-at-top
-  from showo_jax.inference import Pipeline  # pylint: disable=g-import-not-at-top
+  from showo_jax.inference.pipeline import Pipeline  # pylint: disable=g-import-not-at-top
   report = evaluate.evaluate(workdir, steps=2, guidance=1.0, per_class=1)
   with open(os.path.join(workdir, "eval.json")) as f:
     assert json.load(f) == json.loads(json.dumps(report))
@@ -178,8 +177,8 @@ def test_evaluate_writes_the_report(workdir):
   images, _ = embedded.load_mnist()
   test = images[embedded.split_indices(len(images), "test")]
   codes = pipe.encode(test)
-  assert report["tokenizer_codebook_usage"] == eval_lib.codebook_usage(codes, pipe.layout.codebook_size)
-  assert abs(report["tokenizer_psnr"] - eval_lib.psnr(test, pipe.decode(codes))) < 1e-3
+  assert report["tokenizer_codebook_usage"] == measures.codebook_usage(codes, pipe.layout.codebook_size)
+  assert abs(report["tokenizer_psnr"] - measures.psnr(test, pipe.decode(codes))) < 1e-3
   summary = _png(os.path.join(workdir, "eval.png"))
   assert summary.shape == (3 * 3 * (RES + 2), 3 * 10 * (RES + 2), 3)  # 1 sample row + originals + recon, ×3
 

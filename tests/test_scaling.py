@@ -5,10 +5,10 @@ import jax
 import numpy as np
 import pytest
 
-from showo_jax import plan
-from showo_jax import sharding
+from showo_jax.tools import planner
+from showo_jax.common import sharding
 from showo_jax.data import pipeline
-from showo_jax.data import prepare
+from showo_jax.training import prepare
 from showo_jax.training import trainer
 import train_fixtures
 
@@ -26,7 +26,7 @@ def test_fsdp8_matches_one_device_for_3_steps(tmp_path):
   for mesh in (sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]),
                sharding.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})):
     run = trainer.Run(config, mesh=mesh)
-    abstract, _ = plan.abstract_inputs(run)
+    abstract, _ = planner.abstract_inputs(run)
     assert {k: (v.shape, v.dtype) for k, v in abstract.items()} == {
         k: (v.shape, v.dtype) for k, v in batches[0].items()}
     state = run.init_state(0)

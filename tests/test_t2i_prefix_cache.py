@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from showo_jax import config_lib
+from showo_jax.config import showo as showo_config
 from showo_jax import interop
 from showo_jax.data import prompting
 from showo_jax.models import transformer
@@ -29,9 +29,9 @@ def _apply_fn(cfg):
 @pytest.fixture(scope="module")
 def random_t2i():
   """A random tiny model (scanned layers) and 3 prompts of different lengths: all masked, half known, one."""
-  config = config_lib.showo_config("tiny")
+  config = showo_config.showo_config("tiny")
   config.model.init_std = 0.3
-  cfg = transformer.TransformerConfig.from_config(config)
+  cfg = showo_config.transformer_config(config)
   init = jax.jit(transformer.Transformer(cfg).init)
   params = nn.unbox(init(jax.random.key(7), jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8, 8), bool)))["params"]
   rng = np.random.default_rng(0)
@@ -69,7 +69,7 @@ def test_cached_codes_on_official_trace_model(parity_showo, parity_sampling):
   _, trace = parity_sampling
   state = {k[len("param."):]: v for k, v in parity_showo.items() if k.startswith("param.")}
   params, config = interop.load_official_showo(state)
-  cfg = transformer.TransformerConfig.from_config(config)
+  cfg = showo_config.transformer_config(config)
   cond = trace["input_ids_cond_initial"].astype(np.int32)
   uncond = trace["input_ids_uncond_initial"].astype(np.int32)
   mg = maskgit.MaskGitConfig.from_layout(TINY, num_steps=12, guidance_scale=2.0)

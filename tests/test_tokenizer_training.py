@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from showo_jax import config_lib
-from showo_jax import config_magvit
-from showo_jax import tokenize_images
+from showo_jax.config import base as config_base
+from showo_jax.tokenizer import config as tokenizer_config
+from showo_jax.tokenizer import pretokenize
 from showo_jax.common import xla_options
 from showo_jax.data import images
 from showo_jax.data import records
-from showo_jax.models import magvit
-from showo_jax.training import checkpointing
-from showo_jax.training import tokenizer_losses as tl
-from showo_jax.training import tokenizer_trainer as tt
+from showo_jax.tokenizer import magvit
+from showo_jax.common import checkpointing
+from showo_jax.tokenizer import losses as tl
+from showo_jax.tokenizer import trainer as tt
 
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")  # unoptimised XLA: faster compiles
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("fast_compiles")  # unoptimised XLA: faster
 
 def _micro(**overrides):
   """A tokenizer small enough to compile in seconds: 2 levels (factor 2), 8/16 channels, 4 bits, 32 px."""
-  c = config_magvit.training_config("tiny")
+  c = tokenizer_config.training_config("tiny")
   for tower in (c.encoder, c.decoder):
     tower.ch, tower.ch_mult, tower.num_res_blocks = 8, [1, 2], [1, 1]
   c.norm_groups, c.codebook_bits, c.resolution = 8, 4, 32
@@ -37,7 +37,7 @@ def _micro(**overrides):
   for dotted, value in overrides.items():
     parent, leaf = dotted.split("__")
     c[parent][leaf] = value
-  return config_magvit.validate_training(c)
+  return tokenizer_config.validate_training(c)
 
 
 def _restore(folder, config, step):
@@ -101,8 +101,9 @@ def test_load_tokenizer_official_file():
   path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "parity", "parity_magvit_tiny_A.npz")
   if not os.path.exists(path):
     pytest.skip(f"{path} is absent")
-  from showo_jax.official import magvit_keys  # pylint: disable=g-import-not-at-top
-  params, config = tt.load_tokenizer(path)
+  from showo_jax.interop import checkpoints  # pylint: disable=g-import-not-at-top
+  from showo_jax.interop import magvit_keys  # pylint: disable=g-import-not-at-top
+  params, config = checkpoints.load_tokenizer(path)
   want, _ = magvit_keys.load_official_magvit(path)
   _assert_trees_equal(params, want)
   assert config.codebook_bits == 6 and config.data.resolution == config.resolution == 32
@@ -202,7 +203,7 @@ def test_perceptual_loss_weights(tmp_path):
   missing = str(tmp_path / "missing.npz")
   with pytest.raises(FileNotFoundError, match=r"missing\.npz: perceptual feature-network weights not found"):
     tt.TokenizerRun(_micro(loss__perceptual_weight=0.1, loss__perceptual_weights=missing))
-  with pytest.raises(config_lib.ConfigError, match=r"config\.loss\.perceptual_weights"):
+  with pytest.raises(config_base.ConfigError, match=r"config\.loss\.perceptual_weights"):
     _micro(loss__perceptual_weight=0.1)
   np.savez(tmp_path / "bad.npz", w=np.zeros(3))
   with pytest.raises(ValueError, match=r"bad\.npz: expected conv0_kernel"):
@@ -217,7 +218,7 @@ def test_perceptual_loss_weights(tmp_path):
     ("train__batch_size", 0, "config.train.batch_size"),
 ])
 def test_training_config_errors(field, value, needle):
-  with pytest.raises(config_lib.ConfigError, match=needle.replace(".", r"\.")):
+  with pytest.raises(config_base.ConfigError, match=needle.replace(".", r"\.")):
     _micro(**{field: value})
 
 
@@ -245,12 +246,12 @@ def test_pretokenize_round_trip(trained, tmp_path):
   params, config = tt.load_tokenizer(workdir)
   folder, out = str(tmp_path / "imgs"), str(tmp_path / "tokens")
   names = _write_folder(folder)
-  stats = tokenize_images.pretokenize(workdir, folder, out, batch_size=3, records_per_shard=2)
+  stats = pretokenize.pretokenize(workdir, folder, out, batch_size=3, records_per_shard=2)
   assert stats["num_records"] == 5 and stats["corrupt"] == 1 and stats["num_shards"] == 3
   assert "broken.png" in stats["corrupt_examples"][0]
   source = records.open_source(out)
   rows = [source[i] for i in range(len(source))]
-  model = magvit.magvit_from_config(config)
+  model = tokenizer_config.magvit_from_config(config)
   pixels = np.stack([images.load_image(os.path.join(folder, n), 32) for n in names])
   encode = jax.jit(lambda p, x: model.apply({"params": p}, images.to_float(x), method=magvit.MagvitV2.encode)[2])
   want = encode(params, jnp.asarray(pixels))
@@ -262,17 +263,17 @@ def test_pretokenize_round_trip(trained, tmp_path):
   meta = records.read_meta(out)
   assert meta["token_grid"] == [16, 16] and meta["corrupt"] == 1 and meta["codebook_bits"] == 4
   # A rerun skips the finished shards; a different input refuses to mix into the folder.
-  again = tokenize_images.pretokenize(workdir, folder, out, batch_size=3, records_per_shard=2)
+  again = pretokenize.pretokenize(workdir, folder, out, batch_size=3, records_per_shard=2)
   assert again["shards_skipped"] == 3 and again["num_records"] == 5 and again["corrupt"] == 1
   with pytest.raises(ValueError, match=r"holds a pre-tokenization with input="):
-    tokenize_images.pretokenize(workdir, "embedded:test", out)
+    pretokenize.pretokenize(workdir, "embedded:test", out)
 
 
 def test_pretokenize_embedded_and_corrupt_records(trained, tmp_path):
   workdir, _, _ = trained
   loaded = tt.load_tokenizer(workdir)
   out = str(tmp_path / "mnist")
-  stats = tokenize_images.pretokenize(loaded, "embedded:test", out, batch_size=100)
+  stats = pretokenize.pretokenize(loaded, "embedded:test", out, batch_size=100)
   assert stats["num_records"] == 500 and stats["corrupt"] == 0
   row = records.open_source(out)[7]
   assert set(row) == {"image_tokens", "caption", "label", "question", "answer"}
@@ -289,7 +290,7 @@ def test_pretokenize_embedded_and_corrupt_records(trained, tmp_path):
     writer.write(b"\xc1garbage" if example is None else serialization.msgpack_serialize(example))
   writer.close()
   (src / records.META).write_text(json.dumps({"num_records": 4, "name": "data", "num_shards": 1}))
-  stats = tokenize_images.pretokenize(loaded, f"records:{src}", str(tmp_path / "out"))
+  stats = pretokenize.pretokenize(loaded, f"records:{src}", str(tmp_path / "out"))
   assert stats["num_records"] == 2 and stats["corrupt"] == 2
   rows = records.open_source(str(tmp_path / "out"))
   assert [rows[i]["caption"] for i in range(2)] == ["ok", "ok2"]
@@ -301,7 +302,7 @@ def test_pretokenize_no_resize(trained, tmp_path):
   folder.mkdir()
   Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(folder / "wide.png")
   Image.fromarray(np.zeros((33, 32, 3), np.uint8)).save(folder / "odd.png")
-  stats = tokenize_images.pretokenize(workdir, str(folder), str(tmp_path / "out"), resize=False)
+  stats = pretokenize.pretokenize(workdir, str(folder), str(tmp_path / "out"), resize=False)
   assert stats["num_records"] == 1 and stats["corrupt"] == 1
   assert "odd.png: size 32x33 (WxH) is not divisible by the tokenizer's downsampling factor 2" in \
       stats["corrupt_examples"][0]

@@ -7,16 +7,17 @@ import jax
 import numpy as np
 import pytest
 
-from showo_jax import checkpoint_io
-from showo_jax import sharding
+from showo_jax.config import showo as showo_config
+from showo_jax.interop import checkpoints
+from showo_jax.common import sharding
 from showo_jax.data import pipeline
-from showo_jax.data import prepare
+from showo_jax.training import prepare
 from showo_jax.training import trainer
 import train_fixtures
 
 
 def _final_params(workdir):
-  params, _ = checkpoint_io.load_checkpoint(workdir)
+  params, _ = checkpoints.load_checkpoint(workdir)
   return params
 
 
@@ -28,7 +29,7 @@ def test_resume_is_bit_exact(tmp_path):
   interrupted = train_fixtures.tiny_config(data, steps=3)
   interrupted.train.stop_after = 2  # as if the job had been stopped after step 2
   trainer.train_and_evaluate(interrupted, resumed)
-  assert checkpoint_io.load_checkpoint(resumed)[1].train.steps == 3
+  assert checkpoints.load_checkpoint(resumed)[1].train.steps == 3
   trainer.train_and_evaluate(train_fixtures.tiny_config(data, steps=3), resumed)  # resumes at step 2
   a, b = _final_params(straight), _final_params(resumed)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -91,7 +92,7 @@ def test_incompatible_checkpoint_refuses_to_resume(tmp_path):
   trainer.train_and_evaluate(train_fixtures.tiny_config(data, steps=1), workdir)
   config = train_fixtures.tiny_config(data, steps=2)
   config.model.num_layers = 3
-  from showo_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from showo_jax.common import checkpointing  # pylint: disable=g-import-not-at-top
   with pytest.raises(checkpointing.CheckpointMismatchError, match=r"config.model.num_layers=2, this run has "
                                                                   r"config.model.num_layers=3"):
     trainer.train_and_evaluate(config, workdir)
@@ -117,8 +118,8 @@ def test_ema_follows_its_warmed_up_decay_and_is_what_the_checkpoint_serves(tmp_p
 
   workdir = str(tmp_path / "run")
   trainer.train_and_evaluate(config, workdir)
-  params, _ = checkpoint_io.load_checkpoint(workdir)
-  from showo_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  params, _ = checkpoints.load_checkpoint(workdir)
+  from showo_jax.common import checkpointing  # pylint: disable=g-import-not-at-top
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
   saved = ckpt.restore_raw(ckpt.latest_step())
   ckpt.close()
@@ -138,8 +139,7 @@ def test_codebook_bit_init_makes_image_rows_linear_in_the_lfq_bits(tmp_path):
   config.model.image_embedding_init = "codebook_bits"
   run = trainer.Run(config, mesh=sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]))
   params = run.init_state(0).params
-  from showo_jax.models import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-  layout = vocab_lib.VocabLayout.from_config(config)
+  layout = showo_config.vocab_layout(config)
   signs = np.array([[1.0 if (c >> (5 - k)) & 1 else -1.0 for k in range(6)] for c in range(64)])  # MSB first
   for table in (np.asarray(params["embed"]["embedding"], np.float64),
                 np.asarray(params["lm_head"]["kernel"], np.float64).T):

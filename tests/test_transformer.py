@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from showo_jax import config_lib
+from showo_jax.config import showo as showo_config
 from showo_jax import interop
 from showo_jax.models import transformer
-from showo_jax.official import showo_keys
-from showo_jax.training import losses
+from showo_jax.interop import showo_keys
+from showo_jax.models import losses
 import numpy_reference
 
 TASKS_A = np.array([0, 0, 0, 0, 1, 1, 2, 2], np.int32)  # parity batch: 4 t2i, 2 lm, 2 mmu
@@ -41,7 +41,7 @@ def test_logits_match_official(parity_showo, scan_layers):
 
 def test_activations_match_official(parity_showo):
   params, config = interop.load_official_showo(_state(parity_showo))
-  model = transformer.Transformer(transformer.TransformerConfig.from_config(config))
+  model = transformer.Transformer(showo_config.transformer_config(config))
   _, state = model.apply({"params": params}, parity_showo["input_ids"].astype(np.int32),
                          parity_showo["attention_allowed"][:, 0], mutable=["intermediates"])
   inter = state["intermediates"]
@@ -62,13 +62,13 @@ def _total_loss_fn(model, config, parity):
 
   def loss_fn(params):
     logits = model.apply({"params": params}, ids, allowed)
-    return losses.loss_from_config(logits, ids, labels, TASKS_A, config)["loss"]
+    return losses.showo_loss(logits, ids, labels, TASKS_A, **showo_config.loss_settings(config))["loss"]
   return loss_fn
 
 
 def test_gradients_match_official(parity_showo):
   params, config = interop.load_official_showo(_state(parity_showo))
-  model = transformer.Transformer(transformer.TransformerConfig.from_config(config))
+  model = transformer.Transformer(showo_config.transformer_config(config))
   loss, grads = jax.value_and_grad(_total_loss_fn(model, config, parity_showo))(params)
   assert abs(float(loss) - float(parity_showo["loss_total"])) <= 1e-4 * float(parity_showo["loss_total"])
   official = showo_keys.params_to_official(jax.tree.map(np.asarray, grads), config)
@@ -79,12 +79,12 @@ def test_gradients_match_official(parity_showo):
 @pytest.mark.parametrize("policy", ["full", "save_dots", "save_qkv_proj"])
 def test_remat_and_scan_give_identical_numbers(parity_showo, policy):
   base_params, config = interop.load_official_showo(_state(parity_showo))
-  model = transformer.Transformer(transformer.TransformerConfig.from_config(config))
+  model = transformer.Transformer(showo_config.transformer_config(config))
   ref_loss, ref_grads = jax.value_and_grad(_total_loss_fn(model, config, parity_showo))(base_params)
   config.model.remat_policy = policy
   config.model.scan_layers = True
   scanned = showo_keys.stack_layers(base_params, config.model.num_layers)
-  model = transformer.Transformer(transformer.TransformerConfig.from_config(config))
+  model = transformer.Transformer(showo_config.transformer_config(config))
   loss, grads = jax.jit(jax.value_and_grad(_total_loss_fn(model, config, parity_showo)))(scanned)
   assert abs(float(loss) - float(ref_loss)) <= 1e-6
   grads = showo_keys.unstack_layers(jax.tree.map(np.asarray, grads), config.model.num_layers)
@@ -129,9 +129,9 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(parity_showo):
 
 @pytest.mark.parametrize("size,scan", [("tiny", False), ("tiny-llama", True)])
 def test_every_param_has_logical_axes(size, scan):
-  config = config_lib.showo_config(size)
+  config = showo_config.showo_config(size)
   config.model.scan_layers = scan
-  model = transformer.Transformer(transformer.TransformerConfig.from_config(config))
+  model = transformer.Transformer(showo_config.transformer_config(config))
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4, 4), bool))
   boxed = jax.tree.leaves(variables["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
   assert boxed and all(isinstance(x, nn.Partitioned) for x in boxed)
@@ -144,8 +144,8 @@ def test_every_param_has_logical_axes(size, scan):
 
 
 def test_init_shapes_follow_config():
-  config = config_lib.showo_config("tiny")
-  model = transformer.Transformer(transformer.TransformerConfig.from_config(config))
+  config = showo_config.showo_config("tiny")
+  model = transformer.Transformer(showo_config.transformer_config(config))
   params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((2, 5), jnp.int32), jnp.ones((2, 5, 5), bool)))
   p = params["params"]
   assert p["embed"]["embedding"].shape == (175, 64)
@@ -156,13 +156,13 @@ def test_init_shapes_follow_config():
 
 @pytest.mark.parametrize("scan", [False, True])
 def test_dropout_is_training_only_and_drops_the_configured_share(scan):
-  config = config_lib.showo_config("tiny")
+  config = showo_config.showo_config("tiny")
   config.model.update(dropout_rate=0.25, scan_layers=scan)
-  cfg = transformer.TransformerConfig.from_config(config)
+  cfg = showo_config.transformer_config(config)
   ids = jnp.arange(24).reshape(2, 12) % 50
   allowed = jnp.tril(jnp.ones((2, 12, 12), bool))
   params = nn.unbox(transformer.Transformer(cfg).init(jax.random.key(0), ids, allowed))
-  plain = transformer.Transformer(transformer.TransformerConfig.from_config(config_lib.showo_config("tiny")))
+  plain = transformer.Transformer(showo_config.transformer_config(showo_config.showo_config("tiny")))
   if scan:
     plain = transformer.Transformer(dataclasses.replace(plain.cfg, scan_layers=True))
   # Inference (deterministic, the default) ignores the rate entirely.

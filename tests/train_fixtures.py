@@ -9,7 +9,8 @@ import os
 
 import numpy as np
 
-from showo_jax import config_lib
+from showo_jax.config import base as config_base
+from showo_jax.config import showo as showo_config
 from showo_jax.data import embedded
 from showo_jax.data import records
 
@@ -37,7 +38,7 @@ def make_records(folder: str, num: int = 64, codebook: int = 64, tokens: int = 1
 
 def tiny_config(folder: str, steps: int = 3):
   images, text, tok = make_records(folder)
-  c = config_lib.showo_config("tiny")
+  c = showo_config.showo_config("tiny")
   c.model.vocab.update(llm_vocab_size=300, codebook_size=64, bos_id=0, eos_id=0)
   c.model.vocab_size = 384  # 375 used, padded so that tensor parallelism divides it
   c.data.update(source="records", t2i_records=images, mmu_records=images, lm_records=text, num_image_tokens=16,
@@ -46,11 +47,11 @@ def tiny_config(folder: str, steps: int = 3):
   c.train.update(steps=steps, batch_t2i=4, batch_lm=2, batch_mmu=2, log_every=1, checkpoint_every=0,
                  peak_tflops_per_device=1.0)
   c.optimizer.update(lr=1e-3, warmup_steps=1)
-  return config_lib.validate(c)
+  return showo_config.validate(c)
 
 
 def get_config(arg: str = ""):
-  args = config_lib.parse_arg(arg, folder="", steps=3)
+  args = config_base.parse_arg(arg, folder="", steps=3)
   if not args.folder:
-    raise config_lib.ConfigError("tests/train_fixtures.py needs folder=DIR (the synthetic records' folder)")
+    raise config_base.ConfigError("tests/train_fixtures.py needs folder=DIR (the synthetic records' folder)")
   return tiny_config(args.folder, steps=args.steps)

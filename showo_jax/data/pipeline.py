@@ -144,11 +144,11 @@ class _LMBatch:
 def task_datasets(sources: dict, batch_sizes: dict, tokenizer, layout, config, *, seed: int,
                   process_index: int = 0, process_count: int = 1) -> dict:
   """{task: grain IterDataset of per-process batches} for the tasks with a non-zero batch size."""
-  from showo_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from showo_jax.config import showo as showo_config  # pylint: disable=g-import-not-at-top
   builders = {
       "t2i": _T2IBatch(tokenizer, layout, config.data, config.loss),
       "mmu": _MMUBatch(tokenizer, layout, config.data),
-      "lm": _LMBatch(tokenizer, layout, config_lib.seq_len(config), int(config.data.get("lm_window_chars", 8000))),
+      "lm": _LMBatch(tokenizer, layout, showo_config.seq_len(config), int(config.data.get("lm_window_chars", 8000))),
   }
   out = {}
   for i, task in enumerate(TASK_ORDER):

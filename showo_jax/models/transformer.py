@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from showo_jax import config_lib
 from showo_jax.common import axes
 from showo_jax.models import attention
 from showo_jax.models import dense
@@ -40,7 +39,7 @@ _REMAT_POLICIES = {
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-  """Static (hashable) backbone hyperparameters, derived from `config.model`."""
+  """Static (hashable) backbone hyperparameters (built from a ConfigDict by config/showo.py)."""
   family: str
   vocab_size: int
   hidden_size: int
@@ -59,17 +58,6 @@ class TransformerConfig:
   scan_layers: bool
   remat_policy: str
   dropout_rate: float = 0.0
-
-  @classmethod
-  def from_config(cls, config) -> "TransformerConfig":
-    m = config.model
-    return cls(family=m.family, vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
-               num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=config_lib.head_dim(m),
-               intermediate_size=m.intermediate_size, rotary_dim=config_lib.rotary_dim(m),
-               rope_theta=float(m.rope_theta), norm_eps=float(m.norm_eps), qk_norm=bool(m.qk_norm),
-               init_std=float(m.init_std), dtype=m.dtype, param_dtype=m.param_dtype,
-               scan_layers=bool(m.scan_layers), remat_policy=m.remat_policy,
-               dropout_rate=float(m.get("dropout_rate", 0.0)))
 
   @property
   def is_phi(self) -> bool:

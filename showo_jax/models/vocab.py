@@ -37,13 +37,6 @@ class VocabLayout:
         raise ValueError(f"vocab layout: {name}={getattr(self, name)} is not a text id "
                          f"(llm_vocab_size={self.llm_vocab_size})")
 
-  @classmethod
-  def from_config(cls, config) -> "VocabLayout":
-    """Builds the layout from a config's `model.vocab` block."""
-    v = config.model.vocab
-    return cls(llm_vocab_size=v.llm_vocab_size, codebook_size=v.codebook_size, bos_id=v.bos_id,
-               eos_id=v.eos_id)
-
   @property
   def pad_id(self) -> int:
     return self.llm_vocab_size

@@ -5,7 +5,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from showo_jax import config_lib
+from showo_jax.config import showo as showo_config
 
 
 def forward_flops_per_sequence(config, seq_len: int) -> float:
@@ -16,7 +16,7 @@ def forward_flops_per_sequence(config, seq_len: int) -> float:
   """
   m = config.model
   e, f, l = m.hidden_size, m.intermediate_size, m.num_layers
-  d = config_lib.head_dim(m)
+  d = showo_config.head_dim(m)
   q_out, kv_out = m.num_heads * d, m.num_kv_heads * d
   mlp = (3 if m.family == "llama" else 2) * e * f
   per_token_params = l * (e * q_out + 2 * e * kv_out + q_out * e + mlp) + e * m.vocab_size  # + lm head
@@ -28,7 +28,7 @@ def train_flops_per_step(config) -> float:
   """Forward + backward (≈ 3× forward) over the global batch."""
   t = config.train
   rows = t.batch_t2i + t.batch_lm + t.batch_mmu
-  return 3.0 * rows * forward_flops_per_sequence(config, config_lib.seq_len(config))
+  return 3.0 * rows * forward_flops_per_sequence(config, showo_config.seq_len(config))
 
 
 def measure_matmul_peak(size: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:

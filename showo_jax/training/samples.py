@@ -10,7 +10,8 @@ import numpy as np
 
 from showo_jax.data import embedded
 from showo_jax.data import images as images_lib
-from showo_jax.inference import Pipeline
+from showo_jax.inference.pipeline import Pipeline
+from showo_jax.interop import checkpoints
 
 
 class SampleWriter:
@@ -22,8 +23,7 @@ class SampleWriter:
     self.text_tokenizer = data.text_tokenizer
     self.image_tokenizer = None
     if data.image_tokenizer and os.path.exists(data.image_tokenizer):
-      from showo_jax.training import tokenizer_trainer  # pylint: disable=g-import-not-at-top
-      self.image_tokenizer = tokenizer_trainer.load_tokenizer(data.image_tokenizer)
+      self.image_tokenizer = checkpoints.load_tokenizer(data.image_tokenizer)
     self.prompts = list(config.train.get("sample_prompts", None) or [embedded.caption(d) for d in range(10)])
     self.question = config.train.get("sample_question", embedded.QUESTION)
     source = data.eval_sources.get("images")

@@ -14,11 +14,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from showo_jax.config import showo as showo_config
 from showo_jax.models import omni_mask
 from showo_jax.models import transformer
 from showo_jax.models import vocab as vocab_lib
-from showo_jax.training import losses
-from showo_jax.training import optimizer as optimizer_lib
+from showo_jax.models import losses
+from showo_jax.common import optimizer as optimizer_lib
 
 _LOSS_KEYS = ("loss", "loss_t2i", "loss_lm", "loss_mmu")
 
@@ -71,11 +72,11 @@ def inference_params(state):
 
 def make_train_step(model: transformer.Transformer, tx, config, lr_schedule):
   """Builds train_step(state, batch, rng) for jax.jit (model, optimizer and config are closed over)."""
-  layout = vocab_lib.VocabLayout.from_config(config)
+  layout = showo_config.vocab_layout(config)
   accum = int(config.train.get("grad_accum_steps", 1))
   ema_decay = float(config.train.get("ema_decay", 0.0))
-  loss_kwargs = dict(soi_id=layout.soi_id, eoi_id=layout.eoi_id, boundary_targets=config.loss.t2i_boundary_targets)
-  coeffs = dict(t2i_coeff=config.loss.t2i_coeff, lm_coeff=config.loss.lm_coeff, mmu_coeff=config.loss.mmu_coeff)
+  loss_kwargs = showo_config.loss_settings(config)
+  coeffs = {name: loss_kwargs.pop(name) for name in ("t2i_coeff", "lm_coeff", "mmu_coeff")}
 
   dropout = model.cfg.dropout_rate > 0
   train_model = model.clone(deterministic=False) if dropout else model

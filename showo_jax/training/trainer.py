@@ -12,17 +12,16 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from showo_jax import config_lib
-from showo_jax import sharding
+from showo_jax.config import showo as showo_config
+from showo_jax.common import sharding
 from showo_jax.data import pipeline
-from showo_jax.data import prepare
+from showo_jax.training import prepare
 from showo_jax.models import transformer
-from showo_jax.training import checkpointing
+from showo_jax.common import checkpointing
 from showo_jax.training import flops as flops_lib
-from showo_jax.training import metrics as metrics_lib
-from showo_jax.training import optimizer as optimizer_lib
+from showo_jax.common import metrics as metrics_lib
+from showo_jax.common import optimizer as optimizer_lib
 from showo_jax.training import train_step as step_lib
 
 # Fields that must agree between a checkpoint and the run resuming it.
@@ -38,8 +37,7 @@ def _batch_sizes(config) -> dict:
 def _bit_layout(config):
   if config.model.get("image_embedding_init", "normal") != "codebook_bits":
     return None
-  from showo_jax.models import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-  return vocab_lib.VocabLayout.from_config(config)
+  return showo_config.vocab_layout(config)
 
 
 class Run:
@@ -49,9 +47,9 @@ class Run:
     self.config = config
     self.mesh = mesh or sharding.make_mesh(config.mesh)
     self.rules = sharding.logical_rules(config)
-    self.model = transformer.Transformer(transformer.TransformerConfig.from_config(config))
+    self.model = transformer.Transformer(showo_config.transformer_config(config))
     self.tx, self.lr_schedule = optimizer_lib.make_optimizer(config.optimizer, config.train.steps)
-    self.seq_len = config_lib.seq_len(config)
+    self.seq_len = showo_config.seq_len(config)
     rows = sum(_batch_sizes(config).values())
     sharding.check_batch(rows // config.train.grad_accum_steps, self.mesh, "micro-batch (all tasks)")
     init = functools.partial(step_lib.init_state, model=self.model, tx=self.tx, seq_len=self.seq_len,
@@ -87,8 +85,8 @@ class Run:
 
 def _init_from(run: Run, state, source: str):
   """Replaces the params of a fresh state with those of another checkpoint (params only)."""
-  from showo_jax import checkpoint_io  # pylint: disable=g-import-not-at-top
-  params = checkpoint_io.load_params(source, run.config)
+  from showo_jax.interop import checkpoints  # pylint: disable=g-import-not-at-top
+  params = checkpoints.load_params(source, run.config)
   params = jax.device_put(params, run.state_shardings.params)
   return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params) if state.ema_params is not None else None)
 
@@ -102,7 +100,7 @@ def _peak_flops(config) -> float:
 
 def train_and_evaluate(config, workdir: str):
   """Trains Show-o as configured; returns the final (host-side) metrics of the last logged step."""
-  config_lib.validate(config)
+  showo_config.validate(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   data = prepare.prepare_training_data(config, workdir)  # tokenizers and pre-tokenized sources

@@ -6,12 +6,14 @@
   llava     LLaVA-Pretrain / v1.5-mix conversations   → mmu records {"image_tokens", "conversation", "id"}
 
 One module per source defines a `Source` (random access: `len`, `load(i)` → (uint8 image or None, fields),
-raising `records.SkipExample` for bad input) and its `plan()`; `build` runs it through the pre-tokenizer's
-`Encoder` and resumable, per-process sharded writer (`tokenize_images.write_sharded`). The CLI is
-`python -m showo_jax.build_dataset`.
+raising `records.SkipExample` for bad input) and its `plan()`; `build` runs it through an image encoder (the
+pre-tokenizer's `Encoder`, tokenizer/pretokenize.py, passed in) and the resumable, per-process sharded writer
+(data/sharded_writer.py). The CLI is `python -m showo_jax.build_dataset`.
 """
 
 import importlib
+
+from showo_jax.data import sharded_writer
 
 KINDS = ("text", "imagenet", "pairs", "llava")
 
@@ -22,38 +24,34 @@ def source_module(kind: str):
   return importlib.import_module(f"showo_jax.data.builders.{kind}")
 
 
-def build(kind: str, inputs, output: str, *, checkpoint=None, batch_size: int = 64, resolution: int = 0,
-          records_per_shard: int = 10_000, process_index: int = None, process_count: int = None,
-          **options) -> dict:
-  """Builds `output` from `inputs` (a list of paths); returns the writer's stats (tokenize_images.write_sharded).
+def build(kind: str, inputs, output: str, *, encoder=None, checkpoint: str = "", records_per_shard: int = 10_000,
+          process_index: int = None, process_count: int = None, **options) -> dict:
+  """Builds `output` from `inputs` (a list of paths); returns the writer's stats (sharded_writer.write_sharded).
 
   Args:
     kind: one of KINDS.
     inputs: the source's files / folders (see its module).
     output: the record folder.
-    checkpoint: the image tokenizer (a tokenizer folder, official weights, or a (params, config) pair); needed
-      by every kind but text.
-    batch_size: images per encoder call.
-    resolution: image side; 0 = the tokenizer's.
+    encoder: the image tokenizer's batched encoder (tokenizer/pretokenize.py `Encoder`: images of its
+      `resolution` → codes); needed by every kind but text.
+    checkpoint: where the encoder's weights came from, recorded in the folder's plan.
     records_per_shard: inputs per shard (the unit of resumption and of the split over processes).
     process_index, process_count: this process's share; default jax's.
     **options: the source's own options (class_names, split, image_root, field).
   """
-  from showo_jax import tokenize_images  # pylint: disable=g-import-not-at-top
   module = source_module(kind)
-  encoder, meta = None, {}
+  meta, given = {}, encoder is not None
   if module.Source.needs_images:
-    if checkpoint is None:
+    if encoder is None:
       raise ValueError(f"{kind}: images are pre-tokenized: give the image tokenizer (--tokenizer-checkpoint)")
-    encoder = tokenize_images.Encoder.from_checkpoint(checkpoint, batch_size, resolution)
     grid = encoder.resolution // encoder.factor
     meta = dict(codebook_bits=encoder.codebook_bits, token_grid=[grid, grid],
                 token_dtype=encoder.token_dtype.__name__)
     source = module.Source(list(inputs), encoder.resolution, **options)
   else:
+    encoder = None
     source = module.Source(list(inputs), **options)
-  plan = dict(source.plan(), checkpoint=checkpoint if isinstance(checkpoint, str) else
-              ("<in memory>" if checkpoint is not None else ""))
-  return tokenize_images.write_sharded(source, output, plan, encoder=encoder, records_per_shard=records_per_shard,
-                                       meta=meta, process_index=process_index, process_count=process_count,
-                                       desc=f"build {kind}")
+  plan = dict(source.plan(), checkpoint=checkpoint or ("<in memory>" if given else ""))
+  return sharded_writer.write_sharded(source, output, plan, encoder=encoder, records_per_shard=records_per_shard,
+                                      meta=meta, process_index=process_index, process_count=process_count,
+                                      desc=f"build {kind}")

@@ -9,8 +9,8 @@ import re
 
 import numpy as np
 
-from showo_jax import config_lib
-from showo_jax.official.reader import CheckpointError
+from showo_jax.config import showo as showo_config
+from showo_jax.interop.reader import CheckpointError
 
 PREFIX = "showo."
 # Extra tensors of the CLIP-ViT variant (SPEC §9.1): carried along, not part of the backbone.
@@ -130,7 +130,7 @@ def infer_config(state: dict, prefix: str = PREFIX, llm_vocab_size=None, codeboo
   fc = l0 + ("mlp.fc1.weight" if family == "phi" else "mlp.gate_proj.weight")
   size = "phi-1.5" if (family, hidden, num_layers) == ("phi", 2048, 24) else (
       "tiny" if family == "phi" else "tiny-llama")
-  config = config_lib.showo_config(size=size)
+  config = showo_config.showo_config(size=size)
   m = config.model
   m.family, m.hidden_size, m.num_layers = family, int(hidden), int(num_layers)
   m.num_heads, m.head_dim = q_rows // head_dim, int(head_dim)
@@ -153,11 +153,11 @@ def infer_config(state: dict, prefix: str = PREFIX, llm_vocab_size=None, codeboo
     bos_id = 50256 if llm_vocab_size > 50256 else llm_vocab_size - 1
   m.vocab.update(llm_vocab_size=int(llm_vocab_size), codebook_size=int(codebook_size), bos_id=int(bos_id),
                  eos_id=int(bos_id))
-  return config_lib.validate(config)
+  return showo_config.validate(config)
 
 
 def _dims(m):
-  return {"h": m.num_heads, "kv": m.num_kv_heads, "d": config_lib.head_dim(m)}
+  return {"h": m.num_heads, "kv": m.num_kv_heads, "d": showo_config.head_dim(m)}
 
 
 def _set(tree, path, value):
@@ -212,7 +212,7 @@ def _check_shapes(params, config, state):
   """Compares every converted array with the shape the model expects; names the official key on mismatch."""
   import jax  # pylint: disable=g-import-not-at-top
   from showo_jax.models import transformer  # pylint: disable=g-import-not-at-top
-  cfg = transformer.TransformerConfig.from_config(config)
+  cfg = showo_config.transformer_config(config)
   cfg = transformer.TransformerConfig(**{**cfg.__dict__, "scan_layers": False, "remat_policy": "none"})
   abstract = jax.eval_shape(
       lambda: transformer.Transformer(cfg).init(jax.random.key(0), np.zeros((1, 2), np.int32),

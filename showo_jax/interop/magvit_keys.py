@@ -1,4 +1,4 @@
-"""Official MAGVITv2 state dicts ↔ showo_jax tokenizer params, and the tokenizer's public entry points.
+"""Official MAGVITv2 state dicts ↔ showo_jax tokenizer params.
 
 Official keys (SPEC §9.2) map to the Flax tree of `models/magvit.py` one to one: `encoder.down.{l}.block.{b}.
 conv1.weight` ↔ `encoder/down_{l}_block_{b}/conv1/kernel`. PyTorch conv weights [out, in, kh, kw] become
@@ -10,22 +10,19 @@ import, must hold the standard values if present, and are always written on expo
 """
 
 import functools
-import json
 import math
 import re
 
 import flax
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from showo_jax import config_lib
-from showo_jax import config_magvit
-from showo_jax.common import xla_options
-from showo_jax.models import lfq
-from showo_jax.models import magvit
-from showo_jax.official import reader
+from showo_jax.config import base as config_base
+from showo_jax.tokenizer import config as tokenizer_config
+from showo_jax.tokenizer import lfq
+from showo_jax.tokenizer import magvit
+from showo_jax.interop import reader
 
 CheckpointError = reader.CheckpointError
 BUFFER_KEYS = ("quantize.embedding", "quantize.power_vals")
@@ -177,27 +174,27 @@ def config_from_state_dict(sd) -> ml_collections.ConfigDict:
   enc_ch = _dim(sd, ["encoder.conv_in.weight", "encoder.conv_in.bias", "encoder.down.0.block.0.norm1.weight"])
   if enc_ch is None:
     raise CheckpointError("MAGVIT state dict: missing key encoder.conv_in.weight")
-  config = config_magvit.magvit_config("official")
+  config = tokenizer_config.magvit_config("official")
   config.encoder, enc_attn = _tower_config(sd, "encoder", "down", enc_ch)
   config.decoder, dec_attn = _tower_config(sd, "decoder", "up", None)
   config.codebook_bits = bits
   config.in_channels = _dim(sd, ["encoder.conv_in.weight"], axis=1) or 3
   config.out_channels = _dim(sd, ["decoder.conv_out.weight", "decoder.conv_out.bias"]) or 3
   arch = lambda c: (c.encoder.to_dict(), c.decoder.to_dict(), c.codebook_bits)  # pylint: disable=g-long-lambda
-  presets = [config_magvit.magvit_config(s) for s in config_magvit.MAGVIT_PRESETS]
+  presets = [tokenizer_config.magvit_config(s) for s in tokenizer_config.MAGVIT_PRESETS]
   match = [p for p in presets if arch(p) == arch(config)]
   if match and not enc_attn and not dec_attn:
     config.resolution = match[0].resolution
   else:
-    config.resolution = _LATENT_GRID * config_magvit.downsample_factor(config)
+    config.resolution = _LATENT_GRID * tokenizer_config.downsample_factor(config)
   # Level l of either tower runs at resolution / 2**l: name those resolutions to put attention there.
   if enc_attn:
     config.encoder.attn_resolutions = sorted(config.resolution // 2 ** l for l in enc_attn)
   if dec_attn:
     config.decoder.attn_resolutions = sorted(config.resolution // 2 ** l for l in dec_attn)
   try:
-    return config_magvit.validate_magvit(config)
-  except config_lib.ConfigError as e:
+    return tokenizer_config.validate_magvit(config)
+  except config_base.ConfigError as e:
     raise CheckpointError(f"MAGVIT state dict describes an invalid tokenizer: {e}") from None
 
 
@@ -266,72 +263,7 @@ def params_to_official(params, config) -> dict[str, np.ndarray]:
   return out
 
 
-###########################  Public entry points (re-exported by the facade)  ###########################
 
 def load_official_magvit(source) -> tuple[dict, ml_collections.ConfigDict]:
   """Loads an official MAGVITv2 checkpoint (anything `reader.read_state_dict` takes) → (params, config)."""
   return params_from_official(reader.read_state_dict(source))
-
-
-@functools.lru_cache(maxsize=16)
-def _compiled(config_json: str):
-  """Jitted (encode, decode) for one config; keyed by the config's JSON so equal configs share compilations."""
-  model = magvit.magvit_from_config(ml_collections.ConfigDict(json.loads(config_json)))
-
-  def encode(params, images):  # float32 [B, 3, H, W] → int32 [B, h·w]
-    _, _, indices = model.apply({"params": params}, jnp.transpose(images, (0, 2, 3, 1)),
-                                method=magvit.MagvitV2.encode)  # [B, h, w]
-    return indices.reshape(indices.shape[0], -1)
-
-  def decode(params, indices, grid_shape):  # int32 [B, h·w] → float32 [B, 3, H, W]
-    images = model.apply({"params": params}, indices, grid_shape, method=magvit.MagvitV2.decode_indices)
-    return jnp.transpose(images, (0, 3, 1, 2))
-
-  options = xla_options.conv_net()
-  return (jax.jit(encode, compiler_options=options),
-          jax.jit(decode, static_argnames="grid_shape", compiler_options=options))
-
-
-def _config_key(config) -> str:
-  return json.dumps(config.to_dict(), sort_keys=True)
-
-
-def magvit_encode(params, config, images) -> jax.Array:
-  """Images float32 [B, 3, H, W] in [−1, 1] (NCHW, as the official `get_code`) → int32 [B, h·w] row-major."""
-  if np.ndim(images) != 4 or np.shape(images)[1] != config.in_channels:
-    raise ValueError(f"magvit_encode expects images [B, {config.in_channels}, H, W], got {np.shape(images)}")
-  factor = config_magvit.downsample_factor(config)
-  if np.shape(images)[2] % factor or np.shape(images)[3] % factor:
-    raise ValueError(f"magvit_encode: image size {np.shape(images)[2:]} is not a multiple of {factor}")
-  encode, _ = _compiled(_config_key(config))
-  return encode(_unwrap(params), jnp.asarray(images, jnp.float32))
-
-
-def magvit_decode(params, config, indices, shape=None) -> jax.Array:
-  """Indices int [B, h·w] (row-major) → float32 images [B, 3, h·f, w·f], unclamped like the official decoder.
-
-  Args:
-    params: tokenizer params (bare or {"params": …}).
-    config: its config.
-    indices: int [B, h·w] codes in [0, 2**codebook_bits).
-    shape: (h, w) of the token grid; default square (h = w = √(h·w)), as the official `decode_code`.
-  """
-  if np.ndim(indices) != 2:
-    raise ValueError(f"magvit_decode expects indices [B, h*w], got shape {np.shape(indices)}")
-  n = np.shape(indices)[1]
-  if shape is None:
-    side = math.isqrt(n)
-    if side * side != n:
-      raise ValueError(f"magvit_decode: {n} tokens are not a square grid; pass shape=(h, w)")
-    shape = (side, side)
-  shape = (int(shape[0]), int(shape[1]))
-  if shape[0] * shape[1] != n:
-    raise ValueError(f"magvit_decode: shape={shape} does not hold {n} tokens")
-  if not isinstance(indices, jax.core.Tracer):
-    host = np.asarray(indices)
-    size = config_magvit.codebook_size(config)
-    if host.size and (host.min() < 0 or host.max() >= size):
-      raise ValueError(f"magvit_decode: indices must be in [0, {size}), got [{host.min()}, {host.max()}]")
-    indices = host.astype(np.int32)
-  _, decode = _compiled(_config_key(config))
-  return decode(_unwrap(params), jnp.asarray(indices, jnp.int32), grid_shape=shape)

@@ -109,13 +109,3 @@ def target_counts(input_ids, labels, task_ids, soi_id: int, eoi_id: int, boundar
   return {"t2i": jnp.where(task_ids == TASK_T2I, per_row, 0.0).sum(),
           "lm": jnp.where((task_ids == TASK_LM) | (task_ids == TASK_MIXED), per_row, 0.0).sum(),
           "mmu": jnp.where(task_ids == TASK_MMU, per_row, 0.0).sum()}
-
-
-def loss_from_config(logits, input_ids, labels, task_ids, config, denominators=None):
-  """showo_loss with the coefficients and token ids of a config."""
-  from showo_jax.models import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-  layout = vocab_lib.VocabLayout.from_config(config)
-  c = config.loss
-  return showo_loss(logits, input_ids, labels, task_ids, soi_id=layout.soi_id, eoi_id=layout.eoi_id,
-                    t2i_coeff=c.t2i_coeff, lm_coeff=c.lm_coeff, mmu_coeff=c.mmu_coeff,
-                    boundary_targets=c.t2i_boundary_targets, denominators=denominators)

@@ -15,7 +15,7 @@ tokenizer: MAGVIT-v2 encode (image → indices) and decode (indices → image) i
   (32 px) and `official` (256 px) shapes with random params, and the process's peak memory.
 sample: MaskGIT T2I (16 steps, CFG) latency at batch 1 and images/s at batch 8, prefix-cached vs full forwards vs
   the 16 batched forwards alone; MMU ms/token with the KV cache vs full recomputation (showo_jax/sampling/
-  benchmark.py), for the tiny and the medium config with random params (`--steps` = timed repeats).
+  bench_sample.py), for the tiny and the medium config with random params (`--steps` = timed repeats).
 Medians over `--steps` timed steps after warm-up; every figure names the machine it ran on.
 """
 
@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from showo_jax import config_lib
-from showo_jax import sharding
+from showo_jax.config import showo as showo_config
+from showo_jax.common import sharding
 from showo_jax.common import xla_options
 from showo_jax.training import flops as flops_lib
 
@@ -44,22 +44,22 @@ def machine() -> str:
 
 
 def medium_config():
-  c = config_lib.showo_config("tiny")
+  c = showo_config.showo_config("tiny")
   m = c.model
   m.hidden_size, m.num_layers, m.num_heads, m.num_kv_heads, m.intermediate_size = 512, 8, 8, 8, 2048
   m.vocab.update(llm_vocab_size=1000, codebook_size=8192, bos_id=999, eos_id=999)
   m.vocab_size = 1000 + 10 + 8192 + 1
   c.data.update(num_image_tokens=256, max_text_len=64)
   c.train.update(batch_t2i=4, batch_lm=2, batch_mmu=2)
-  return config_lib.validate(c)
+  return showo_config.validate(c)
 
 
 def official_config():
   """The official 1.3B model (phi-1.5 at 256 px, L = 387) at batch t2i/lm/mmu 8/4/4: an accelerator-sized step."""
-  c = config_lib.showo_config("phi-1.5")
+  c = showo_config.showo_config("phi-1.5")
   c.train.update(batch_t2i=8, batch_lm=4, batch_mmu=4)
   c.model.scan_layers = True  # one compiled layer: minutes less compilation, the same step
-  return config_lib.validate(c)
+  return showo_config.validate(c)
 
 
 def tiny_config():
@@ -70,7 +70,7 @@ def tiny_config():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
-  return config_lib.showo_config("tiny")
+  return showo_config.showo_config("tiny")
 
 
 def _peak_memory_bytes() -> float:
@@ -81,10 +81,9 @@ def _peak_memory_bytes() -> float:
 
 
 def _random_batch(config, rng):
-  from showo_jax.models import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-  layout = vocab_lib.VocabLayout.from_config(config)
+  layout = showo_config.vocab_layout(config)
   t = config.train
-  rows, length = t.batch_t2i + t.batch_lm + t.batch_mmu, config_lib.seq_len(config)
+  rows, length = t.batch_t2i + t.batch_lm + t.batch_mmu, showo_config.seq_len(config)
   ids = rng.integers(0, layout.llm_vocab_size, (rows, length)).astype(np.int32)
   n, tl = config.data.num_image_tokens, config.data.max_text_len
   ids[:t.batch_t2i, tl + 1] = layout.soi_id
@@ -192,8 +191,7 @@ def _medium_data(config, folder: str):
   """Sources and text tokenizer shaped for the medium config: records of 256 image tokens (8,192 codes) with a
   caption and a two-turn LLaVA conversation (so mmu runs the llava prompt path), and the embedded documents."""
   from showo_jax.data import embedded, records, text_tokenizer  # pylint: disable=g-import-not-at-top
-  from showo_jax.models import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-  layout = vocab_lib.VocabLayout.from_config(config)
+  layout = showo_config.vocab_layout(config)
   tok_path = os.path.join(folder, f"text_tokenizer_{layout.llm_vocab_size}.json")
   if not os.path.exists(tok_path):
     embedded.train_text_tokenizer(tok_path, vocab_size=layout.llm_vocab_size)
@@ -216,7 +214,8 @@ def _medium_data(config, folder: str):
 
 def cmd_data(args) -> dict:
   """Batches/s of each task pipeline against the train step rate, for the tiny and the medium config."""
-  from showo_jax.data import pipeline, prepare  # pylint: disable=g-import-not-at-top
+  from showo_jax.data import pipeline
+  from showo_jax.training import prepare  # pylint: disable=g-import-not-at-top
   workdir = args.workdir or tempfile.mkdtemp(prefix="showo_bench_")
   out = {"machine": machine(), "workdir": workdir}
   peak = flops_lib.measure_matmul_peak()
@@ -269,7 +268,7 @@ def _run_measured(argv) -> tuple[float, float]:
 def cmd_convert(args) -> dict:
   import shutil  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  from showo_jax.official import streaming  # pylint: disable=g-import-not-at-top
+  from showo_jax.interop import streaming  # pylint: disable=g-import-not-at-top
   with open(args.shapes) as f:
     shapes = {k: tuple(v) for k, v in json.load(f)["show-o (256x256, num_vq_tokens=256)"].items()}
   if args.layers:
@@ -320,14 +319,14 @@ def _time_into(out: dict, name: str, fn, params, x, repeats: int):
 
 
 def bench_tokenizer_size(size: str, batch: int, repeats: int) -> dict:
-  from showo_jax import config_magvit  # pylint: disable=g-import-not-at-top
-  from showo_jax.models import magvit  # pylint: disable=g-import-not-at-top
-  config = config_magvit.magvit_config(size)
+  from showo_jax.tokenizer import config as tokenizer_config  # pylint: disable=g-import-not-at-top
+  from showo_jax.tokenizer import magvit  # pylint: disable=g-import-not-at-top
+  config = tokenizer_config.magvit_config(size)
   res = int(config.resolution)  # tiny: the embedded default's 32 px digits; official: 256 px
-  model = magvit.magvit_from_config(config)
+  model = tokenizer_config.magvit_from_config(config)
   images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (batch, res, res, 3)), jnp.float32)
   params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
-  grid = res // config_magvit.downsample_factor(config)
+  grid = res // tokenizer_config.downsample_factor(config)
   encode_fn = lambda p, x: model.apply({"params": p}, x, method=magvit.MagvitV2.encode)[2].reshape(batch, -1)
   decode_fn = lambda p, i: model.apply({"params": p}, i, (grid, grid), method=magvit.MagvitV2.decode_indices)
   out = {"resolution": res, "batch": batch, "tokens_per_image": grid * grid}
@@ -359,13 +358,13 @@ def cmd_tokenizer(args) -> dict:
 
 
 def cmd_sample(args) -> dict:
-  from showo_jax.sampling import benchmark  # pylint: disable=g-import-not-at-top
+  from showo_jax.tools import bench_sample  # pylint: disable=g-import-not-at-top
   out = {"machine": machine(), "load_average": os.getloadavg(), "results": {}}
   print(f"machine: {out['machine']}, load average {out['load_average'][0]:.1f}")
   for name, make in (("tiny", tiny_config), ("medium", medium_config)):
-    r = benchmark.bench_config(make(), repeats=args.steps, batch_repeats=max(1, args.steps // 3))
+    r = bench_sample.bench_config(make(), repeats=args.steps, batch_repeats=max(1, args.steps // 3))
     out["results"][name] = r
-    print("\n".join(benchmark.report_lines(name, r)), flush=True)
+    print("\n".join(bench_sample.report_lines(name, r)), flush=True)
   out["load_average_end"] = os.getloadavg()
   return out
 

@@ -10,7 +10,7 @@ import optax
 
 from showo_jax.data import prompting
 from showo_jax.models import omni_mask
-from showo_jax.training import losses
+from showo_jax.models import losses
 
 
 def _features(images_u8) -> jnp.ndarray:

@@ -15,11 +15,15 @@ import os
 
 import jax
 
+from showo_jax.config import showo as showo_config
 from showo_jax.data import embedded
 from showo_jax.data import pipeline
 from showo_jax.data import records
 from showo_jax.data import text_tokenizer as text_tokenizer_lib
+from showo_jax.interop import checkpoints
 from showo_jax.models import vocab as vocab_lib
+from showo_jax.tokenizer import pretokenize
+from showo_jax.tokenizer import trainer as tokenizer_trainer
 
 
 @dataclasses.dataclass
@@ -56,8 +60,6 @@ def _text_tokenizer(config, workdir: str, layout) -> text_tokenizer_lib.TextToke
 def _embedded_records(config, workdir: str):
   """({name: records folder}, tokenizer checkpoint) for the embedded default: `train`, `test`, and with
   config.data.embedded_mmu_copies = K > 1 also `train*K` (the training digits plus distorted copies, for MMU)."""
-  from showo_jax import tokenize_images  # pylint: disable=g-import-not-at-top
-  from showo_jax.training import tokenizer_trainer  # pylint: disable=g-import-not-at-top
   checkpoint = config.tokenizer.checkpoint
   copies = int(config.data.get("embedded_mmu_copies", 1))
   splits = {"train": "train", "test": "test"}
@@ -67,16 +69,17 @@ def _embedded_records(config, workdir: str):
   if jax.process_index() == 0:
     if not checkpoint:
       checkpoint = tokenizer_trainer.train_tokenizer(config.tokenizer.magvit, os.path.join(workdir, "tokenizer"))
-    for name, spec in splits.items():
-      if not os.path.exists(os.path.join(folders[name], records.META)):
-        tokenize_images.pretokenize(checkpoint, f"embedded:{spec}", folders[name])
+    todo = {name: spec for name, spec in splits.items() if not os.path.exists(os.path.join(folders[name], records.META))}
+    tokenizer = checkpoints.load_tokenizer(checkpoint) if todo else None  # ours or official weights
+    for name, spec in todo.items():
+      pretokenize.pretokenize(tokenizer, f"embedded:{spec}", folders[name], checkpoint_name=checkpoint)
   _barrier("pretokenize")
   checkpoint = checkpoint or os.path.join(workdir, "tokenizer")
   return folders, checkpoint
 
 
 def prepare_training_data(config, workdir: str) -> TrainingData:
-  layout = vocab_lib.VocabLayout.from_config(config)
+  layout = showo_config.vocab_layout(config)
   tok = _text_tokenizer(config, workdir, layout)
   if config.data.source == "embedded":
     folders, checkpoint = _embedded_records(config, workdir)

@@ -16,18 +16,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from showo_jax.config import showo as showo_config
 from showo_jax.models import omni_mask
 from showo_jax.models import transformer
-from showo_jax.models import vocab as vocab_lib
-from showo_jax.official import magvit_keys
-from showo_jax.official import reader
-from showo_jax.official import showo_keys
-from showo_jax.training import losses
+from showo_jax.interop import magvit_keys
+from showo_jax.interop import reader
+from showo_jax.interop import showo_keys
+from showo_jax.tokenizer import codec
+from showo_jax.models import losses
 
 CheckpointError = reader.CheckpointError
 load_official_magvit = magvit_keys.load_official_magvit
-magvit_encode = magvit_keys.magvit_encode
-magvit_decode = magvit_keys.magvit_decode
+magvit_encode = codec.magvit_encode
+magvit_decode = codec.magvit_decode
 
 
 def _official_config_json(source):
@@ -96,14 +97,14 @@ def showo_logits(params, config, input_ids, allowed) -> np.ndarray:
   allowed = np.asarray(omni_mask.to_allowed(allowed))
   if allowed.shape != (ids.shape[0], ids.shape[1], ids.shape[1]):
     raise ValueError(f"attention mask shape {allowed.shape} does not match input_ids {ids.shape}")
-  cfg = transformer.TransformerConfig.from_config(config)
+  cfg = showo_config.transformer_config(config)
   return np.asarray(_jitted_apply(cfg)(params, ids, allowed), np.float32)
 
 
 def attention_mask(input_ids, task: str, config) -> np.ndarray:
   """bool [B, L, L] exactly as the official builders make it; task in {"t2i", "lm", "mmu"}."""
   ids = _check_ids(input_ids, config)
-  layout = vocab_lib.VocabLayout.from_config(config)
+  layout = showo_config.vocab_layout(config)
   if task == "t2i":
     return np.asarray(omni_mask.predict_next_mask(ids, layout, remove_pad=True))
   if task == "lm":
@@ -128,7 +129,8 @@ def showo_losses(params, config, batch) -> dict:
     raise ValueError(f"batch_sizes {sizes} must be (t2i, lm, mmu) summing to the batch size {ids.shape[0]}")
   task_ids = np.repeat(np.array([losses.TASK_T2I, losses.TASK_LM, losses.TASK_MMU], np.int32), sizes)
   logits = showo_logits(params, config, ids, batch["attention_mask"])
-  out = losses.loss_from_config(jnp.asarray(logits), ids, np.asarray(batch["labels"], np.int32), task_ids, config)
+  out = losses.showo_loss(jnp.asarray(logits), ids, np.asarray(batch["labels"], np.int32), task_ids,
+                          **showo_config.loss_settings(config))
   return {"t2i": float(out["loss_t2i"]), "lm": float(out["loss_lm"]), "mmu": float(out["loss_mmu"]),
           "total": float(out["loss"])}
 

@@ -1,17 +1,22 @@
-"""The one config system: ml_collections ConfigDicts built from size presets, plus `validate`.
+"""Show-o's config: ml_collections ConfigDicts built from size presets, `validate`, and the conversions from a
+ConfigDict to the dataclasses the models take (`vocab_layout`, `transformer_config`, `loss_settings`).
 
 `configs/*.py` files are thin `get_config(arg)` wrappers over `showo_config` here, so that library code
 (checkpoint import, tests) can build the same configs without the top-level `configs/` folder.
 Command-line overrides come from absl's `config_flags` (`--config configs/showo.py:size=tiny
---config.model.num_layers=4`), see `define_config_flag`.
+--config.model.num_layers=4`), see config/base.py `define_config_flag`.
 """
 
 import ml_collections
 
 from showo_jax.common import axes
+from showo_jax.config import base as config_base
+from showo_jax.models import mask_schedule
+from showo_jax.models import transformer
 from showo_jax.models import vocab as vocab_lib
 
 ConfigDict = ml_collections.ConfigDict
+_check = config_base.check
 
 # Backbone shapes. `phi-1.5` is what the official checkpoints use (SPEC §1.1); `tiny`/`tiny-llama` are for CPU.
 MODEL_PRESETS = {
@@ -31,34 +36,13 @@ VOCAB_PRESETS = {
 }
 
 FAMILIES = ("phi", "llama")
-DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_qkv_proj")
-
-
-class ConfigError(ValueError):
-  """A config field has a bad value; the message names the field."""
-
-
-def parse_arg(arg: str, **defaults) -> ConfigDict:
-  """Parses `"size=tiny,res=256"` into a ConfigDict typed like `defaults`; unknown keys raise."""
-  out = ConfigDict(defaults)
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    if not sep:
-      raise ConfigError(f"config arg {item!r} is not key=value")
-    if key not in defaults:
-      raise ConfigError(f"unknown config arg {key!r}; known: {', '.join(sorted(defaults))}")
-    kind = type(defaults[key])
-    if kind is bool:
-      value = value.lower() in ("1", "true", "yes")
-    out[key] = kind(value)
-  return out
 
 
 def model_config(size: str) -> ConfigDict:
   """The `model` block of a preset: backbone shapes, vocabulary, numerics and memory options."""
   if size not in MODEL_PRESETS:
-    raise ConfigError(f"unknown model size {size!r}; known: {', '.join(MODEL_PRESETS)}")
+    raise config_base.ConfigError(f"unknown model size {size!r}; known: {', '.join(MODEL_PRESETS)}")
   m = ConfigDict(dict(
       family="phi",
       hidden_size=0, num_layers=0, num_heads=0, num_kv_heads=0, intermediate_size=0,
@@ -146,11 +130,6 @@ def rotary_dim(model) -> int:
   return int(model.rotary_fraction * head_dim(model))
 
 
-def _check(cond: bool, message: str):
-  if not cond:
-    raise ConfigError(message)
-
-
 def validate(config) -> ConfigDict:
   """Checks every cross-field constraint once, before any device work. Raises ConfigError naming the field."""
   m = config.model
@@ -165,16 +144,16 @@ def validate(config) -> ConfigDict:
   _check(0 < rd <= head_dim(m) and rd % 2 == 0,
          f"config.model.rotary_fraction={m.rotary_fraction} gives rotary_dim={rd}: must be even, in (0, head_dim]")
   for name in ("dtype", "param_dtype"):
-    _check(m[name] in DTYPES, f"config.model.{name}={m[name]!r} is not one of {DTYPES}")
+    _check(m[name] in config_base.DTYPES, f"config.model.{name}={m[name]!r} is not one of {config_base.DTYPES}")
   _check(m.get("image_embedding_init", "normal") in ("normal", "codebook_bits"),
          f"config.model.image_embedding_init={m.get('image_embedding_init')!r} is not 'normal' or 'codebook_bits'")
   _check(0 <= m.get("dropout_rate", 0.0) < 1, f"config.model.dropout_rate={m.get('dropout_rate')} must be in [0, 1)")
   _check(m.remat_policy in REMAT_POLICIES,
          f"config.model.remat_policy={m.remat_policy!r} is not one of {REMAT_POLICIES}")
   try:
-    layout = vocab_lib.VocabLayout.from_config(config)
+    layout = vocab_layout(config)
   except ValueError as e:
-    raise ConfigError(f"config.model.vocab: {e}") from None
+    raise config_base.ConfigError(f"config.model.vocab: {e}") from None
   _check(m.vocab_size >= layout.vocab_size,
          f"config.model.vocab_size={m.vocab_size} is smaller than the vocabulary layout ({layout.vocab_size} = "
          f"{layout.llm_vocab_size} text + 10 special + {layout.codebook_size} image + [MASK])")
@@ -201,15 +180,37 @@ def validate(config) -> ConfigDict:
     _check(config.optimizer.weight_decay_mask in ("clean", "official"),
            f"config.optimizer.weight_decay_mask={config.optimizer.weight_decay_mask!r} is not 'clean' or 'official'")
     _check(config.optimizer.lr > 0, f"config.optimizer.lr={config.optimizer.lr} must be positive")
-  from showo_jax.sampling import mask_schedule  # pylint: disable=g-import-not-at-top
   try:
     mask_schedule.get(loss.mask_schedule)
   except ValueError as e:
-    raise ConfigError(f"config.loss.mask_schedule: {e}") from None
+    raise config_base.ConfigError(f"config.loss.mask_schedule: {e}") from None
   return config
 
 
-def define_config_flag(name: str = "config", help_string: str = "Config file, e.g. configs/showo.py:size=tiny"):
-  """`--config path.py:arg` plus `--config.a.b=v` overrides (absl config_flags)."""
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  return config_flags.DEFINE_config_file(name, None, help_string, lock_config=True)
+# -- ConfigDict → the hyperparameter dataclasses the models take ------------------------------------------
+
+def vocab_layout(config) -> vocab_lib.VocabLayout:
+  """The token-id layout of `config.model.vocab`."""
+  v = config.model.vocab
+  return vocab_lib.VocabLayout(llm_vocab_size=v.llm_vocab_size, codebook_size=v.codebook_size, bos_id=v.bos_id,
+                               eos_id=v.eos_id)
+
+
+def transformer_config(config) -> transformer.TransformerConfig:
+  """The backbone hyperparameters of `config.model`."""
+  m = config.model
+  return transformer.TransformerConfig(
+      family=m.family, vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
+      num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=head_dim(m),
+      intermediate_size=m.intermediate_size, rotary_dim=rotary_dim(m), rope_theta=float(m.rope_theta),
+      norm_eps=float(m.norm_eps), qk_norm=bool(m.qk_norm), init_std=float(m.init_std), dtype=m.dtype,
+      param_dtype=m.param_dtype, scan_layers=bool(m.scan_layers), remat_policy=m.remat_policy,
+      dropout_rate=float(m.get("dropout_rate", 0.0)))
+
+
+def loss_settings(config) -> dict:
+  """Keyword arguments of `models.losses.showo_loss` from `config.loss` and the vocabulary."""
+  layout = vocab_layout(config)
+  c = config.loss
+  return dict(soi_id=layout.soi_id, eoi_id=layout.eoi_id, t2i_coeff=c.t2i_coeff, lm_coeff=c.lm_coeff,
+              mmu_coeff=c.mmu_coeff, boundary_targets=c.t2i_boundary_targets)

@@ -9,11 +9,15 @@ embedded-MNIST CPU setup for every preset; `training_config("official")` scales 
 `validate_training` checks them on top of `validate_magvit`.
 """
 
+import jax.numpy as jnp
 import ml_collections
 
-from showo_jax import config_lib
+from showo_jax.config import base as config_base
+from showo_jax.tokenizer import discriminator
+from showo_jax.tokenizer import magvit
 
 ConfigDict = ml_collections.ConfigDict
+_check = config_base.check
 
 # The exact-entropy penalty materialises [positions, 2**bits] probabilities; past this it cannot fit in memory.
 MAX_EXACT_ENTROPY_BITS = 20
@@ -37,7 +41,7 @@ MAGVIT_PRESETS = {
 def magvit_config(size: str = "tiny") -> ConfigDict:
   """Returns the tokenizer config of a preset (`official` or `tiny`)."""
   if size not in MAGVIT_PRESETS:
-    raise config_lib.ConfigError(f"unknown magvit size {size!r}; known: {', '.join(MAGVIT_PRESETS)}")
+    raise config_base.ConfigError(f"unknown magvit size {size!r}; known: {', '.join(MAGVIT_PRESETS)}")
   preset = MAGVIT_PRESETS[size]
 
   def tower(spec):
@@ -151,11 +155,6 @@ def downsample_factor(config) -> int:
   return 2 ** (len(config.encoder.ch_mult) - 1)
 
 
-def _check(cond: bool, message: str):
-  if not cond:
-    raise config_lib.ConfigError(message)
-
-
 def _validate_tower(config, name: str):
   tower = config[name]
   prefix = f"config.{name}"
@@ -204,7 +203,7 @@ def validate_magvit(config) -> ConfigDict:
          f"config.codebook_bits={bits} is too many for config.lfq.entropy_form='exact' (it materialises all "
          f"2**bits codes; at most {MAX_EXACT_ENTROPY_BITS} bits): use 'factorized'")
   for name in ("dtype", "param_dtype"):
-    _check(config[name] in config_lib.DTYPES, f"config.{name}={config[name]!r} is not one of {config_lib.DTYPES}")
+    _check(config[name] in config_base.DTYPES, f"config.{name}={config[name]!r} is not one of {config_base.DTYPES}")
   _check(config.precision in PRECISIONS, f"config.precision={config.precision!r} is not one of {PRECISIONS}")
   return config
 
@@ -249,3 +248,28 @@ def validate_training(config) -> ConfigDict:
   _check(bool(config.data.source), "config.data.source is empty: give an image folder, records:FOLDER, "
          "tfds:NAME[:SPLIT]@DIR or embedded:train")
   return config
+
+
+# -- ConfigDict → the tokenizer's modules ---------------------------------------------------------------
+
+def magvit_from_config(config) -> magvit.MagvitV2:
+  """Builds the model of a `magvit_config` ConfigDict."""
+  common = dict(resolution=int(config.resolution), z_channels=int(config.codebook_bits),
+                norm_groups=int(config.norm_groups), norm_eps=float(config.norm_eps),
+                dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype),
+                precision=str(config.precision))
+
+  def tower(cls, cfg, io_channels):
+    return cls(ch=int(cfg.ch), ch_mult=tuple(cfg.ch_mult), num_res_blocks=tuple(cfg.num_res_blocks),
+               attn_resolutions=tuple(cfg.attn_resolutions), io_channels=int(io_channels), **common)
+
+  return magvit.MagvitV2(encoder=tower(magvit.MagvitEncoder, config.encoder, config.in_channels),
+                         decoder=tower(magvit.MagvitDecoder, config.decoder, config.out_channels))
+
+
+def discriminator_from_config(config) -> discriminator.PatchDiscriminator:
+  """The discriminator of a tokenizer config's `disc` block (add_training_fields)."""
+  d = config.disc
+  return discriminator.PatchDiscriminator(ch=int(d.ch), num_layers=int(d.num_layers), norm=str(d.norm),
+                                          norm_groups=int(config.norm_groups), dtype=jnp.dtype(config.dtype),
+                                          param_dtype=jnp.dtype(config.param_dtype))

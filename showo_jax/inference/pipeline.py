@@ -14,15 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from showo_jax import checkpoint_io
+from showo_jax.config import showo as showo_config
+from showo_jax.interop import checkpoints
 from showo_jax.data import images as images_lib
 from showo_jax.data import prompting
 from showo_jax.data import text_tokenizer as text_tokenizer_lib
 from showo_jax.models import transformer
-from showo_jax.models import vocab as vocab_lib
 from showo_jax.sampling import autoregressive
 from showo_jax.sampling import editing
 from showo_jax.sampling import maskgit
+from showo_jax.tokenizer import codec
 
 
 @functools.lru_cache(maxsize=8)
@@ -37,7 +38,7 @@ def _apply_fn(cfg: transformer.TransformerConfig):
 
 def _workdir_of(path: str) -> str:
   path = os.path.abspath(path)
-  found = checkpoint_io._checkpoint_dir(path)  # pylint: disable=protected-access
+  found = checkpoints._checkpoint_dir(path)  # pylint: disable=protected-access
   return os.path.dirname(found[0]) if found else path
 
 
@@ -47,24 +48,23 @@ class Pipeline:
   def __init__(self, params, config, text_tokenizer, image_tokenizer=None):
     self.params = jax.tree.map(jnp.asarray, params)
     self.config = config
-    self.layout = vocab_lib.VocabLayout.from_config(config)
-    self.cfg = transformer.TransformerConfig.from_config(config)
+    self.layout = showo_config.vocab_layout(config)
+    self.cfg = showo_config.transformer_config(config)
     self.text_tokenizer = text_tokenizer
     self.image_tokenizer = image_tokenizer  # (params, magvit config) or None
     self.warn = logging.warning  # called with one-line messages (e.g. a truncated prompt); the CLI replaces it
 
   @classmethod
   def from_checkpoint(cls, path: str, *, step=None, tokenizer: str = "", text_tokenizer: str = ""):
-    params, config = checkpoint_io.load_checkpoint(path, step)
+    params, config = checkpoints.load_checkpoint(path, step)
     workdir = _workdir_of(path)
     text_path = text_tokenizer or config.text_tokenizer.path or os.path.join(workdir, "text_tokenizer.json")
-    layout = vocab_lib.VocabLayout.from_config(config)
+    layout = showo_config.vocab_layout(config)
     tok = text_tokenizer_lib.TextTokenizer(text_path, layout)
     image_path = tokenizer or config.tokenizer.checkpoint or os.path.join(workdir, "tokenizer")
     image_tok = None
     if os.path.exists(image_path):
-      from showo_jax.training import tokenizer_trainer  # pylint: disable=g-import-not-at-top
-      image_tok = tokenizer_trainer.load_tokenizer(image_path)
+      image_tok = checkpoints.load_tokenizer(image_path)
     return cls(params, config, tok, image_tok)
 
   # -- images <-> codes -----------------------------------------------------------------------------------
@@ -75,18 +75,16 @@ class Pipeline:
 
   def encode(self, images) -> np.ndarray:
     """uint8 [B, H, W, 3] (or float [-1, 1] NHWC) → codes int32 [B, h·w]."""
-    from showo_jax.official import magvit_keys  # pylint: disable=g-import-not-at-top
     params, cfg = self._need_image_tokenizer()
     x = np.asarray(images)
     x = images_lib.to_float(x) if x.dtype == np.uint8 else x.astype(np.float32)  # exactly as in training
-    return np.asarray(magvit_keys.magvit_encode(params, cfg, np.transpose(x, (0, 3, 1, 2))))
+    return np.asarray(codec.magvit_encode(params, cfg, np.transpose(x, (0, 3, 1, 2))))
 
   def decode(self, codes, grid=None) -> np.ndarray:
     """codes [B, h·w] → uint8 images [B, H, W, 3] (official mapping: clamp((x+1)/2)·255)."""
-    from showo_jax.official import magvit_keys  # pylint: disable=g-import-not-at-top
     params, cfg = self._need_image_tokenizer()
     codes = np.clip(np.asarray(codes), 0, self.layout.codebook_size - 1)
-    x = np.asarray(magvit_keys.magvit_decode(params, cfg, codes, grid))
+    x = np.asarray(codec.magvit_decode(params, cfg, codes, grid))
     x = np.clip((np.transpose(x, (0, 2, 3, 1)) + 1.0) / 2.0, 0.0, 1.0)
     return (x * 255.0).round().astype(np.uint8)
 

@@ -1,4 +1,4 @@
-"""Loading Show-o params (and their config) from anything a user points at.
+"""Loading Show-o params (and their config), and image tokenizers, from anything a user points at.
 
 Accepted: a training workdir (or its `checkpoints/` folder, or one step folder inside it) written by
 `showo_jax.train`, or an official Show-o state dict (hub folder / .safetensors / .npz / .bin). The layout of
@@ -11,8 +11,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from showo_jax.official import reader
-from showo_jax.official import showo_keys
+from showo_jax.config import showo as showo_config
+from showo_jax.interop import magvit_keys
+from showo_jax.interop import reader
+from showo_jax.interop import showo_keys
+from showo_jax.tokenizer import trainer as tokenizer_trainer
 
 
 def _checkpoint_dir(path: str):
@@ -32,7 +35,7 @@ def _checkpoint_dir(path: str):
 def load_checkpoint(path: str, step=None):
   """(params as numpy, config) from one of our training checkpoints; the latest step unless given. A run that
   kept an EMA (config.train.ema_decay > 0) gives its EMA params: those are the ones it samples and evaluates with."""
-  from showo_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from showo_jax.common import checkpointing  # pylint: disable=g-import-not-at-top
   found = _checkpoint_dir(path)
   if found is None:
     raise reader.CheckpointError(f"{path}: no showo_jax training checkpoint here (expected DIR/checkpoints/STEP)")
@@ -66,7 +69,7 @@ def _check_like(params, config, source):
   from showo_jax.models import transformer  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  model = transformer.Transformer(transformer.TransformerConfig.from_config(config))
+  model = transformer.Transformer(showo_config.transformer_config(config))
   want = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32),
                                  jnp.ones((1, 2, 2), bool)))["params"]
   got_paths = dict(jax.tree_util.tree_flatten_with_path(params)[0])
@@ -77,3 +80,14 @@ def _check_like(params, config, source):
     if tuple(got_paths[path].shape) != tuple(leaf.shape):
       raise reader.CheckpointError(f"{source}: param {name} has shape {tuple(got_paths[path].shape)}, "
                                    f"the config expects {tuple(leaf.shape)}")
+
+
+def load_tokenizer(path: str):
+  """(params, config) of an image tokenizer: our checkpoint folder (or its workdir; EMA params when present) or
+  an official MAGVIT-v2 file / folder (.npz, .safetensors, .bin, hub folder)."""
+  path = os.fspath(path)
+  if not os.path.exists(path) or tokenizer_trainer.checkpoint_folder(path) is not None:
+    return tokenizer_trainer.load_tokenizer(path)  # ours, or the "no such checkpoint" error
+  params, config = magvit_keys.load_official_magvit(path)
+  config.data.resolution = config.resolution  # the image size of the released model (256 for the official)
+  return params, config

@@ -11,7 +11,7 @@
       The official layout back: config.json (SPEC §9 fields) + pytorch_model.safetensors ([out, in] weights).
       import → export gives back every tensor bit for bit (float32 sources).
   llm --input HF_FOLDER --output CKPT_DIR --config configs/showo.py:size=… [--qk-norm identity|init]
-      A Phi-1.5 or LLaMA-family HF checkpoint as the backbone of a fresh Show-o (see `convert_llm.llm_to_showo`).
+      A Phi-1.5 or LLaMA-family HF checkpoint as the backbone of a fresh Show-o (see `llm_init.llm_to_showo`).
 
 Memory: import reads and converts tensors one at a time into one host copy of the model, which Orbax writes in
 place (no second copy), so its peak is about one model plus ~1 GB; export restores and writes a few hundred MB
@@ -30,12 +30,12 @@ import sys
 
 import numpy as np
 
-from showo_jax import config_lib
-from showo_jax import convert_lib
-from showo_jax import convert_llm
-from showo_jax.models import vocab as vocab_lib
-from showo_jax.official import showo_keys
-from showo_jax.official import streaming
+from showo_jax.config import base as config_base
+from showo_jax.config import showo as showo_config
+from showo_jax.interop import convert_lib
+from showo_jax.interop import llm_init
+from showo_jax.interop import showo_keys
+from showo_jax.interop import streaming
 
 CheckpointError = convert_lib.CheckpointError
 CHECKPOINTS = convert_lib.CHECKPOINTS
@@ -44,8 +44,8 @@ _MAGVIT_PREFIXES = ("encoder.", "decoder.", "quantize.")
 # Names this module defined before the llm conversion and shared helpers moved out; still importable here.
 staged_output = convert_lib.staged_output
 write_checkpoint = convert_lib.write_checkpoint
-load_config_file = convert_llm.load_config_file
-llm_to_showo = convert_llm.llm_to_showo
+load_config_file = llm_init.load_config_file
+llm_to_showo = llm_init.llm_to_showo
 
 
 ###########################  import  ###########################
@@ -93,7 +93,7 @@ def import_showo(source: str, output: str, *, overwrite: bool = False):
 
 def import_magvit(source: str, output: str, *, overwrite: bool = False):
   """Official MAGVIT-v2 → a tokenizer checkpoint (the layout `train_tokenizer` writes); returns the config."""
-  from showo_jax.official import magvit_keys  # pylint: disable=g-import-not-at-top
+  from showo_jax.interop import magvit_keys  # pylint: disable=g-import-not-at-top
   state = streaming.open_state_dict(source)
   desc = getattr(state, "description", source)
   if detect_kind(state.keys(), desc) != "magvit":
@@ -111,11 +111,11 @@ def _write_tokenizer_checkpoint(folder, params, arch_config):
   """A step-0 tokenizer training state around `params`, through the trainer's own state builder."""
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from showo_jax import config_magvit  # pylint: disable=g-import-not-at-top
-  from showo_jax import sharding  # pylint: disable=g-import-not-at-top
-  from showo_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
-  from showo_jax.training import tokenizer_trainer  # pylint: disable=g-import-not-at-top
-  config = config_magvit.add_training_fields(ml_collections.ConfigDict(arch_config.to_dict()))
+  from showo_jax.tokenizer import config as tokenizer_config  # pylint: disable=g-import-not-at-top
+  from showo_jax.common import sharding  # pylint: disable=g-import-not-at-top
+  from showo_jax.common import checkpointing  # pylint: disable=g-import-not-at-top
+  from showo_jax.tokenizer import trainer as tokenizer_trainer  # pylint: disable=g-import-not-at-top
+  config = tokenizer_config.add_training_fields(ml_collections.ConfigDict(arch_config.to_dict()))
   config.data.resolution = arch_config.resolution
   config.disc.enabled = False  # an imported tokenizer comes without a discriminator
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
@@ -140,9 +140,9 @@ def _write_tokenizer_checkpoint(folder, params, arch_config):
 def _open_checkpoint(checkpoint: str):
   """(Checkpointer, step, config) of our checkpoint (a workdir, checkpoints folder or step folder)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from showo_jax import checkpoint_io  # pylint: disable=g-import-not-at-top
-  from showo_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
-  found = checkpoint_io._checkpoint_dir(checkpoint) if os.path.exists(checkpoint) else None  # pylint: disable=protected-access
+  from showo_jax.interop import checkpoints  # pylint: disable=g-import-not-at-top
+  from showo_jax.common import checkpointing  # pylint: disable=g-import-not-at-top
+  found = checkpoints._checkpoint_dir(checkpoint) if os.path.exists(checkpoint) else None  # pylint: disable=protected-access
   if found is None:
     raise CheckpointError(f"{checkpoint}: no showo_jax checkpoint here (expected DIR/checkpoints/STEP)")
   folder, step = found
@@ -156,7 +156,7 @@ def _open_checkpoint(checkpoint: str):
 
 def official_config_json(config) -> dict:
   """The hub config.json of SPEC §9 for a Show-o config."""
-  layout = vocab_lib.VocabLayout.from_config(config)
+  layout = showo_config.vocab_layout(config)
   return {"_class_name": "Showo", "codebook_size": layout.codebook_size,
           "llm_model_path": "microsoft/phi-1_5" if config.model.family == "phi" else "",
           "llm_vocab_size": layout.llm_vocab_size, "load_from_showo": True,
@@ -272,8 +272,8 @@ def run(args) -> str:
   if args.cmd == "export":
     export_showo(args.checkpoint, args.output, overwrite=args.overwrite)
     return f"exported {args.checkpoint} → {args.output}"
-  config = convert_llm.load_config_file(args.config)
-  convert_llm.llm_to_showo(args.input, args.output, config, qk_norm=args.qk_norm, seed=args.seed,
+  config = llm_init.load_config_file(args.config)
+  llm_init.llm_to_showo(args.input, args.output, config, qk_norm=args.qk_norm, seed=args.seed,
                            overwrite=args.overwrite)
   return f"converted LLM {args.input} → {args.output}"
 
@@ -282,7 +282,7 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   try:
     print(run(args))
-  except (CheckpointError, config_lib.ConfigError, OSError) as e:
+  except (CheckpointError, config_base.ConfigError, OSError) as e:
     print(f"convert: error: {e}", file=sys.stderr)
     return 2
   return 0

@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from showo_jax.config import showo as showo_config
 from showo_jax.data import prompting
 from showo_jax.models import omni_mask
 from showo_jax.models import transformer
-from showo_jax.models import vocab as vocab_lib
 from showo_jax.sampling import autoregressive
 from showo_jax.sampling import maskgit
 
@@ -67,8 +67,8 @@ def _t2i_inputs(config, layout, batch, rng):
 
 
 def bench_t2i(config, params, batch: int, repeats: int) -> dict:
-  layout = vocab_lib.VocabLayout.from_config(config)
-  cfg = transformer.TransformerConfig.from_config(config)
+  layout = showo_config.vocab_layout(config)
+  cfg = showo_config.transformer_config(config)
   n = config.data.num_image_tokens
   cond, uncond = _t2i_inputs(config, layout, batch, np.random.default_rng(batch))
   mg = maskgit.MaskGitConfig.from_layout(layout, num_steps=T2I_STEPS, guidance_scale=GUIDANCE)
@@ -115,8 +115,8 @@ def _recompute_generate(cfg, layout, max_new: int):
 
 
 def bench_mmu(config, params, repeats: int) -> dict:
-  layout = vocab_lib.VocabLayout.from_config(config)
-  cfg = transformer.TransformerConfig.from_config(config)
+  layout = showo_config.vocab_layout(config)
+  cfg = showo_config.transformer_config(config)
   rng = np.random.default_rng(0)
   image = rng.integers(0, layout.codebook_size, (1, MMU_IMAGE_TOKENS)) + layout.image_offset
   question = [list(rng.integers(0, layout.llm_vocab_size, MMU_TEXT_TOKENS))]
@@ -138,7 +138,7 @@ def bench_mmu(config, params, repeats: int) -> dict:
 
 
 def bench_config(config, repeats: int, batch_repeats: int) -> dict:
-  cfg = transformer.TransformerConfig.from_config(config)
+  cfg = showo_config.transformer_config(config)
   params = random_params(cfg)
   return {"t2i_batch1": bench_t2i(config, params, 1, repeats),
           "t2i_batch8": bench_t2i(config, params, 8, batch_repeats),

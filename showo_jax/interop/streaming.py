@@ -16,7 +16,7 @@ import struct
 import ml_dtypes
 import numpy as np
 
-from showo_jax.official import reader
+from showo_jax.interop import reader
 
 CheckpointError = reader.CheckpointError
 

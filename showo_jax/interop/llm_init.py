@@ -8,11 +8,10 @@ import os
 
 import numpy as np
 
-from showo_jax import config_lib
-from showo_jax import convert_lib
-from showo_jax.models import vocab as vocab_lib
-from showo_jax.official import showo_keys
-from showo_jax.official import streaming
+from showo_jax.config import showo as showo_config
+from showo_jax.interop import convert_lib
+from showo_jax.interop import showo_keys
+from showo_jax.interop import streaming
 
 CheckpointError = convert_lib.CheckpointError
 
@@ -107,9 +106,9 @@ def llm_to_showo(source: str, output: str, config, *, qk_norm: str = "identity",
   if qk_norm not in ("identity", "init"):
     raise CheckpointError(f"--qk-norm={qk_norm!r}: use 'identity' or 'init'")
   m.qk_norm = has_qk or qk_norm == "init"
-  layout = vocab_lib.VocabLayout.from_config(config)
+  layout = showo_config.vocab_layout(config)
   m.vocab_size = layout.vocab_size
-  config_lib.validate(config)
+  showo_config.validate(config)
   rows = shapes["model.embed_tokens.weight"][0]
   if rows < layout.llm_vocab_size:
     raise CheckpointError(f"{desc}: model.embed_tokens.weight has {rows} rows, fewer than "
@@ -126,7 +125,7 @@ def llm_to_showo(source: str, output: str, config, *, qk_norm: str = "identity",
       bias = hf["lm_head.bias"] if "lm_head.bias" in shapes else np.zeros((rows,), np.float32)
       made[p + "lm_head.bias"] = _resized(bias, m.vocab_size, 0.0, rng, bias=True)
     if m.qk_norm and not has_qk:
-      d = config_lib.head_dim(m)
+      d = showo_config.head_dim(m)
       for i in range(layers):
         for name in qn:
           made[f"{p}model.layers.{i}.{name}"] = (np.ones if name.endswith("weight") else np.zeros)((d,), np.float32)

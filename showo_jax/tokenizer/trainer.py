@@ -25,17 +25,16 @@ import ml_collections
 import numpy as np
 import optax
 
-from showo_jax import config_magvit
-from showo_jax import sharding
+from showo_jax.tokenizer import config as tokenizer_config
+from showo_jax.common import sharding
 from showo_jax.common import xla_options
 from showo_jax.data import images as images_lib
-from showo_jax.models import discriminator as disc_lib
-from showo_jax.models import lfq
-from showo_jax.models import magvit
-from showo_jax.training import checkpointing
-from showo_jax.training import metrics as metrics_lib
-from showo_jax.training import optimizer as optimizer_lib
-from showo_jax.training import tokenizer_losses as tl
+from showo_jax.tokenizer import lfq
+from showo_jax.tokenizer import magvit
+from showo_jax.common import checkpointing
+from showo_jax.common import metrics as metrics_lib
+from showo_jax.common import optimizer as optimizer_lib
+from showo_jax.tokenizer import losses as tl
 
 CHECKPOINTS = "checkpoints"
 EVAL_FILE = "eval.json"
@@ -76,8 +75,8 @@ class TokenizerRun:
   def __init__(self, config, mesh=None, *, with_feature_net: bool = True):
     self.config = config
     self.mesh = mesh or sharding.make_mesh(config.mesh)
-    self.model = magvit.magvit_from_config(config)
-    self.disc = disc_lib.discriminator_from_config(config) if config.disc.enabled else None
+    self.model = tokenizer_config.magvit_from_config(config)
+    self.disc = tokenizer_config.discriminator_from_config(config) if config.disc.enabled else None
     self.tx, self.lr_schedule = optimizer_lib.make_optimizer(config.optimizer, config.train.steps)
     disc_opt = ml_collections.ConfigDict(config.optimizer.to_dict())
     disc_opt.lr = config.disc.lr
@@ -85,7 +84,7 @@ class TokenizerRun:
     self.feature_net = None
     if with_feature_net and config.loss.perceptual_weight > 0:
       self.feature_net = tl.load_feature_net(config.loss.perceptual_weights)
-    self.codebook_size = config_magvit.codebook_size(config)
+    self.codebook_size = tokenizer_config.codebook_size(config)
     repl, self.batch_sh = sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh)
     abstract = jax.eval_shape(self._init_fn, jax.random.key(0))
     self.state_shardings = jax.tree.map(lambda _: repl, abstract)  # small model: params replicated
@@ -281,7 +280,7 @@ def _export_params(state):
 
 def train_tokenizer(config, workdir: str) -> str:
   """Trains (or resumes) the tokenizer in `workdir`; returns its checkpoint folder (load_tokenizer reads it)."""
-  config_magvit.validate_training(config)
+  tokenizer_config.validate_training(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   sharding.maybe_initialize_distributed(config.train.distributed)
@@ -296,7 +295,7 @@ def train_tokenizer(config, workdir: str) -> str:
     if latest >= t.steps and (not config.data.eval_source or os.path.exists(eval_path)):
       ckpt.close()
       return ckpt.directory  # already complete
-  factor = config_magvit.downsample_factor(config)
+  factor = tokenizer_config.downsample_factor(config)
   train_data = images_lib.StepBatches(images_lib.open_collection(
       config.data.source, config.data.resolution, resize=config.data.resize, factor=factor,
       image_field=config.data.image_field), t.batch_size, t.seed, jax.process_index(), jax.process_count())
@@ -359,7 +358,7 @@ def train_tokenizer(config, workdir: str) -> str:
   return ckpt.directory
 
 
-def _checkpoint_folder(path: str):
+def checkpoint_folder(path: str):
   """Our Orbax folder for `path` (a workdir or its checkpoints/ folder), or None (then: an official file)."""
   for folder in (os.path.join(path, CHECKPOINTS), path):
     if os.path.isdir(folder) and any(d.isdigit() and os.path.isdir(os.path.join(folder, d))
@@ -369,18 +368,15 @@ def _checkpoint_folder(path: str):
 
 
 def load_tokenizer(path: str):
-  """(params, config) of a tokenizer: our checkpoint folder (or its workdir), EMA params when present, or an
-  official MAGVIT-v2 file / folder (.npz, .safetensors, .bin, hub folder) via official/magvit_keys.py."""
+  """(params, config) of one of our tokenizer checkpoints: a train_tokenizer workdir or its checkpoints folder
+  (EMA params when present). Official MAGVIT-v2 weights load through interop/checkpoints.py `load_tokenizer`."""
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no such tokenizer checkpoint (a train_tokenizer workdir or checkpoints "
                             "folder, or an official MAGVIT-v2 file/folder)")
-  folder = _checkpoint_folder(path)
+  folder = checkpoint_folder(path)
   if folder is None:
-    from showo_jax.official import magvit_keys  # pylint: disable=g-import-not-at-top
-    params, config = magvit_keys.load_official_magvit(path)
-    config.data.resolution = config.resolution  # the image size of the released model (256 for the official)
-    return params, config
+    raise FileNotFoundError(f"{path}: not a train_tokenizer workdir or checkpoints folder")
   ckpt = checkpointing.Checkpointer(folder, async_save=False)
   try:
     step = ckpt.latest_step()

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from showo_jax.models import lfq
+from showo_jax.tokenizer import lfq
 
 _PRECISIONS = {"default": None, "high": jax.lax.Precision.HIGH, "highest": jax.lax.Precision.HIGHEST}
 
@@ -222,18 +222,3 @@ class MagvitV2(nn.Module):
   def __call__(self, images):
     _, codes, _ = self.encode(images)
     return self.decode_codes(codes)
-
-
-def magvit_from_config(config) -> MagvitV2:
-  """Builds the model of a `config_magvit.magvit_config` ConfigDict."""
-  common = dict(resolution=int(config.resolution), z_channels=int(config.codebook_bits),
-                norm_groups=int(config.norm_groups), norm_eps=float(config.norm_eps),
-                dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype),
-                precision=str(config.precision))
-
-  def tower(cls, cfg, io_channels):
-    return cls(ch=int(cfg.ch), ch_mult=tuple(cfg.ch_mult), num_res_blocks=tuple(cfg.num_res_blocks),
-               attn_resolutions=tuple(cfg.attn_resolutions), io_channels=int(io_channels), **common)
-
-  return MagvitV2(encoder=tower(MagvitEncoder, config.encoder, config.in_channels),
-                  decoder=tower(MagvitDecoder, config.decoder, config.out_channels))

@@ -41,11 +41,3 @@ class PatchDiscriminator(nn.Module):
     h = self._conv(self.ch * min(2 ** self.num_layers, 8), 1, f"conv_{self.num_layers}")(h)
     h = nn.leaky_relu(self._norm(h, f"norm_{self.num_layers}"), 0.2)
     return self._conv(1, 1, "conv_out")(h).astype(jnp.float32)
-
-
-def discriminator_from_config(config) -> PatchDiscriminator:
-  """The discriminator of a tokenizer config's `disc` block (config_magvit.add_training_fields)."""
-  d = config.disc
-  return PatchDiscriminator(ch=int(d.ch), num_layers=int(d.num_layers), norm=str(d.norm),
-                            norm_groups=int(config.norm_groups), dtype=jnp.dtype(config.dtype),
-                            param_dtype=jnp.dtype(config.param_dtype))

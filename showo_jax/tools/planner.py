@@ -20,13 +20,14 @@ import time
 from absl import app
 from absl import flags
 
-from showo_jax import config_lib
-from showo_jax import sharding
+from showo_jax.config import base as config_base
+from showo_jax.config import showo as showo_config
+from showo_jax.common import sharding
 
-_CONFIG = config_lib.define_config_flag()
+_CONFIG = config_base.define_config_flag()
 _MESH = flags.DEFINE_string("mesh", "", "Mesh sizes, e.g. data=1,fsdp=64,tensor=1 (axes not named keep config.mesh).")
 _REMAT = flags.DEFINE_string("remat", "",
-                             f"Overrides config.model.remat_policy: {'|'.join(config_lib.REMAT_POLICIES)}.")
+                             f"Overrides config.model.remat_policy: {'|'.join(showo_config.REMAT_POLICIES)}.")
 _MEMORY = flags.DEFINE_float("device-memory-gb", 80.0, "Memory of one device in GiB; the plan says if it fits.")
 _DEVICES = flags.DEFINE_integer("devices", 0, "Devices to plan for (default: the mesh's product; with a -1 axis, "
                                 "this host's devices).")
@@ -94,7 +95,7 @@ def plan(config, devices) -> dict:
   """
   from showo_jax.training import flops as flops_lib  # pylint: disable=g-import-not-at-top
   from showo_jax.training import trainer  # pylint: disable=g-import-not-at-top
-  config_lib.validate(config)
+  showo_config.validate(config)
   mesh = sharding.make_mesh(config.mesh, devices)
   run = trainer.Run(config, mesh)
   batch, rng = abstract_inputs(run)
@@ -213,13 +214,13 @@ def main(argv):
     config.mesh.update(parse_mesh(_MESH.value))
     if _REMAT.value:
       config.model.remat_policy = _REMAT.value
-    config_lib.validate(config)
+    showo_config.validate(config)
     sizes = [int(config.mesh[a]) for a in sharding.MESH_AXES]
     needed = _DEVICES.value or (math.prod(sizes) if -1 not in sizes else 0)
     if needed:
       sharding.mesh_shape(config.mesh, needed)  # a mesh that does not multiply to the devices fails here
     result = plan(config, _devices(needed))
-  except (config_lib.ConfigError, sharding.MeshError) as e:  # bad input: one line naming the numbers
+  except (config_base.ConfigError, sharding.MeshError) as e:  # bad input: one line naming the numbers
     sys.exit(f"error: {e}")
   result.update(config=flags.FLAGS["config"].config_filename, device_memory_gb=_MEMORY.value,
                 fits=fits(result, _MEMORY.value))

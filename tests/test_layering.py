@@ -1,0 +1,121 @@
+"""The package's layer order, declared once, and a check that no import runs against it.
+
+Imports flow one way, from a layer to the ones above it in this list (a module may import its own layer and
+any layer before it). Lazy imports inside functions count too: they are read from the syntax tree, not run.
+"""
+
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "showo_jax"
+
+# Lowest first. "" is the package root: the command-line entry points.
+LAYERS = (
+    "common",      # logical axes, XLA options, mesh/shardings, Orbax checkpoints, metric writers, optimizer
+    "models",      # the Show-o network: vocabulary, omni-attention mask, mask schedule, layers, losses
+    "config",      # the config machinery and Show-o's ConfigDicts → the models' dataclasses
+    "data",        # images, records, text tokenizer, prompts, grain pipelines, dataset builders
+    "tokenizer",   # MAGVIT-v2: LFQ, encoder/decoder, discriminator, its config, losses, trainer, pre-tokenizer
+    "sampling",    # MaskGIT, autoregressive (KV cache), mixed-modality and editing samplers
+    "interop",     # official checkpoints in and out, LLM init, loading our checkpoints, the public API
+    "inference",   # a loaded Show-o with its tokenizers: prompts in, images and answers out
+    "training",    # the Show-o train step, trainer, embedded-data preparation, in-training samples
+    "evaluation",  # accuracy, consistency, PSNR, perplexity
+    "tools",       # benchmarks and the memory/FLOPs planner
+    "",            # entry points: python -m showo_jax.<name>
+)
+
+
+def layer_of(module: str) -> int:
+  """Index in LAYERS of a dotted module name inside showo_jax."""
+  parts = module.split(".")
+  assert parts[0] == "showo_jax", module
+  if len(parts) == 1:
+    return LAYERS.index("")
+  if parts[1] in LAYERS:
+    return LAYERS.index(parts[1])
+  if (PACKAGE / f"{parts[1]}.py").exists() and len(parts) == 2:
+    return LAYERS.index("")
+  raise AssertionError(f"showo_jax.{parts[1]} is in no layer: add it to LAYERS in {__file__}")
+
+
+def module_name(path: pathlib.Path) -> str:
+  rel = path.relative_to(PACKAGE.parent).with_suffix("")
+  parts = list(rel.parts)
+  if parts[-1] == "__init__":
+    parts.pop()
+  return ".".join(parts)
+
+
+def imported_modules(source: str, module: str, is_package: bool):
+  """(line, imported module) for every showo_jax import in `source`, at any depth."""
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.Import):
+      for alias in node.names:
+        if alias.name.split(".")[0] == "showo_jax":
+          yield node.lineno, alias.name
+    elif isinstance(node, ast.ImportFrom):
+      if node.level:
+        base = module.split(".")
+        base = base[:len(base) - node.level + (1 if is_package else 0)]
+        target = ".".join(base + ([node.module] if node.module else []))
+      else:
+        target = node.module or ""
+      if target.split(".")[0] != "showo_jax":
+        continue
+      for alias in node.names:  # `from showo_jax import training` imports the package showo_jax.training
+        sub = f"{target}.{alias.name}"
+        known = (PACKAGE.parent / sub.replace(".", "/")).is_dir() or \
+            (PACKAGE.parent / (sub.replace(".", "/") + ".py")).exists()
+        yield node.lineno, sub if known else target
+
+
+def violations(source: str, module: str, is_package: bool = False):
+  """One line per import in `source` that runs from `module`'s layer to a higher one."""
+  own = layer_of(module)
+  out = []
+  for line, target in imported_modules(source, module, is_package):
+    if layer_of(target) > own:
+      out.append(f"{module} (line {line}) imports {target}: layer {LAYERS[layer_of(target)] or 'entry points'!r} "
+                 f"is above {LAYERS[own] or 'entry points'!r} (order: {' → '.join(l or 'entry' for l in LAYERS)})")
+  return out
+
+
+def _modules():
+  return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_module_is_in_a_layer():
+  for path in _modules():
+    layer_of(module_name(path))
+
+
+def test_no_import_runs_up_the_layers():
+  found = []
+  for path in _modules():
+    found += violations(path.read_text(), module_name(path), path.name == "__init__.py")
+  assert not found, "imports against the layer order:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("module,source", [
+    ("showo_jax.models.transformer", "from showo_jax.training import trainer\n"),
+    ("showo_jax.models.transformer", "def f():\n  from showo_jax.config import showo\n  return showo\n"),
+    ("showo_jax.data.prompting", "import showo_jax.sampling.maskgit\n"),
+    ("showo_jax.sampling.maskgit", "from ..training import losses\n"),
+    ("showo_jax.training.trainer", "from showo_jax import evaluate\n"),
+    ("showo_jax.common.sharding", "from showo_jax import models\n"),
+])
+def test_an_upward_import_is_named(module, source):
+  found = violations(source, module)
+  assert len(found) == 1 and found[0].startswith(f"{module} (line "), found
+
+
+@pytest.mark.parametrize("module,source", [
+    ("showo_jax.training.trainer", "from showo_jax.models import transformer\nfrom . import train_step\n"),
+    ("showo_jax.train", "from showo_jax.training import trainer\n"),
+    ("showo_jax.models.transformer", "import jax\nfrom showo_jax.common import axes\n"),
+])
+def test_downward_and_sideways_imports_pass(module, source):
+  assert violations(source, module) == []
