@@ -7,20 +7,16 @@ Writes DIR/eval.json and DIR/eval.png:
   classifier_test_accuracy  the same classifier on real test images (how much to trust the judge)
   tokenizer_psnr, tokenizer_codebook_usage   reconstruction quality and share of codes used on the test split
   lm_perplexity           next-token perplexity on the held-out documents of the text corpus
+The measures are evaluation/measures.py; the report evaluation/embedded_report.py.
 """
 
 import json
-import os
 import sys
-import time
 
 from absl import app
 from absl import flags
-import numpy as np
 
-from showo_jax.config import showo as showo_config
-from showo_jax.data import embedded
-from showo_jax.data import images as images_lib
+from showo_jax.evaluation import embedded_report
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir; eval.json and eval.png are written here.",
                                required=True)
@@ -31,70 +27,11 @@ _PER_CLASS = flags.DEFINE_integer("per_class", 20, "Generated images per digit."
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
-def evaluate(workdir: str, checkpoint: str = "", *, steps: int = 12, guidance: float = -1.0, per_class: int = 20,
-             seed: int = 0) -> dict:
-  from showo_jax.evaluation import measures  # pylint: disable=g-import-not-at-top
-  from showo_jax.inference.pipeline import Pipeline
-  from showo_jax.inference.pipeline import _apply_fn  # pylint: disable=g-import-not-at-top
-  t0 = time.time()
-  pipe = Pipeline.from_checkpoint(checkpoint or workdir)
-  config = pipe.config
-  guidance = float(config.train.get("sample_guidance", 0.0)) if guidance < 0 else guidance
-  images, labels = embedded.load_mnist()
-  train_idx, test_idx = embedded.split_indices(len(images), "train"), embedded.split_indices(len(images), "test")
-  report = {"checkpoint": os.path.abspath(checkpoint or workdir), "maskgit_steps": steps, "guidance": guidance}
-
-  # The test images through the image tokenizer (the same tokenization the training data went through).
-  codes = np.concatenate([pipe.encode(images[test_idx][i:i + 250]) for i in range(0, len(test_idx), 250)])
-  test_labels = labels[test_idx]
-  answers = []
-  for i in range(0, len(codes), 100):
-    answers += pipe.mmu(codes[i:i + 100], embedded.QUESTION, max_new_tokens=6)
-  correct = [measures.answer_is(a, embedded.DIGITS[k]) for a, k in zip(answers, test_labels)]
-  report["mmu_accuracy"] = float(np.mean(correct))
-  report["mmu_examples"] = [f"{embedded.DIGITS[k]} -> {a}" for a, k in list(zip(answers, test_labels))[:10]]
-
-  # T2I class consistency.
-  classifier = measures.PixelClassifier(images[train_idx], labels[train_idx])
-  report["classifier_test_accuracy"] = classifier.accuracy(images[test_idx], labels[test_idx])
-  prompts = [embedded.caption(k) for k in range(10) for _ in range(per_class)]
-  wanted = np.repeat(np.arange(10), per_class)
-  generated = np.concatenate([pipe.t2i(prompts[i:i + 100], steps=steps, guidance=guidance, seed=seed + i)
-                              for i in range(0, len(prompts), 100)])
-  report["t2i_class_consistency"] = classifier.accuracy(generated, wanted)
-
-  # Tokenizer reconstruction on the test split.
-  recon = np.concatenate([pipe.decode(codes[i:i + 250]) for i in range(0, len(codes), 250)])
-  report["tokenizer_psnr"] = measures.psnr(images[test_idx], recon)
-  report["tokenizer_codebook_usage"] = measures.codebook_usage(codes, pipe.layout.codebook_size)
-
-  report["lm_perplexity"] = measures.perplexity(_apply_fn(pipe.cfg), pipe.params, embedded.load_text("test"),
-                                                pipe.text_tokenizer, pipe.layout, showo_config.seq_len(config))
-  report["seconds"] = time.time() - t0
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(report, f, indent=1)
-  _summary_png(generated, per_class, images[test_idx][:10], recon[:10], os.path.join(workdir, "eval.png"))
-  return report
-
-
-def _summary_png(generated, per_class, originals, recon, path):
-  """Rows: up to 4 generated samples per digit (digit = column), then real test images over reconstructions."""
-  per_row = min(per_class, 4)
-  rows = [generated.reshape(10, per_class, *generated.shape[1:])[:, j] for j in range(per_row)]
-  rows += [originals, recon]
-  h, w = generated.shape[1:3]
-  canvas = np.full((len(rows) * (h + 2), 10 * (w + 2), 3), 255, np.uint8)
-  for r, row in enumerate(rows):
-    for c, img in enumerate(row[:10]):
-      canvas[r * (h + 2) + 1:r * (h + 2) + 1 + h, c * (w + 2) + 1:c * (w + 2) + 1 + w] = img
-  images_lib.save_png(np.kron(canvas, np.ones((3, 3, 1), np.uint8)), path)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
-    report = evaluate(_WORKDIR.value, _CHECKPOINT.value, steps=_STEPS.value, guidance=_GUIDANCE.value,
+    report = embedded_report.evaluate(_WORKDIR.value, _CHECKPOINT.value, steps=_STEPS.value, guidance=_GUIDANCE.value,
                       per_class=_PER_CLASS.value, seed=_SEED.value)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")

@@ -17,13 +17,11 @@ unknown direction, …) ends with one line `error: …` on stderr and exit statu
 """
 
 import argparse
-import json
 import os
 import sys
 
-import numpy as np
+from showo_jax.inference import commands
 
-_DIRECTIONS = ("left", "right", "up", "down")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,7 +67,7 @@ def _parser():
     inpaint.add_argument(name, required=True)
   extra = sub.add_parser("extrapolate")
   common(extra), maskgit(extra)
-  extra.add_argument("--direction", required=True, help="|".join(_DIRECTIONS))
+  extra.add_argument("--direction", required=True, help="|".join(commands.DIRECTIONS))
   for name in ("--image", "--prompt", "--out"):
     extra.add_argument(name, required=True)
   mixed = sub.add_parser("mixed")
@@ -105,74 +103,10 @@ def check_args(args):
     raise ValueError(f"--max-text-tokens must be >= 1, got {args.max_text_tokens}")
   if args.mode == "mixed" and args.text_temperature < 0:
     raise ValueError(f"--text-temperature must be >= 0, got {args.text_temperature}")
-  if args.mode == "extrapolate" and args.direction not in _DIRECTIONS:
-    raise ValueError(f"--direction must be one of {', '.join(_DIRECTIONS)}, got {args.direction!r}")
+  if args.mode == "extrapolate" and args.direction not in commands.DIRECTIONS:
+    raise ValueError(f"--direction must be one of {', '.join(commands.DIRECTIONS)}, got {args.direction!r}")
   if not os.path.exists(args.checkpoint):
     raise ValueError(f"--checkpoint {args.checkpoint}: no such folder")
-
-
-def load_images(paths, resolution: int) -> np.ndarray:
-  """uint8 [B, res, res, 3]: each file as in training (RGB, resize the shorter side, center-crop)."""
-  from showo_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
-  return np.stack([images_lib.load_image(p, resolution) for p in paths])
-
-
-def load_mask(path: str, resolution: int) -> np.ndarray:
-  """float32 [res, res] in [0, 1] (white = regenerate): grayscale, resized + center-cropped like the image."""
-  from showo_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
-  mask = images_lib.open_image(path).convert("L")
-  return np.asarray(images_lib.resize_and_crop(mask, resolution), np.float32) / np.float32(255)
-
-
-def run(args) -> int:
-  from showo_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
-  from showo_jax.inference.pipeline import Pipeline  # pylint: disable=g-import-not-at-top
-  check_args(args)
-  pipe = Pipeline.from_checkpoint(args.checkpoint, tokenizer=args.tokenizer, text_tokenizer=args.text_tokenizer)
-  pipe.warn = lambda message: print(f"warning: {message}", file=sys.stderr)
-  res = pipe.config.data.resolution
-  if args.mode == "t2i":
-    prompts = [p for p in args.prompt for _ in range(args.num)]
-    images = pipe.t2i(prompts, steps=args.steps, guidance=args.guidance, temperature=args.temperature,
-                      seed=args.seed)
-    if args.out_dir:
-      os.makedirs(args.out_dir, exist_ok=True)
-      for i, img in enumerate(images):
-        images_lib.save_png(img, os.path.join(args.out_dir, f"{i:03d}.png"))
-    if args.out:
-      from showo_jax.training.samples import _grid  # pylint: disable=g-import-not-at-top
-      images_lib.save_png(_grid(images, cols=min(len(images), 8)), args.out)
-  elif args.mode == "mmu":
-    codes = pipe.encode(load_images(args.image, res))
-    answers = pipe.mmu(codes, args.question, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    if args.json:
-      print(json.dumps([{"image": p, "answer": a} for p, a in zip(args.image, answers)]))
-    else:
-      print("\n".join(a.replace("\n", " ") for a in answers))
-  elif args.mode in ("inpaint", "extrapolate"):
-    image = load_images([args.image], res)[0]
-    kw = dict(steps=args.steps, guidance=args.guidance, temperature=args.temperature, seed=args.seed)
-    if args.mode == "inpaint":
-      out = pipe.inpaint(image, load_mask(args.mask, res), args.prompt, **kw)
-    else:
-      out = pipe.extrapolate(image, args.direction, args.prompt, **kw)
-    images_lib.save_png(out, args.out)
-  elif args.mode == "mixed":
-    segments = pipe.mixed(args.prompt, max_text_tokens=args.max_text_tokens, steps=args.steps,
-                          temperature=args.temperature, text_temperature=args.text_temperature, seed=args.seed)
-    os.makedirs(args.out, exist_ok=True)
-    texts, k = [], 0
-    for kind, value in segments:
-      if kind == "text":
-        texts.append(value)
-      else:
-        images_lib.save_png(value, os.path.join(args.out, f"image_{k}.png"))
-        texts.append(f"[image_{k}.png]")
-        k += 1
-    with open(os.path.join(args.out, "text.txt"), "w") as f:
-      f.write(" ".join(texts) + "\n")
-  return 0
 
 
 def _one_line(error: BaseException) -> str:
@@ -187,7 +121,8 @@ def main(argv=None) -> int:
   except SystemExit as e:  # --help (0) or a usage error (2, already printed as one line)
     return e.code if isinstance(e.code, int) else 2
   try:
-    return run(args)
+    check_args(args)
+    return commands.run(args)
   except (OSError, ValueError, KeyError) as e:  # bad input: ImageError, CheckpointError, ConfigError, …
     message = _one_line(e)
     if isinstance(e, OSError) and e.filename and str(e.filename) not in message:

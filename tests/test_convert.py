@@ -11,7 +11,8 @@ from safetensors import numpy as st_numpy
 
 from showo_jax.interop import checkpoints
 from showo_jax.config import showo as showo_config
-from showo_jax.interop import convert
+from showo_jax import convert
+from showo_jax.interop import conversion
 from showo_jax import interop
 from showo_jax.interop import streaming
 from tests import numpy_reference
@@ -61,7 +62,7 @@ def test_import_gives_parity_logits(imported, parity_showo):
 def test_export_round_trips_bit_for_bit(imported, parity_showo, tmp_path):
   out = tmp_path / "exported"
   assert convert.main(["export", "--checkpoint", imported[1], "--output", str(out)]) == 0
-  got = st_numpy.load_file(str(out / convert.WEIGHTS))  # read by the reference library, not our reader
+  got = st_numpy.load_file(str(out / conversion.WEIGHTS))  # read by the reference library, not our reader
   want = _state(parity_showo)
   assert sorted(got) == sorted(want)
   for key, value in want.items():
@@ -93,7 +94,7 @@ def test_sharded_input_and_clip_projector(parity_showo, tmp_path):
   _, config = checkpoints.load_checkpoint(ckpt)
   assert list(config.model.extra_keys) == sorted(proj)
   assert convert.main(["export", "--checkpoint", ckpt, "--output", str(out)]) == 0
-  got = st_numpy.load_file(str(out / convert.WEIGHTS))
+  got = st_numpy.load_file(str(out / conversion.WEIGHTS))
   assert sorted(got) == keys and all(np.array_equal(got[k], state[k]) for k in keys)
   assert json.load(open(out / "config.json"))["w_clip_vit"] is True
 

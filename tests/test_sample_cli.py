@@ -161,10 +161,10 @@ def test_mixed_temperatures_are_used_and_seeded(workdir, tmp_path):
 
 def test_evaluate_writes_the_report(workdir):
   from showo_jax.evaluation import measures  # pylint: disable=g-import-not-at-top
-  from showo_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from showo_jax.evaluation import embedded_report  # pylint: disable=g-import-not-at-top
   from showo_jax.data import embedded  # pylint: disable=g-import-not-at-top
   from showo_jax.inference.pipeline import Pipeline  # pylint: disable=g-import-not-at-top
-  report = evaluate.evaluate(workdir, steps=2, guidance=1.0, per_class=1)
+  report = embedded_report.evaluate(workdir, steps=2, guidance=1.0, per_class=1)
   with open(os.path.join(workdir, "eval.json")) as f:
     assert json.load(f) == json.loads(json.dumps(report))
   for key in ("mmu_accuracy", "t2i_class_consistency", "classifier_test_accuracy", "tokenizer_codebook_usage"):

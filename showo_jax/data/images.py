@@ -120,6 +120,17 @@ def to_uint8(images) -> np.ndarray:
   return np.round(x * 255.0).astype(np.uint8)
 
 
+def image_grid(images: np.ndarray, cols: int = 10) -> np.ndarray:
+  """uint8 [B, H, W, 3] → one uint8 image with `cols` columns (1-pixel gaps)."""
+  b, h, w, c = images.shape
+  rows = -(-b // cols)
+  out = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, np.uint8)
+  for i, img in enumerate(images):
+    r, k = divmod(i, cols)
+    out[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + k * (w + 1):1 + k * (w + 1) + w] = img
+  return out
+
+
 def pair_grid(originals: np.ndarray, reconstructions: np.ndarray, *, pairs_per_row: int = 4,
               min_tile: int = 64) -> np.ndarray:
   """uint8 [N, H, W, 3] twice → one uint8 image: rows of (original | reconstruction) pairs, 2-px gaps.

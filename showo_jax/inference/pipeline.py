@@ -27,7 +27,7 @@ from showo_jax.tokenizer import codec
 
 
 @functools.lru_cache(maxsize=8)
-def _apply_fn(cfg: transformer.TransformerConfig):
+def apply_fn(cfg: transformer.TransformerConfig):
   """One stable (hashable) apply function per backbone config, so jitted samplers compile once."""
   model = transformer.Transformer(cfg)
 

@@ -9,11 +9,11 @@ import os
 import numpy as np
 
 from showo_jax.config import showo as showo_config
-from showo_jax.interop import convert_lib
+from showo_jax.interop import checkpoint_writer
 from showo_jax.interop import showo_keys
 from showo_jax.interop import streaming
 
-CheckpointError = convert_lib.CheckpointError
+CheckpointError = checkpoint_writer.CheckpointError
 
 
 def load_config_file(spec: str):
@@ -79,7 +79,7 @@ def llm_to_showo(source: str, output: str, config, *, qk_norm: str = "identity",
   desc = getattr(hf, "description", source)
   shapes = hf.shapes()
   family = _hf_family(shapes, desc)
-  meta = convert_lib.source_config_json(source)
+  meta = checkpoint_writer.source_config_json(source)
   m = config.model
   heads = int(meta.get("num_attention_heads") or 0)
   if not heads:
@@ -116,7 +116,7 @@ def llm_to_showo(source: str, output: str, config, *, qk_norm: str = "identity",
   rng = np.random.default_rng(seed)
   made = {}
   p = showo_keys.PREFIX
-  with convert_lib.staged_output(output, overwrite) as tmp:
+  with checkpoint_writer.staged_output(output, overwrite) as tmp:
     made[p + "model.embed_tokens.weight"] = _resized(hf["model.embed_tokens.weight"], m.vocab_size, m.init_std, rng)
     head = hf["lm_head.weight"] if "lm_head.weight" in shapes else hf["model.embed_tokens.weight"]  # tied
     made[p + "lm_head.weight"] = _resized(head, m.vocab_size, m.init_std, rng)
@@ -134,5 +134,5 @@ def llm_to_showo(source: str, output: str, config, *, qk_norm: str = "identity",
       params, extras = showo_keys.params_from_official(view, config)
     except CheckpointError as e:
       raise CheckpointError(f"{desc}: {e}") from None
-    convert_lib.write_checkpoint(tmp, params, config, extras)
+    checkpoint_writer.write_checkpoint(tmp, params, config, extras)
   return config

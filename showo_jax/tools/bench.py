@@ -1,25 +1,7 @@
-"""Benchmarks: `python -m showo_jax.bench train|data|convert|sample|tokenizer [--steps N] [--json OUT]`.
-
-train: the float32 matmul peak of this machine, then for the tiny and the medium config (phi, width 512, 8 layers,
-  8 heads, MLP 2048, text vocab 1,000 + codebook 8,192, 64 text + 256 image tokens → L = 323, batch t2i/lm/mmu
-  4/2/2), in float32 and with bfloat16 compute (float32 params): median step time, tokens/s, MFU against the
-  measured peak, and peak memory. `--sizes` picks configs, `official` (the 1.3B model, batch 8/4/4) among them.
-  On an accelerator the peaks come from 8192² products and bf16 rows are set against the bf16 peak.
-data: batches/s of each task's input pipeline against the train step rate, for the tiny config (embedded
-  data) and the medium config (synthetic 256-token records with captions and LLaVA conversations).
-convert: writes a synthetic official-shaped Show-o checkpoint of random float32 tensors (every key and shape of
-  ../shared/parity/param_shapes_full.json; `--layers N` keeps only the first N decoder layers for a quick run),
-  then runs `python -m showo_jax.convert import` and `export` on it as child processes and reports each one's
-  peak resident memory against the checkpoint's size (goal: < 1.5x).
-tokenizer: MAGVIT-v2 encode (image → indices) and decode (indices → image) images/s at batch 8 for the `tiny`
-  (32 px) and `official` (256 px) shapes with random params, and the process's peak memory.
-sample: MaskGIT T2I (16 steps, CFG) latency at batch 1 and images/s at batch 8, prefix-cached vs full forwards vs
-  the 16 batched forwards alone; MMU ms/token with the KV cache vs full recomputation (showo_jax/sampling/
-  bench_sample.py), for the tiny and the medium config with random params (`--steps` = timed repeats).
-Medians over `--steps` timed steps after warm-up; every figure names the machine it ran on.
+"""The benchmarks behind `python -m showo_jax.bench` (showo_jax/bench.py, whose docstring says what each measures):
+one `cmd_<name>(args) -> dict` per subcommand; every figure names the machine it ran on.
 """
 
-import argparse
 import json
 import os
 import platform
@@ -36,6 +18,8 @@ from showo_jax.config import showo as showo_config
 from showo_jax.common import sharding
 from showo_jax.common import xla_options
 from showo_jax.training import flops as flops_lib
+
+_PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
 
 def machine() -> str:
@@ -64,7 +48,7 @@ def official_config():
 
 def tiny_config():
   import importlib.util  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py")
+  path = os.path.join(_PROJECT, "configs", "tiny.py")
   if os.path.exists(path):
     spec = importlib.util.spec_from_file_location("tiny_config", path)
     module = importlib.util.module_from_spec(spec)
@@ -249,8 +233,7 @@ def cmd_data(args) -> dict:
   return out
 
 
-_SHAPES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared",
-                       "parity", "param_shapes_full.json")
+SHAPES = os.path.join(os.path.dirname(_PROJECT), "shared", "parity", "param_shapes_full.json")
 
 
 def _run_measured(argv) -> tuple[float, float]:
@@ -367,26 +350,3 @@ def cmd_sample(args) -> dict:
     print("\n".join(bench_sample.report_lines(name, r)), flush=True)
   out["load_average_end"] = os.getloadavg()
   return out
-
-
-def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m showo_jax.bench", description=__doc__.split("\n")[0])
-  parser.add_argument("what", choices=["train", "data", "convert", "sample", "tokenizer"])
-  parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--json", default="", help="also write the figures to this file")
-  parser.add_argument("--sizes", default="tiny,medium",
-                      help="train: comma-separated configs among tiny, medium, official (1.3B; for accelerators)")
-  parser.add_argument("--workdir", default="", help="data: where the embedded data is prepared (reused)")
-  parser.add_argument("--shapes", default=_SHAPES, help="convert: param_shapes_full.json")
-  parser.add_argument("--layers", type=int, default=0, help="convert: keep only this many layers (0 = all 24)")
-  parser.add_argument("--keep", action="store_true", help="convert: keep the files written under --workdir")
-  args = parser.parse_args(argv)
-  out = {"train": cmd_train, "data": cmd_data, "convert": cmd_convert, "sample": cmd_sample,
-         "tokenizer": cmd_tokenizer}[args.what](args)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(out, f, indent=1)
-
-
-if __name__ == "__main__":
-  main()

@@ -38,7 +38,7 @@ class SampleWriter:
     if self.image_tokenizer is not None:
       images = pipe.t2i(self.prompts, steps=int(self.config.train.get("sample_steps", 12)),
                         guidance=float(self.config.train.get("sample_guidance", 0.0)), seed=step)
-      images_lib.save_png(_grid(images), os.path.join(self.folder, f"step_{step:07d}.png"))
+      images_lib.save_png(images_lib.image_grid(images), os.path.join(self.folder, f"step_{step:07d}.png"))
     if self.mmu_records:
       codes = np.stack([np.asarray(r["image_tokens"], np.int32) for r in self.mmu_records])
       answers = pipe.mmu(codes, self.question, max_new_tokens=8)
@@ -48,14 +48,3 @@ class SampleWriter:
       f.write("\n".join(f"t2i prompt {i}: {p}" for i, p in enumerate(self.prompts)) + "\n" + "\n".join(lines) + "\n")
     if writer is not None and lines:
       writer.write_text(step, "mmu", "\n\n".join(lines))
-
-
-def _grid(images: np.ndarray, cols: int = 10) -> np.ndarray:
-  """uint8 [B, H, W, 3] → one uint8 image with `cols` columns (1-pixel gaps)."""
-  b, h, w, c = images.shape
-  rows = -(-b // cols)
-  out = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, np.uint8)
-  for i, img in enumerate(images):
-    r, k = divmod(i, cols)
-    out[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + k * (w + 1):1 + k * (w + 1) + w] = img
-  return out

@@ -1,7 +1,5 @@
-"""What the `python -m showo_jax.convert` subcommands share: staged output folders, our params-only checkpoint
-writer, and the official config.json read beside a source.
-
-Kept apart from `convert` so that `convert_llm` can use it without importing the CLI module back.
+"""Writing converted checkpoints (what interop/conversion.py and interop/llm_init.py share): staged output folders
+renamed into place when complete, our params-only checkpoint writer, and the official config.json beside a source.
 """
 
 import contextlib

@@ -1,51 +1,28 @@
-"""`python -m showo_jax.convert import|export|llm`: official PyTorch checkpoints ↔ showo_jax checkpoints.
+"""Official PyTorch checkpoints ↔ showo_jax checkpoints: `import_showo`, `import_magvit`, `export_showo`.
 
-  import --input FOLDER_OR_FILE --output CKPT_DIR [--kind showo|magvit] [--overwrite]
-      An official Show-o (hub folder, .safetensors, sharded index, .npz, .bin with torch) becomes a checkpoint
-      that `sample`, `evaluate` and `train --config.train.init_from=CKPT_DIR` load: CKPT_DIR/checkpoints/0/ with
-      the `state` item ({"step", "params"[, "extras"]}) and the `config` item. Sizes and the vocabulary split come
-      from the tensor shapes and the official config.json. The CLIP variant's `mm_projector.*` tensors go to
-      state["extras"] and are named in config.model.extra_keys. A MAGVIT-v2 becomes a tokenizer checkpoint
-      that `tokenizer_trainer.load_tokenizer` (and `sample --tokenizer`) reads.
-  export --checkpoint CKPT_DIR --output FOLDER [--overwrite]
-      The official layout back: config.json (SPEC §9 fields) + pytorch_model.safetensors ([out, in] weights).
-      import → export gives back every tensor bit for bit (float32 sources).
-  llm --input HF_FOLDER --output CKPT_DIR --config configs/showo.py:size=… [--qk-norm identity|init]
-      A Phi-1.5 or LLaMA-family HF checkpoint as the backbone of a fresh Show-o (see `llm_init.llm_to_showo`).
+The CLI is `python -m showo_jax.convert` (showo_jax/convert.py, whose docstring gives the formats); the LLM →
+Show-o initialisation is interop/llm_init.py, the output folders and checkpoint writer interop/checkpoint_writer.py.
 
 Memory: import reads and converts tensors one at a time into one host copy of the model, which Orbax writes in
 place (no second copy), so its peak is about one model plus ~1 GB; export restores and writes a few hundred MB
 of leaves at a time, so its peak does not grow with the model (`python -m showo_jax.bench convert`). Every
-output is written in a temporary folder beside the target and renamed into place when complete; bad input
-gives a one-line error and a non-zero exit.
-
-Modules: this one holds the CLI, import and export; `convert_llm` the `llm` conversion; `convert_lib` the
-output folders and checkpoint writer all three share.
+output is written in a temporary folder beside the target and renamed into place when complete.
 """
 
-import argparse
 import json
 import os
-import sys
 
 import numpy as np
 
-from showo_jax.config import base as config_base
 from showo_jax.config import showo as showo_config
-from showo_jax.interop import convert_lib
-from showo_jax.interop import llm_init
+from showo_jax.interop import checkpoint_writer
 from showo_jax.interop import showo_keys
 from showo_jax.interop import streaming
 
-CheckpointError = convert_lib.CheckpointError
-CHECKPOINTS = convert_lib.CHECKPOINTS
+CheckpointError = checkpoint_writer.CheckpointError
+CHECKPOINTS = checkpoint_writer.CHECKPOINTS
 WEIGHTS = "pytorch_model.safetensors"
 _MAGVIT_PREFIXES = ("encoder.", "decoder.", "quantize.")
-# Names this module defined before the llm conversion and shared helpers moved out; still importable here.
-staged_output = convert_lib.staged_output
-write_checkpoint = convert_lib.write_checkpoint
-load_config_file = llm_init.load_config_file
-llm_to_showo = llm_init.llm_to_showo
 
 
 ###########################  import  ###########################
@@ -69,7 +46,7 @@ def import_showo(source: str, output: str, *, overwrite: bool = False):
   desc = getattr(state, "description", source)
   if detect_kind(state.keys(), desc) != "showo":
     raise CheckpointError(f"{desc}: a MAGVIT-v2 checkpoint, not a Show-o (use --kind magvit)")
-  meta = convert_lib.source_config_json(source)
+  meta = checkpoint_writer.source_config_json(source)
   meta = meta if meta.get("_class_name") == "Showo" else {}
   try:
     config = showo_keys.infer_config(state.shapes(), llm_vocab_size=meta.get("llm_vocab_size"),
@@ -79,14 +56,14 @@ def import_showo(source: str, output: str, *, overwrite: bool = False):
   if meta.get("num_vq_tokens"):
     config.data.num_image_tokens = int(meta["num_vq_tokens"])
     config.data.resolution = int(round(np.sqrt(config.data.num_image_tokens))) * config.data.downsample
-  with convert_lib.staged_output(output, overwrite) as tmp:
+  with checkpoint_writer.staged_output(output, overwrite) as tmp:
     try:
       params, extras = showo_keys.params_from_official(state, config)
     except CheckpointError as e:
       raise CheckpointError(f"{desc}: {e}") from None
     if extras:
       config.model.extra_keys = sorted(extras)
-    convert_lib.write_checkpoint(tmp, params, config, extras)
+    checkpoint_writer.write_checkpoint(tmp, params, config, extras)
     del params, extras
   return config
 
@@ -102,7 +79,7 @@ def import_magvit(source: str, output: str, *, overwrite: bool = False):
     params, config = magvit_keys.params_from_official(state)
   except CheckpointError as e:
     raise CheckpointError(f"{desc}: {e}") from None
-  with convert_lib.staged_output(output, overwrite) as tmp:
+  with checkpoint_writer.staged_output(output, overwrite) as tmp:
     _write_tokenizer_checkpoint(tmp, params, config)
   return config
 
@@ -229,64 +206,9 @@ def export_showo(checkpoint: str, output: str, *, overwrite: bool = False):
           yield key, convert(values[leaf], index, to_torch)
         del values
 
-    with convert_lib.staged_output(output, overwrite) as tmp:
+    with checkpoint_writer.staged_output(output, overwrite) as tmp:
       streaming.write_safetensors(os.path.join(tmp, WEIGHTS), specs, tensors())
       with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(official_config_json(config), f, indent=2)
   finally:
     ckpt.close()
-
-
-###########################  CLI  ###########################
-
-def _parser():
-  parser = argparse.ArgumentParser(prog="python -m showo_jax.convert", description=__doc__.split("\n")[0])
-  sub = parser.add_subparsers(dest="cmd", required=True)
-  imp = sub.add_parser("import", help="official Show-o / MAGVIT-v2 → showo_jax checkpoint")
-  imp.add_argument("--input", required=True, help="hub folder, .safetensors, index.json, .npz or .bin")
-  imp.add_argument("--output", required=True)
-  imp.add_argument("--kind", choices=["showo", "magvit"], default=None, help="default: detected from the keys")
-  exp = sub.add_parser("export", help="showo_jax checkpoint → official folder")
-  exp.add_argument("--checkpoint", required=True)
-  exp.add_argument("--output", required=True)
-  llm = sub.add_parser("llm", help="HF Phi / LLaMA-family LLM → fresh Show-o checkpoint")
-  llm.add_argument("--input", required=True)
-  llm.add_argument("--output", required=True)
-  llm.add_argument("--config", required=True, help="e.g. configs/showo.py:size=phi-1.5")
-  llm.add_argument("--qk-norm", choices=["identity", "init"], default="identity")
-  llm.add_argument("--seed", type=int, default=0, help="for the new embedding and head rows")
-  for p in (imp, exp, llm):
-    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --output")
-  return parser
-
-
-def run(args) -> str:
-  if args.cmd == "import":
-    kind = args.kind
-    if kind is None:
-      state = streaming.open_state_dict(args.input)
-      kind = detect_kind(state.keys(), getattr(state, "description", args.input))
-      del state
-    (import_showo if kind == "showo" else import_magvit)(args.input, args.output, overwrite=args.overwrite)
-    return f"imported {kind} {args.input} → {args.output}"
-  if args.cmd == "export":
-    export_showo(args.checkpoint, args.output, overwrite=args.overwrite)
-    return f"exported {args.checkpoint} → {args.output}"
-  config = llm_init.load_config_file(args.config)
-  llm_init.llm_to_showo(args.input, args.output, config, qk_norm=args.qk_norm, seed=args.seed,
-                           overwrite=args.overwrite)
-  return f"converted LLM {args.input} → {args.output}"
-
-
-def main(argv=None) -> int:
-  args = _parser().parse_args(argv)
-  try:
-    print(run(args))
-  except (CheckpointError, config_base.ConfigError, OSError) as e:
-    print(f"convert: error: {e}", file=sys.stderr)
-    return 2
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -1,0 +1,74 @@
+"""What `python -m showo_jax.sample MODE` does once its arguments are parsed and checked (showo_jax/sample.py):
+load a checkpoint into a `Pipeline`, preprocess images and masks exactly as in training, generate, write files.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+from showo_jax.data import images as images_lib
+from showo_jax.inference import pipeline
+from showo_jax.sampling import editing
+
+DIRECTIONS = editing.DIRECTIONS
+
+
+def load_images(paths, resolution: int) -> np.ndarray:
+  """uint8 [B, res, res, 3]: each file as in training (RGB, resize the shorter side, center-crop)."""
+  return np.stack([images_lib.load_image(p, resolution) for p in paths])
+
+
+def load_mask(path: str, resolution: int) -> np.ndarray:
+  """float32 [res, res] in [0, 1] (white = regenerate): grayscale, resized + center-cropped like the image."""
+  mask = images_lib.open_image(path).convert("L")
+  return np.asarray(images_lib.resize_and_crop(mask, resolution), np.float32) / np.float32(255)
+
+
+def run(args) -> int:
+  """Runs one `python -m showo_jax.sample` command on parsed (and checked) arguments; returns 0."""
+  pipe = pipeline.Pipeline.from_checkpoint(args.checkpoint, tokenizer=args.tokenizer, text_tokenizer=args.text_tokenizer)
+  pipe.warn = lambda message: print(f"warning: {message}", file=sys.stderr)
+  res = pipe.config.data.resolution
+  if args.mode == "t2i":
+    prompts = [p for p in args.prompt for _ in range(args.num)]
+    images = pipe.t2i(prompts, steps=args.steps, guidance=args.guidance, temperature=args.temperature,
+                      seed=args.seed)
+    if args.out_dir:
+      os.makedirs(args.out_dir, exist_ok=True)
+      for i, img in enumerate(images):
+        images_lib.save_png(img, os.path.join(args.out_dir, f"{i:03d}.png"))
+    if args.out:
+      images_lib.save_png(images_lib.image_grid(images, cols=min(len(images), 8)), args.out)
+  elif args.mode == "mmu":
+    codes = pipe.encode(load_images(args.image, res))
+    answers = pipe.mmu(codes, args.question, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    if args.json:
+      print(json.dumps([{"image": p, "answer": a} for p, a in zip(args.image, answers)]))
+    else:
+      print("\n".join(a.replace("\n", " ") for a in answers))
+  elif args.mode in ("inpaint", "extrapolate"):
+    image = load_images([args.image], res)[0]
+    kw = dict(steps=args.steps, guidance=args.guidance, temperature=args.temperature, seed=args.seed)
+    if args.mode == "inpaint":
+      out = pipe.inpaint(image, load_mask(args.mask, res), args.prompt, **kw)
+    else:
+      out = pipe.extrapolate(image, args.direction, args.prompt, **kw)
+    images_lib.save_png(out, args.out)
+  elif args.mode == "mixed":
+    segments = pipe.mixed(args.prompt, max_text_tokens=args.max_text_tokens, steps=args.steps,
+                          temperature=args.temperature, text_temperature=args.text_temperature, seed=args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    texts, k = [], 0
+    for kind, value in segments:
+      if kind == "text":
+        texts.append(value)
+      else:
+        images_lib.save_png(value, os.path.join(args.out, f"image_{k}.png"))
+        texts.append(f"[image_{k}.png]")
+        k += 1
+    with open(os.path.join(args.out, "text.txt"), "w") as f:
+      f.write(" ".join(texts) + "\n")
+  return 0

@@ -1,0 +1,82 @@
+"""Ahead-of-time plan of a training run: per-device memory, FLOPs per step, and whether it fits.
+
+  python -m showo_jax.plan --config configs/stages.py:stage=pretrain1,devices=64 \
+      --mesh data=1,fsdp=64,tensor=1 --remat full --device-memory-gb 80 --json plan.json
+
+Compiles the real train step (the function `trainer.Run` jits, with its shardings and donation) against
+abstract inputs — ShapeDtypeStructs carrying the run's shardings — so nothing is allocated. The memory figures
+are XLA's buffer assignment for one device; parameters and optimizer state are split out from the abstract
+state's per-device shard shapes. Where this host has fewer devices than the mesh needs, the CLI re-executes
+itself (same process, `os.execve`) on that many fake CPU devices: the CPU compiler then plans the buffers,
+which is close to but not the same as what the GPU or TPU compiler would do (README, "Planning").
+"""
+
+import json
+import math
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from showo_jax.common import sharding
+from showo_jax.config import base as config_base
+from showo_jax.config import showo as showo_config
+from showo_jax.tools import planner
+
+_CONFIG = config_base.define_config_flag()
+_MESH = flags.DEFINE_string("mesh", "", "Mesh sizes, e.g. data=1,fsdp=64,tensor=1 (axes not named keep config.mesh).")
+_REMAT = flags.DEFINE_string("remat", "",
+                             f"Overrides config.model.remat_policy: {'|'.join(showo_config.REMAT_POLICIES)}.")
+_MEMORY = flags.DEFINE_float("device-memory-gb", 80.0, "Memory of one device in GiB; the plan says if it fits.")
+_DEVICES = flags.DEFINE_integer("devices", 0, "Devices to plan for (default: the mesh's product; with a -1 axis, "
+                                "this host's devices).")
+_JSON = flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
+
+_FAKE_ENV = planner.FAKE_DEVICES_ENV
+
+
+def _devices(needed: int):
+  """The first `needed` devices; re-executes this CLI on `needed` fake CPU devices where there are fewer."""
+  import jax  # pylint: disable=g-import-not-at-top
+  have = jax.devices()
+  if not needed or len(have) >= needed:
+    return have[:needed] if needed else have
+  if os.environ.get(_FAKE_ENV):
+    raise sharding.MeshError(f"asked for {needed} fake CPU devices, got {len(have)}")
+  # XLA reads the fake device count only when the backend starts, which has happened: start afresh.
+  xla_flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+               if not f.startswith("--xla_force_host_platform_device_count")]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **{_FAKE_ENV: str(needed)},
+             XLA_FLAGS=" ".join(xla_flags + [f"--xla_force_host_platform_device_count={needed}"]))
+  print(f"plan: {len(have)} {have[0].platform} device(s) here, the mesh needs {needed}: "
+        f"re-running on {needed} fake CPU devices", flush=True)
+  os.execve(sys.executable, [sys.executable, "-m", "showo_jax.plan", *sys.argv[1:]], env)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = _CONFIG.value
+  try:
+    config.mesh.update(planner.parse_mesh(_MESH.value))
+    if _REMAT.value:
+      config.model.remat_policy = _REMAT.value
+    showo_config.validate(config)
+    sizes = [int(config.mesh[a]) for a in sharding.MESH_AXES]
+    needed = _DEVICES.value or (math.prod(sizes) if -1 not in sizes else 0)
+    if needed:
+      sharding.mesh_shape(config.mesh, needed)  # a mesh that does not multiply to the devices fails here
+    result = planner.plan(config, _devices(needed))
+  except (config_base.ConfigError, sharding.MeshError) as e:  # bad input: one line naming the numbers
+    sys.exit(f"error: {e}")
+  result.update(config=flags.FLAGS["config"].config_filename, device_memory_gb=_MEMORY.value,
+                fits=planner.fits(result, _MEMORY.value))
+  print(planner.report(result, _MEMORY.value))
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
