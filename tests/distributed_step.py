@@ -1,4 +1,4 @@
-"""One sharded train step on a fixed global batch; run by tests/test_distributed.py in 1 or 2 processes.
+"""One sharded train step on a fixed global batch; run by tests/training/test_distributed.py in 1 or 2 processes.
 
 Usage: python tests/distributed_step.py DATA_DIR OUT_JSON [distributed]
 Each process feeds its own rows of the same global batch; the loss must not depend on the process count.

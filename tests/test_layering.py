@@ -6,6 +6,7 @@ any layer before it). Lazy imports inside functions count too: they are read fro
 
 import ast
 import pathlib
+import re
 
 import pytest
 
@@ -119,3 +120,18 @@ def test_an_upward_import_is_named(module, source):
 ])
 def test_downward_and_sideways_imports_pass(module, source):
   assert violations(source, module) == []
+
+
+def test_the_readme_map_matches_the_tree():
+  readme = (PACKAGE.parent / "README.md").read_text()
+  section = readme[readme.index("## Architecture"):]
+  section = section[:section.find("\n## ", 5) if "\n## " in section[5:] else len(section)]
+  paths = set(re.findall(r"`(showo_jax/[\w/.]*)`", section))
+  missing = sorted(p for p in paths if not (PACKAGE.parent / p).exists())
+  assert not missing, f"README's Architecture names paths that do not exist: {missing}"
+  folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
+  unlisted = [f for f in folders if f"showo_jax/{f}/" not in paths]
+  assert not unlisted, f"folders missing from README's Architecture table: {unlisted}"
+  assert sorted(folders) == sorted(l for l in LAYERS if l), "every folder has a layer, every layer a folder"
+  rows = [m for m in re.findall(r"^\| `showo_jax/(\w+)/` \|", section, flags=re.M)]
+  assert rows == [l for l in LAYERS if l], f"README lists the folders in the order {rows}, the layers are {LAYERS}"

@@ -7,7 +7,7 @@ resampled) → center crop `resolution × resolution` (offsets `round((size − 
 [H, W, 3] → float32 in [−1, 1] by `(x / 255 − 0.5) / 0.5` (ToTensor + Normalize(0.5, 0.5)).
 
 Layout: channels last everywhere (uint8 or float32 [H, W, 3], batches [B, H, W, 3]); the official code is
-NCHW and `official/magvit_keys.py` transposes at that boundary.
+NCHW and `tokenizer/codec.py` transposes at that boundary.
 
 Colour modes: everything goes through PIL's `convert("RGB")`, as the official code does: grayscale (L, 1, I,
 I;16, F) is replicated to three channels (high-bit-depth values are clipped to 8 bits by PIL), palette (P)

@@ -90,7 +90,7 @@ class _T2IBatch:
     masked, labels = zip(*[prompting.mask_image_tokens(img[None], rng, self.layout, cfg.mask_schedule,
                                                        cfg.min_masking_rate)[:2] for img, rng in zip(images, rngs)])
     masked, labels = np.concatenate(masked), np.concatenate(labels)
-    drop = np.array([rng.random() < cfg.cond_dropout_prob for rng in rngs])
+    drop = prompting.cond_dropout(rngs, cfg.cond_dropout_prob)
     text = self.tokenizer.encode([str(r["caption"]) for r in records])
     ids, lab = prompting.t2i_prompt(text, masked, labels, self.layout, self.data_cfg.max_text_len, cond_drop=drop)
     return {"input_ids": ids, "labels": lab}

@@ -201,9 +201,9 @@ def mask_image_tokens(image_ids, rng: np.random.Generator, layout: Layout, sched
   return mask_image_tokens_at(image_ids, timesteps, rand, layout, schedule, min_masking_rate)
 
 
-def cond_dropout(rng: np.random.Generator, batch_size: int, prob: float) -> np.ndarray:
-  """bool [B]: which t2i samples get the null prompt (official: `rand < prob`)."""
-  return rng.random(batch_size) < prob
+def cond_dropout(rngs: Sequence[np.random.Generator], prob: float) -> np.ndarray:
+  """bool [B]: which t2i samples get the null prompt (official: `rand < prob`), one draw from each row's stream."""
+  return np.array([rng.random() < prob for rng in rngs], bool)
 
 
 # ---------------------------------------------------------------------------------------------- mmu

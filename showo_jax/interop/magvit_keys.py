@@ -1,6 +1,6 @@
 """Official MAGVITv2 state dicts ↔ showo_jax tokenizer params.
 
-Official keys (SPEC §9.2) map to the Flax tree of `models/magvit.py` one to one: `encoder.down.{l}.block.{b}.
+Official keys (SPEC §9.2) map to the Flax tree of `tokenizer/magvit.py` one to one: `encoder.down.{l}.block.{b}.
 conv1.weight` ↔ `encoder/down_{l}_block_{b}/conv1/kernel`. PyTorch conv weights [out, in, kh, kw] become
 Flax HWIO kernels [kh, kw, in, out]; GroupNorm `weight` becomes `scale`. The architecture (channels, levels,
 blocks per level, attention levels, bits) is read off the key names and shapes, so the same code loads the

@@ -79,13 +79,6 @@ def _matmul_bwd(n_in, dtype, res, dy):
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def plain_matmul(x, kernel, n_in: int, dtype):
-  """The same product left to autodiff (the reference for `matmul`)."""
-  contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-  return jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())),
-                             preferred_element_type=jnp.float32)
-
-
 class Dense(nn.Module):
   """y = x · W + b, contracting the last `num_in_axes` axes of x with the leading axes of W."""
   features: Sequence[int]
@@ -96,7 +89,6 @@ class Dense(nn.Module):
   dtype: jnp.dtype = jnp.float32  # of both product operands
   param_dtype: jnp.dtype = jnp.float32
   out_dtype: Optional[jnp.dtype] = None  # of y; None: `dtype`
-  custom_backward: bool = True  # False: plain autodiff of the product (same numbers, slower backward on CPU)
 
   @nn.compact
   def __call__(self, x):
@@ -105,8 +97,7 @@ class Dense(nn.Module):
     in_shape = x.shape[-n_in:]
     kernel = self.param("kernel", layers.normal_init(self.init_std, self.kernel_axes), in_shape + features,
                         self.param_dtype)
-    product = matmul if self.custom_backward else plain_matmul
-    y = product(x, kernel, n_in, jnp.dtype(self.dtype))
+    y = matmul(x, kernel, n_in, jnp.dtype(self.dtype))
     if self.use_bias:
       bias = self.param("bias", layers.zeros_init(self.kernel_axes[n_in:]), features, self.param_dtype)
       y = y + bias.astype(jnp.float32)

@@ -10,7 +10,6 @@ import numpy as np
 from showo_jax.common import axes
 
 # Finite fill for blocked attention scores: -inf would give NaNs in a fully blocked row.
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 Dtype = jnp.dtype
 
@@ -95,29 +94,3 @@ def apply_rotary(x, cos, sin):
   xg = x.reshape(x.shape[:-1] + (groups, 2, half)).astype(jnp.float32)  # [B, L, H, groups, 2, half]
   out = xg * cos_t + jnp.flip(xg, axis=-2) * sin_t
   return out.reshape(x.shape).astype(x.dtype)
-
-
-def dot_product_attention(q, k, v, allowed, dtype):
-  """Softmax attention with a boolean mask and grouped-query heads, differentiated by autodiff.
-
-  The plain reference for `attention.attention` (what the model uses), which has the same numbers and a
-  hand-written backward pass.
-
-  Args:
-    q: [B, Lq, H, D] queries.
-    k: [B, Lk, Hkv, D] keys, Hkv dividing H (each kv head serves H // Hkv query heads).
-    v: [B, Lk, Hkv, D] values.
-    allowed: bool [B, Lq, Lk], True = may attend.
-    dtype: output dtype.
-  Returns:
-    [B, Lq, H, D]. Scores and softmax are computed in float32.
-  """
-  b, lq, h, d = q.shape
-  hkv = k.shape[2]
-  q = q.reshape(b, lq, hkv, h // hkv, d)
-  scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
-  scores = scores / np.sqrt(d).astype(np.float32)
-  scores = jnp.where(allowed[:, None, None, :, :], scores, _MASK_VALUE)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v, preferred_element_type=jnp.float32)
-  return out.reshape(b, lq, h, d).astype(dtype)

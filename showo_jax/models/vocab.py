@@ -92,7 +92,7 @@ class VocabLayout:
 
 def codebook_bit_rows(rng, layout: VocabLayout, features: int, std: float):
   """float32 [codebook_size, features] rows for the image codes, linear in each code's LFQ bits: row(c) =
-  Σ_k s_k(c)·r_k with s(c) ∈ {−1, +1}^K (bit 0 = MSB, as in models/lfq.py) and r_k ~ N(0, std²/K), so
+  Σ_k s_k(c)·r_k with s(c) ∈ {−1, +1}^K (bit 0 = MSB, as in tokenizer/lfq.py) and r_k ~ N(0, std²/K), so
   every row still has std `std`. Codes one bit apart start close, which a new codebook's N(0, std) rows
   know nothing of (config.model.image_embedding_init = "codebook_bits")."""
   import jax  # pylint: disable=g-import-not-at-top

@@ -4,7 +4,7 @@
 `magvit_config("tiny")` is the parity model A (`/work/shared/parity/parity_A.json["tiny_magvit"]`).
 Field names follow the official constructor arguments where one exists (`ch`, `ch_mult`, `num_res_blocks`,
 `attn_resolutions`, `resolution`); `codebook_bits` is the official `z_channels` = `codebook_dim`.
-Training blocks (`data`, `train`, `optimizer`, `loss`, `disc`, `mesh`; training/tokenizer_trainer.py) hold the
+Training blocks (`data`, `train`, `optimizer`, `loss`, `disc`, `mesh`; tokenizer/trainer.py) hold the
 embedded-MNIST CPU setup for every preset; `training_config("official")` scales them to the released model.
 `validate_training` checks them on top of `validate_magvit`.
 """
@@ -63,7 +63,7 @@ def magvit_config(size: str = "tiny") -> ConfigDict:
       commit_loss_multiplier=0.1,
       entropy_multiplier=0.1,
       # "factorized": official per-bit binary entropies; "exact": entropies over all 2**bits codes
-      # (divided by bits, so both are in nats per bit; see models/lfq.py).
+      # (divided by bits, so both are in nats per bit; see tokenizer/lfq.py).
       entropy_form="factorized",
       entropy_temperature=1.0,  # logits are -distance**2 / temperature; the official code uses 1
   ))
@@ -77,9 +77,9 @@ def magvit_config(size: str = "tiny") -> ConfigDict:
 
 
 def add_training_fields(c: ConfigDict) -> ConfigDict:
-  """The training blocks (training/tokenizer_trainer.py): the embedded-MNIST CPU setup, for every size.
+  """The training blocks (tokenizer/trainer.py): the embedded-MNIST CPU setup, for every size.
 
-  They are the same for every preset so that a config inferred from weights (official/magvit_keys.py) equals
+  They are the same for every preset so that a config inferred from weights (interop/magvit_keys.py) equals
   its preset; `configs/magvit2.py:size=official` then scales them up (`OFFICIAL_TRAINING`).
   """
   c.data = ConfigDict(dict(
@@ -109,11 +109,11 @@ def add_training_fields(c: ConfigDict) -> ConfigDict:
   ))
   c.loss = ConfigDict(dict(
       l1_weight=1.0, l2_weight=1.0,  # reconstruction: l1·|x − x̂| + l2·(x − x̂)², means over pixels
-      perceptual_weight=0.0,  # > 0 needs perceptual_weights (none ship; see training/tokenizer_losses.py)
+      perceptual_weight=0.0,  # > 0 needs perceptual_weights (none ship; see tokenizer/losses.py)
       perceptual_weights="",  # .npz of a VGG-style feature network
   ))
   c.disc = ConfigDict(dict(
-      enabled=False,  # PatchGAN (models/discriminator.py); off by default: ~6× the tiny CPU step time
+      enabled=False,  # PatchGAN (tokenizer/discriminator.py); off by default: ~6× the tiny CPU step time
       start_step=0,  # the adversarial terms (and discriminator updates) start at this step
       ch=64, num_layers=3, norm="group",
       loss="hinge",  # "hinge" | "non_saturating"

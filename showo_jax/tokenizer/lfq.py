@@ -44,7 +44,7 @@ def quantize(z: jax.Array) -> tuple[jax.Array, jax.Array]:
   positive = z > 0  # bool [..., K]; exact 0 → bit 0 (code −1) as in the official code
   hard = jnp.where(positive, 1.0, -1.0).astype(z.dtype)  # [..., K]
   codes = z + jax.lax.stop_gradient(hard - z)  # official straight-through: z + (b - z).detach()
-  return codes, bits_to_indices(positive)
+  return codes, codes_to_indices(hard)
 
 
 def bits_to_indices(bits: jax.Array) -> jax.Array:
@@ -127,7 +127,7 @@ def entropy_loss(z: jax.Array, *, multiplier: float = 0.1, form: str = "factoriz
 
 
 def lfq_losses(z: jax.Array, codes: jax.Array, lfq_config) -> dict[str, jax.Array]:
-  """Both official loss terms with weights from a config's `lfq` block (config_magvit.magvit_config)."""
+  """Both official loss terms with weights from a config's `lfq` block (tokenizer/config.py magvit_config)."""
   return {
       "quantizer_loss": commitment_loss(z, codes, beta=lfq_config.beta,
                                         multiplier=lfq_config.commit_loss_multiplier),

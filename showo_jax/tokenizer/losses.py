@@ -93,7 +93,7 @@ def load_feature_net(path: str) -> dict:
     num += 1
   if num == 0 or "feature_layers" not in raw:
     raise ValueError(f"{path}: expected conv0_kernel, conv0_bias, … and feature_layers "
-                     "(see tokenizer_losses.load_feature_net)")
+                     "(see tokenizer/losses.py load_feature_net)")
   net = {"convs": [(jnp.asarray(raw[f"conv{i}_kernel"], jnp.float32), jnp.asarray(raw[f"conv{i}_bias"], jnp.float32))
                    for i in range(num)],
          "pool_after": tuple(int(i) for i in raw.get("pool_after", [])),

@@ -1,7 +1,7 @@
 """MAGVIT-v2 image tokenizer (the official `MAGVITv2`: taming-style VQGAN encoder/decoder + LFQ), Flax Linen.
 
 Layout: NHWC everywhere inside (images [B, H, W, 3], latents [B, h, w, K]); the official code is NCHW, and
-the facade in `official/magvit_keys.py` transposes at the boundary. Numerics follow SPEC §8: GroupNorm(32,
+`tokenizer/codec.py` transposes at the boundary. Numerics follow SPEC §8: GroupNorm(32,
 eps 1e-6) + swish residual blocks with a 1×1 `nin_shortcut` when channels change, single-head attention over
 all h·w positions in the mid block (and at levels whose resolution is in `attn_resolutions`, never for the
 released model), downsample = zero-pad right/bottom by 1 then 3×3 stride-2 VALID conv, upsample = nearest ×2
@@ -10,7 +10,7 @@ then 3×3 conv, 1×1 `quant_conv` / `post_quant_conv`, no output tanh.
 Parameter names mirror the official state-dict keys with `.` between module indices replaced by `_`
 (`encoder.down.1.block.0.conv1` → `encoder/down_1_block_0/conv1`, `…downsample.conv` → `down_1_downsample`,
 `decoder.up.2.upsample.conv` → `up_2_upsample`), GroupNorm gains are `scale`, conv weights `kernel` (HWIO).
-`official/magvit_keys.py` maps them; `encoder_levels`/`decoder_levels` are the structure both sides share.
+`interop/magvit_keys.py` maps them; `encoder_levels`/`decoder_levels` are the structure both sides share.
 """
 
 import dataclasses

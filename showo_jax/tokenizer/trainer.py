@@ -2,7 +2,7 @@
 
 The official project released tokenizer weights but not its training code; this follows the recipe of its
 lineage (taming-transformers VQGAN → MAGVIT-v2): reconstruction L1 + L2 (+ an optional perceptual term),
-the LFQ commitment and entropy losses (models/lfq.py), and optionally a PatchGAN discriminator with hinge or
+the LFQ commitment and entropy losses (tokenizer/lfq.py), and optionally a PatchGAN discriminator with hinge or
 non-saturating loss, LeCAM regularisation and the adaptive generator weight, switched on at
 `config.disc.start_step`. AdamW with warmup + cosine decay (optimizer.py), an EMA of the weights (what
 `load_tokenizer` returns), Orbax checkpoints with automatic resume, TensorBoard + metrics.jsonl, PNG grids.

@@ -17,7 +17,7 @@ from showo_jax.tokenizer import magvit
 from showo_jax.interop import magvit_keys
 
 TOL = 1e-4  # max |ours − official| / max |official|
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHAPES_FILE = ROOT.parent / "shared" / "parity" / "param_shapes_full.json"
 
 

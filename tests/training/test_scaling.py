@@ -10,7 +10,7 @@ from showo_jax.common import sharding
 from showo_jax.data import pipeline
 from showo_jax.training import prepare
 from showo_jax.training import trainer
-import train_fixtures
+from tests import train_fixtures
 
 
 def test_fsdp8_matches_one_device_for_3_steps(tmp_path):

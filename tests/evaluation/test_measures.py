@@ -8,7 +8,7 @@ from showo_jax.evaluation import measures
 from showo_jax.data import embedded
 from showo_jax.data import prompting
 
-import train_fixtures
+from tests import train_fixtures
 
 
 def test_psnr_literal():

@@ -12,10 +12,10 @@ import numpy as np
 
 from showo_jax.interop import checkpoints
 from showo_jax.training import trainer
-import train_fixtures
+from tests import train_fixtures
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-TESTS = pathlib.Path(__file__).resolve().parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TESTS = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config_file(tmp_path, data):

@@ -97,18 +97,6 @@ def test_load_tokenizer_prefers_ema(trained):
     tt.load_tokenizer(os.path.join(workdir, "nowhere"))
 
 
-def test_load_tokenizer_official_file():
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "parity", "parity_magvit_tiny_A.npz")
-  if not os.path.exists(path):
-    pytest.skip(f"{path} is absent")
-  from showo_jax.interop import checkpoints  # pylint: disable=g-import-not-at-top
-  from showo_jax.interop import magvit_keys  # pylint: disable=g-import-not-at-top
-  params, config = checkpoints.load_tokenizer(path)
-  want, _ = magvit_keys.load_official_magvit(path)
-  _assert_trees_equal(params, want)
-  assert config.codebook_bits == 6 and config.data.resolution == config.resolution == 32
-
-
 def test_incompatible_resume_names_the_field(trained):
   workdir, _, _ = trained
   config = _micro()

@@ -17,7 +17,7 @@ from showo_jax import sample
 from showo_jax.interop import magvit_keys
 from showo_jax.training import trainer
 
-import train_fixtures
+from tests import train_fixtures
 
 RES = 32  # showo_config("tiny") resolution; the tokenizer below downsamples by 8 → a 4×4 grid = 16 tokens
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from showo_jax.config import showo as showo_config
+from tests import jax_reference
 from showo_jax.models import attention
 from showo_jax.models import dense
 from showo_jax.models import layers
@@ -57,10 +58,10 @@ def test_attention_matches_plain_and_oracle_float32(heads, kv_heads, lq, lk):
   out = attention.attention(q, k, v, allowed, jnp.float32)
   assert out.dtype == jnp.float32 and out.shape == (b, lq, heads, d)
   assert rel_err(out, _attention_oracle(q, k, v, np.asarray(allowed))) <= 1e-5
-  assert rel_err(out, layers.dot_product_attention(q, k, v, allowed, jnp.float32)) <= 1e-5
+  assert rel_err(out, jax_reference.dot_product_attention(q, k, v, allowed, jnp.float32)) <= 1e-5
   cot = jnp.asarray(rng.standard_normal(out.shape), jnp.float32)
   fast = _attention_grads(attention.attention, q, k, v, allowed, jnp.float32, cot)
-  plain = _attention_grads(layers.dot_product_attention, q, k, v, allowed, jnp.float32, cot)
+  plain = _attention_grads(jax_reference.dot_product_attention, q, k, v, allowed, jnp.float32, cot)
   for got, want in zip(fast, plain):
     assert got.dtype == jnp.float32 and rel_err(got, want) <= 1e-5
 
@@ -77,7 +78,7 @@ def test_attention_bfloat16_products():
   assert rel_err(out, oracle) <= 1e-2  # probabilities rounded to bf16 for the p·v product
   cot = jnp.asarray(rng.standard_normal(out.shape), jnp.float32)
   fast = _attention_grads(attention.attention, q, k, v, allowed, jnp.float32, cot)
-  ref = _attention_grads(layers.dot_product_attention, *(t.astype(jnp.float32) for t in (q, k, v)), allowed,
+  ref = _attention_grads(jax_reference.dot_product_attention, *(t.astype(jnp.float32) for t in (q, k, v)), allowed,
                          jnp.float32, cot)
   for got, want in zip(fast, ref):
     assert got.dtype == jnp.bfloat16 and rel_err(got, want) <= 3e-2
@@ -91,7 +92,7 @@ def test_attention_fully_blocked_row_matches_plain():
   allowed[0, 2] = False
   got = attention.attention(q, k, v, jnp.asarray(allowed), jnp.float32)
   assert np.isfinite(np.asarray(got)).all()
-  assert rel_err(got, layers.dot_product_attention(q, k, v, jnp.asarray(allowed), jnp.float32)) <= 1e-5
+  assert rel_err(got, jax_reference.dot_product_attention(q, k, v, jnp.asarray(allowed), jnp.float32)) <= 1e-5
 
 
 def _dense_grads(fn, x, kernel, n_in, dtype, cot):
@@ -116,7 +117,7 @@ def test_dense_matmul_matches_plain_float32(x_shape, k_shape, n_in):
   assert y.shape == want.shape and rel_err(y, want) <= 1e-6
   cot = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
   fast = _dense_grads(dense.matmul, x, kernel, n_in, jnp.float32, cot)
-  plain = _dense_grads(dense.plain_matmul, x, kernel, n_in, jnp.float32, cot)
+  plain = _dense_grads(jax_reference.plain_matmul, x, kernel, n_in, jnp.float32, cot)
   for got, ref in zip(fast, plain):
     assert got.dtype == jnp.float32 and rel_err(got, ref) <= 1e-6
 
@@ -139,7 +140,7 @@ def test_dense_matmul_bfloat16_products(x_shape, k_shape, n_in):
   assert dx.dtype == jnp.float32 and dk.dtype == jnp.float32
   assert rel_err(dx, want_dx) <= 1e-5 and rel_err(dk, want_dk) <= 1e-5  # f32 sums of exact bf16 products
   # The plain path agrees to bf16 accuracy (it rounds the weight gradient to bf16).
-  plain = _dense_grads(dense.plain_matmul, x, kernel, n_in, jnp.bfloat16, cot)
+  plain = _dense_grads(jax_reference.plain_matmul, x, kernel, n_in, jnp.bfloat16, cot)
   assert rel_err(dk, plain[1]) <= 1e-2 and rel_err(dx, plain[0]) <= 1e-2
 
 
@@ -185,8 +186,8 @@ def test_model_fast_paths_match_plain_paths(monkeypatch, dtype):
 
     fast = loss_and_grads()
     with monkeypatch.context() as m:
-      m.setattr(attention, "attention", layers.dot_product_attention)
-      m.setattr(dense, "matmul", dense.plain_matmul)
+      m.setattr(attention, "attention", jax_reference.dot_product_attention)
+      m.setattr(dense, "matmul", jax_reference.plain_matmul)
       plain = loss_and_grads()
     tol = 1e-5 if dtype == "float32" else 3e-2
     assert rel_err(fast[0], plain[0]) <= tol

@@ -20,7 +20,7 @@ from tests import numpy_reference
 _OFFICIAL_JSON = {"_class_name": "Showo", "codebook_size": 64, "llm_model_path": "tiny_phi_config_A",
                   "llm_vocab_size": 100, "load_from_showo": True, "mask_token_id": 174, "num_vq_tokens": 64,
                   "vocab_size": 175, "w_clip_vit": False}
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _state(parity):

@@ -12,7 +12,7 @@ from showo_jax import interop
 from showo_jax.models import vocab as vocab_lib
 from showo_jax.interop import showo_keys
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_official_phi_presets_match_spec():

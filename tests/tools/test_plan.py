@@ -16,7 +16,7 @@ from showo_jax.tools import planner
 from showo_jax.models import transformer
 from showo_jax.training import flops as flops_lib
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 FSDP = 8
 
 

@@ -13,7 +13,7 @@ from showo_jax.common import sharding
 from showo_jax.data import pipeline
 from showo_jax.training import prepare
 from showo_jax.training import trainer
-import train_fixtures
+from tests import train_fixtures
 
 
 def _final_params(workdir):

@@ -14,7 +14,7 @@ from showo_jax import interop
 from showo_jax.models import transformer
 from showo_jax.interop import showo_keys
 from showo_jax.models import losses
-import numpy_reference
+from tests import numpy_reference
 
 TASKS_A = np.array([0, 0, 0, 0, 1, 1, 2, 2], np.int32)  # parity batch: 4 t2i, 2 lm, 2 mmu
 

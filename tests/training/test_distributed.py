@@ -6,9 +6,9 @@ import pathlib
 import subprocess
 import sys
 
-import train_fixtures
+from tests import train_fixtures
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _run(cmd, env_extra, attempts=1):

@@ -1,0 +1,41 @@
+"""Plain-autodiff references for the model's hand-written VJPs (models/attention.py, models/dense.py): same
+numbers, derivatives left to JAX, so tests can compare values and gradients against them."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def plain_matmul(x, kernel, n_in: int, dtype):
+  """models/dense.py `matmul` left to autodiff: the reference for its hand-written backward pass."""
+  contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+  return jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
+def dot_product_attention(q, k, v, allowed, dtype):
+  """Softmax attention with a boolean mask and grouped-query heads, differentiated by autodiff.
+
+  The plain reference for models/attention.py `attention` (what the model uses), which has the same numbers and
+  a hand-written backward pass.
+
+  Args:
+    q: [B, Lq, H, D] queries.
+    k: [B, Lk, Hkv, D] keys, Hkv dividing H (each kv head serves H // Hkv query heads).
+    v: [B, Lk, Hkv, D] values.
+    allowed: bool [B, Lq, Lk], True = may attend.
+    dtype: output dtype.
+  Returns:
+    [B, Lq, H, D]. Scores and softmax are computed in float32.
+  """
+  b, lq, h, d = q.shape
+  hkv = k.shape[2]
+  q = q.reshape(b, lq, hkv, h // hkv, d)
+  scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
+  scores = scores / np.sqrt(d).astype(np.float32)
+  scores = jnp.where(allowed[:, None, None, :, :], scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v, preferred_element_type=jnp.float32)
+  return out.reshape(b, lq, h, d).astype(dtype)
