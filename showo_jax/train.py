@@ -10,9 +10,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from showo_jax.common import sharding
 from showo_jax.config import base as config_base
 from showo_jax.config import showo as showo_config
-from showo_jax.common import sharding
 
 _CONFIG = config_base.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.", required=True)

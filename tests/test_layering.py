@@ -5,8 +5,11 @@ any layer before it). Lazy imports inside functions count too: they are read fro
 """
 
 import ast
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -135,3 +138,21 @@ def test_the_readme_map_matches_the_tree():
   assert sorted(folders) == sorted(l for l in LAYERS if l), "every folder has a layer, every layer a folder"
   rows = [m for m in re.findall(r"^\| `showo_jax/(\w+)/` \|", section, flags=re.M)]
   assert rows == [l for l in LAYERS if l], f"README lists the folders in the order {rows}, the layers are {LAYERS}"
+
+
+ENTRY_POINTS = ("train", "train_tokenizer", "tokenize_images", "build_dataset", "sample", "evaluate", "convert",
+                "plan", "bench")
+
+
+def test_the_root_holds_only_the_entry_points():
+  assert sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__") == sorted(ENTRY_POINTS)
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_every_entry_point_answers_help(name):
+  done = subprocess.run([sys.executable, "-m", f"showo_jax.{name}", "--help"], capture_output=True, text=True,
+                        timeout=300, cwd=PACKAGE.parent, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  first_line = ast.get_docstring(ast.parse((PACKAGE / f"{name}.py").read_text())).split("\n")[0]
+  # absl exits 1 after printing --help, argparse 0; neither may fail with a traceback.
+  assert done.returncode in (0, 1) and "Traceback" not in done.stderr, done.stderr[-2000:]
+  assert " ".join(first_line.split()[:4]) in " ".join((done.stdout + done.stderr).split()), done.stdout[:2000]

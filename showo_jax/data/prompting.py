@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from showo_jax.models import vocab as vocab_lib
 from showo_jax.models import mask_schedule
+from showo_jax.models import vocab as vocab_lib
 
 IGNORE_ID = -100
 

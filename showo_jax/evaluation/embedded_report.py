@@ -13,8 +13,8 @@ from showo_jax.config import showo as showo_config
 from showo_jax.data import embedded
 from showo_jax.data import images as images_lib
 from showo_jax.evaluation import measures
-from showo_jax.inference.pipeline import Pipeline
 from showo_jax.inference.pipeline import apply_fn
+from showo_jax.inference.pipeline import Pipeline
 
 
 def evaluate(workdir: str, checkpoint: str = "", *, steps: int = 12, guidance: float = -1.0, per_class: int = 20,

@@ -9,8 +9,8 @@ import numpy as np
 import optax
 
 from showo_jax.data import prompting
-from showo_jax.models import omni_mask
 from showo_jax.models import losses
+from showo_jax.models import omni_mask
 
 
 def _features(images_u8) -> jnp.ndarray:

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from showo_jax.config import showo as showo_config
-from showo_jax.interop import checkpoints
 from showo_jax.data import images as images_lib
 from showo_jax.data import prompting
 from showo_jax.data import text_tokenizer as text_tokenizer_lib
+from showo_jax.interop import checkpoints
 from showo_jax.models import transformer
 from showo_jax.sampling import autoregressive
 from showo_jax.sampling import editing

@@ -4,8 +4,8 @@ The names below are a stable public API (other work and outside checks import th
 they are defined in interop/api.py and tokenizer/codec.py.
 """
 
-from showo_jax.interop.api import CheckpointError
 from showo_jax.interop.api import attention_mask
+from showo_jax.interop.api import CheckpointError
 from showo_jax.interop.api import load_official_magvit
 from showo_jax.interop.api import load_official_showo
 from showo_jax.interop.api import magvit_decode

@@ -17,13 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from showo_jax.config import showo as showo_config
-from showo_jax.models import omni_mask
-from showo_jax.models import transformer
 from showo_jax.interop import magvit_keys
 from showo_jax.interop import reader
 from showo_jax.interop import showo_keys
-from showo_jax.tokenizer import codec
 from showo_jax.models import losses
+from showo_jax.models import omni_mask
+from showo_jax.models import transformer
+from showo_jax.tokenizer import codec
 
 CheckpointError = reader.CheckpointError
 load_official_magvit = magvit_keys.load_official_magvit

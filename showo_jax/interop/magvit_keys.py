@@ -19,10 +19,10 @@ import ml_collections
 import numpy as np
 
 from showo_jax.config import base as config_base
+from showo_jax.interop import reader
 from showo_jax.tokenizer import config as tokenizer_config
 from showo_jax.tokenizer import lfq
 from showo_jax.tokenizer import magvit
-from showo_jax.interop import reader
 
 CheckpointError = reader.CheckpointError
 BUFFER_KEYS = ("quantize.embedding", "quantize.power_vals")

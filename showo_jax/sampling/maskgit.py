@@ -36,10 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from showo_jax.models import mask_schedule
 from showo_jax.models import omni_mask
 from showo_jax.models import transformer
 from showo_jax.models import vocab as vocab_lib
-from showo_jax.models import mask_schedule
 
 TokensToLogits = Callable[[jax.Array], jax.Array]  # image tokens int [B, N] -> logits [B, N, V]
 

@@ -25,11 +25,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from showo_jax.tokenizer import config as tokenizer_config
 from showo_jax.common import sharding
 from showo_jax.common import xla_options
 from showo_jax.data import images as images_lib
 from showo_jax.data import sharded_writer
+from showo_jax.tokenizer import config as tokenizer_config
 from showo_jax.tokenizer import magvit
 from showo_jax.tokenizer import trainer as tokenizer_trainer
 

@@ -25,16 +25,16 @@ import ml_collections
 import numpy as np
 import optax
 
-from showo_jax.tokenizer import config as tokenizer_config
-from showo_jax.common import sharding
-from showo_jax.common import xla_options
-from showo_jax.data import images as images_lib
-from showo_jax.tokenizer import lfq
-from showo_jax.tokenizer import magvit
 from showo_jax.common import checkpointing
 from showo_jax.common import metrics as metrics_lib
 from showo_jax.common import optimizer as optimizer_lib
+from showo_jax.common import sharding
+from showo_jax.common import xla_options
+from showo_jax.data import images as images_lib
+from showo_jax.tokenizer import config as tokenizer_config
+from showo_jax.tokenizer import lfq
 from showo_jax.tokenizer import losses as tl
+from showo_jax.tokenizer import magvit
 
 CHECKPOINTS = "checkpoints"
 EVAL_FILE = "eval.json"

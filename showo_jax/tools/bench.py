@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from showo_jax.config import showo as showo_config
 from showo_jax.common import sharding
 from showo_jax.common import xla_options
+from showo_jax.config import showo as showo_config
 from showo_jax.training import flops as flops_lib
 
 _PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout

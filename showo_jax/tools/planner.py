@@ -10,8 +10,8 @@ import math
 import os
 import time
 
-from showo_jax.config import showo as showo_config
 from showo_jax.common import sharding
+from showo_jax.config import showo as showo_config
 
 GIB = 2**30
 FAKE_DEVICES_ENV = "SHOWO_PLAN_FAKE_DEVICES"  # set in the re-executed CLI process that runs on fake CPU devices

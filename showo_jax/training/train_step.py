@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from showo_jax.common import optimizer as optimizer_lib
 from showo_jax.config import showo as showo_config
+from showo_jax.models import losses
 from showo_jax.models import omni_mask
 from showo_jax.models import transformer
 from showo_jax.models import vocab as vocab_lib
-from showo_jax.models import losses
-from showo_jax.common import optimizer as optimizer_lib
 
 _LOSS_KEYS = ("loss", "loss_t2i", "loss_lm", "loss_mmu")
 

@@ -13,15 +13,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from showo_jax.config import showo as showo_config
-from showo_jax.common import sharding
-from showo_jax.data import pipeline
-from showo_jax.training import prepare
-from showo_jax.models import transformer
 from showo_jax.common import checkpointing
-from showo_jax.training import flops as flops_lib
 from showo_jax.common import metrics as metrics_lib
 from showo_jax.common import optimizer as optimizer_lib
+from showo_jax.common import sharding
+from showo_jax.config import showo as showo_config
+from showo_jax.data import pipeline
+from showo_jax.models import transformer
+from showo_jax.training import flops as flops_lib
+from showo_jax.training import prepare
 from showo_jax.training import train_step as step_lib
 
 # Fields that must agree between a checkpoint and the run resuming it.

@@ -6,11 +6,11 @@ from absl import flags
 import numpy as np
 import pytest
 
+from showo_jax import interop
 from showo_jax.config import base as config_base
 from showo_jax.config import showo as showo_config
-from showo_jax import interop
-from showo_jax.models import vocab as vocab_lib
 from showo_jax.interop import showo_keys
+from showo_jax.models import vocab as vocab_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

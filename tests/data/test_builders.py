@@ -15,8 +15,6 @@ from PIL import Image
 
 from showo_jax import build_dataset
 from showo_jax.config import showo as showo_config
-from showo_jax.tokenizer import config as tokenizer_config
-from showo_jax.tokenizer import pretokenize
 from showo_jax.data import builders
 from showo_jax.data import embedded
 from showo_jax.data import images
@@ -25,7 +23,9 @@ from showo_jax.data import prompting
 from showo_jax.data import records
 from showo_jax.data import text_tokenizer
 from showo_jax.data.builders import common
+from showo_jax.tokenizer import config as tokenizer_config
 from showo_jax.tokenizer import magvit
+from showo_jax.tokenizer import pretokenize
 
 RES = 16  # images are encoded at 16 px by a 2-level tokenizer: 8 x 8 = 64 tokens of a 16-code book
 

@@ -5,8 +5,8 @@ import os
 import numpy as np
 
 from showo_jax.data import pipeline
-from showo_jax.training import prepare
 from showo_jax.data import records
+from showo_jax.training import prepare
 from tests import train_fixtures
 
 SIZES = {"t2i": 4, "lm": 2, "mmu": 2}

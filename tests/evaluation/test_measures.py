@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from showo_jax.config import showo as showo_config
-from showo_jax.evaluation import measures
 from showo_jax.data import embedded
 from showo_jax.data import prompting
+from showo_jax.evaluation import measures
 
 from tests import train_fixtures
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from showo_jax.tokenizer import config as tokenizer_config
 from showo_jax import sample
 from showo_jax.interop import magvit_keys
+from showo_jax.tokenizer import config as tokenizer_config
 from showo_jax.training import trainer
 
 from tests import train_fixtures

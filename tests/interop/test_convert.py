@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from safetensors import numpy as st_numpy
 
-from showo_jax.interop import checkpoints
-from showo_jax.config import showo as showo_config
 from showo_jax import convert
-from showo_jax.interop import conversion
 from showo_jax import interop
+from showo_jax.config import showo as showo_config
+from showo_jax.interop import checkpoints
+from showo_jax.interop import conversion
 from showo_jax.interop import streaming
 from tests import numpy_reference
 

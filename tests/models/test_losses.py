@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from showo_jax import interop
-from showo_jax.models import mask_schedule
 from showo_jax.models import losses
+from showo_jax.models import mask_schedule
 
 
 def _state(parity):

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from showo_jax.config import showo as showo_config
-from tests import jax_reference
 from showo_jax.models import attention
 from showo_jax.models import dense
 from showo_jax.models import layers
 from showo_jax.models import transformer
+from tests import jax_reference
 
 
 def rel_err(got, want):

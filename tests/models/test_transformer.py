@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from showo_jax.config import showo as showo_config
 from showo_jax import interop
-from showo_jax.models import transformer
+from showo_jax.config import showo as showo_config
 from showo_jax.interop import showo_keys
 from showo_jax.models import losses
+from showo_jax.models import transformer
 from tests import numpy_reference
 
 TASKS_A = np.array([0, 0, 0, 0, 1, 1, 2, 2], np.int32)  # parity batch: 4 t2i, 2 lm, 2 mmu

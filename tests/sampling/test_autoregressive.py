@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from showo_jax.config import showo as showo_config
 from showo_jax import interop
+from showo_jax.config import showo as showo_config
 from showo_jax.data import prompting
 from showo_jax.models import omni_mask
 from showo_jax.models import transformer

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from showo_jax.config import base as config_base
+from showo_jax.interop import magvit_keys
 from showo_jax.tokenizer import codec
 from showo_jax.tokenizer import config as tokenizer_config
 from showo_jax.tokenizer import magvit
-from showo_jax.interop import magvit_keys
 
 TOL = 1e-4  # max |ours − official| / max |official|
 ROOT = pathlib.Path(__file__).resolve().parents[2]

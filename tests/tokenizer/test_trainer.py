@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from showo_jax.config import base as config_base
-from showo_jax.tokenizer import config as tokenizer_config
-from showo_jax.tokenizer import pretokenize
+from showo_jax.common import checkpointing
 from showo_jax.common import xla_options
+from showo_jax.config import base as config_base
 from showo_jax.data import images
 from showo_jax.data import records
-from showo_jax.tokenizer import magvit
-from showo_jax.common import checkpointing
+from showo_jax.tokenizer import config as tokenizer_config
 from showo_jax.tokenizer import losses as tl
+from showo_jax.tokenizer import magvit
+from showo_jax.tokenizer import pretokenize
 from showo_jax.tokenizer import trainer as tt
 
 

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import pytest
 
 from showo_jax.config import showo as showo_config
-from showo_jax.tools import planner
 from showo_jax.models import transformer
+from showo_jax.tools import planner
 from showo_jax.training import flops as flops_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

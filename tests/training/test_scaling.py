@@ -5,9 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-from showo_jax.tools import planner
 from showo_jax.common import sharding
 from showo_jax.data import pipeline
+from showo_jax.tools import planner
 from showo_jax.training import prepare
 from showo_jax.training import trainer
 from tests import train_fixtures

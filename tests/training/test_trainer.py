@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from showo_jax.config import showo as showo_config
-from showo_jax.interop import checkpoints
 from showo_jax.common import sharding
+from showo_jax.config import showo as showo_config
 from showo_jax.data import pipeline
+from showo_jax.interop import checkpoints
 from showo_jax.training import prepare
 from showo_jax.training import trainer
 from tests import train_fixtures
