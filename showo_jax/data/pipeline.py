@@ -13,6 +13,7 @@ import json
 import grain
 import numpy as np
 
+from showo_jax.config import showo as showo_config
 from showo_jax.data import prompting
 from showo_jax.models import omni_mask
 
@@ -144,7 +145,6 @@ class _LMBatch:
 def task_datasets(sources: dict, batch_sizes: dict, tokenizer, layout, config, *, seed: int,
                   process_index: int = 0, process_count: int = 1) -> dict:
   """{task: grain IterDataset of per-process batches} for the tasks with a non-zero batch size."""
-  from showo_jax.config import showo as showo_config  # pylint: disable=g-import-not-at-top
   builders = {
       "t2i": _T2IBatch(tokenizer, layout, config.data, config.loss),
       "mmu": _MMUBatch(tokenizer, layout, config.data),

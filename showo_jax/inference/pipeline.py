@@ -23,6 +23,7 @@ from showo_jax.models import transformer
 from showo_jax.sampling import autoregressive
 from showo_jax.sampling import editing
 from showo_jax.sampling import maskgit
+from showo_jax.sampling import mixed as mixed_lib
 from showo_jax.tokenizer import codec
 
 
@@ -171,7 +172,6 @@ class Pipeline:
             text_temperature: float = 0.0, seed: int = 0, max_images: int = 1) -> list:
     """Text → image → text from one prompt; returns [("text", str) | ("image", uint8 [H, W, 3]), …].
     `temperature`: MaskGIT confidence temperature (as in t2i); `text_temperature`: text sampling (0 = greedy)."""
-    from showo_jax.sampling import mixed as mixed_lib  # pylint: disable=g-import-not-at-top
     ids = [self.layout.bos_id] + self.text_tokenizer.encode([prompt])[0]
     cfg = mixed_lib.MixedConfig(
         text=autoregressive.SamplingConfig(max_new_tokens=max_text_tokens, eos_ids=(self.layout.eos_id,),

@@ -10,6 +10,7 @@ import tempfile
 
 import numpy as np
 
+from showo_jax.common import checkpointing
 from showo_jax.interop import reader
 
 CheckpointError = reader.CheckpointError
@@ -80,7 +81,6 @@ def write_checkpoint(folder: str, params, config, extras=None):
   The numpy leaves are written where they lie (the Checkpointer's converter mode), 1 GB at a time: the save
   adds no second copy of the model.
   """
-  from showo_jax.common import checkpointing  # pylint: disable=g-import-not-at-top
   state = {"step": np.zeros((), np.int32), "params": params}
   if extras:
     state["extras"] = _nest(extras)

@@ -7,14 +7,18 @@ the returned params (per-layer or scanned) follows the requested config.
 
 import os
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from showo_jax.common import checkpointing
 from showo_jax.config import showo as showo_config
 from showo_jax.interop import magvit_keys
 from showo_jax.interop import reader
 from showo_jax.interop import showo_keys
+from showo_jax.models import transformer
 from showo_jax.tokenizer import trainer as tokenizer_trainer
 
 
@@ -35,7 +39,6 @@ def _checkpoint_dir(path: str):
 def load_checkpoint(path: str, step=None):
   """(params as numpy, config) from one of our training checkpoints; the latest step unless given. A run that
   kept an EMA (config.train.ema_decay > 0) gives its EMA params: those are the ones it samples and evaluates with."""
-  from showo_jax.common import checkpointing  # pylint: disable=g-import-not-at-top
   found = _checkpoint_dir(path)
   if found is None:
     raise reader.CheckpointError(f"{path}: no showo_jax training checkpoint here (expected DIR/checkpoints/STEP)")
@@ -66,9 +69,6 @@ def load_params(source: str, config):
 
 
 def _check_like(params, config, source):
-  from showo_jax.models import transformer  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   model = transformer.Transformer(showo_config.transformer_config(config))
   want = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32),
                                  jnp.ones((1, 2, 2), bool)))["params"]

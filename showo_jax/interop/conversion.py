@@ -14,10 +14,16 @@ import os
 
 import numpy as np
 
+from showo_jax.common import checkpointing
+from showo_jax.common import sharding
 from showo_jax.config import showo as showo_config
 from showo_jax.interop import checkpoint_writer
+from showo_jax.interop import checkpoints
+from showo_jax.interop import magvit_keys
 from showo_jax.interop import showo_keys
 from showo_jax.interop import streaming
+from showo_jax.tokenizer import config as tokenizer_config
+from showo_jax.tokenizer import trainer as tokenizer_trainer
 
 CheckpointError = checkpoint_writer.CheckpointError
 CHECKPOINTS = checkpoint_writer.CHECKPOINTS
@@ -70,7 +76,6 @@ def import_showo(source: str, output: str, *, overwrite: bool = False):
 
 def import_magvit(source: str, output: str, *, overwrite: bool = False):
   """Official MAGVIT-v2 → a tokenizer checkpoint (the layout `train_tokenizer` writes); returns the config."""
-  from showo_jax.interop import magvit_keys  # pylint: disable=g-import-not-at-top
   state = streaming.open_state_dict(source)
   desc = getattr(state, "description", source)
   if detect_kind(state.keys(), desc) != "magvit":
@@ -88,10 +93,6 @@ def _write_tokenizer_checkpoint(folder, params, arch_config):
   """A step-0 tokenizer training state around `params`, through the trainer's own state builder."""
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from showo_jax.tokenizer import config as tokenizer_config  # pylint: disable=g-import-not-at-top
-  from showo_jax.common import sharding  # pylint: disable=g-import-not-at-top
-  from showo_jax.common import checkpointing  # pylint: disable=g-import-not-at-top
-  from showo_jax.tokenizer import trainer as tokenizer_trainer  # pylint: disable=g-import-not-at-top
   config = tokenizer_config.add_training_fields(ml_collections.ConfigDict(arch_config.to_dict()))
   config.data.resolution = arch_config.resolution
   config.disc.enabled = False  # an imported tokenizer comes without a discriminator
@@ -117,8 +118,6 @@ def _write_tokenizer_checkpoint(folder, params, arch_config):
 def _open_checkpoint(checkpoint: str):
   """(Checkpointer, step, config) of our checkpoint (a workdir, checkpoints folder or step folder)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from showo_jax.interop import checkpoints  # pylint: disable=g-import-not-at-top
-  from showo_jax.common import checkpointing  # pylint: disable=g-import-not-at-top
   found = checkpoints._checkpoint_dir(checkpoint) if os.path.exists(checkpoint) else None  # pylint: disable=protected-access
   if found is None:
     raise CheckpointError(f"{checkpoint}: no showo_jax checkpoint here (expected DIR/checkpoints/STEP)")

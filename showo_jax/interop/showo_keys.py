@@ -11,6 +11,7 @@ import numpy as np
 
 from showo_jax.config import showo as showo_config
 from showo_jax.interop.reader import CheckpointError
+from showo_jax.models import transformer
 
 PREFIX = "showo."
 # Extra tensors of the CLIP-ViT variant (SPEC §9.1): carried along, not part of the backbone.
@@ -211,7 +212,6 @@ def params_from_official(state: dict, config, prefix: str = PREFIX):
 def _check_shapes(params, config, state):
   """Compares every converted array with the shape the model expects; names the official key on mismatch."""
   import jax  # pylint: disable=g-import-not-at-top
-  from showo_jax.models import transformer  # pylint: disable=g-import-not-at-top
   cfg = showo_config.transformer_config(config)
   cfg = transformer.TransformerConfig(**{**cfg.__dict__, "scan_layers": False, "remat_policy": "none"})
   abstract = jax.eval_shape(

@@ -19,9 +19,11 @@ from showo_jax.common import optimizer as optimizer_lib
 from showo_jax.common import sharding
 from showo_jax.config import showo as showo_config
 from showo_jax.data import pipeline
+from showo_jax.interop import checkpoints
 from showo_jax.models import transformer
 from showo_jax.training import flops as flops_lib
 from showo_jax.training import prepare
+from showo_jax.training import samples
 from showo_jax.training import train_step as step_lib
 
 # Fields that must agree between a checkpoint and the run resuming it.
@@ -85,7 +87,6 @@ class Run:
 
 def _init_from(run: Run, state, source: str):
   """Replaces the params of a fresh state with those of another checkpoint (params only)."""
-  from showo_jax.interop import checkpoints  # pylint: disable=g-import-not-at-top
   params = checkpoints.load_params(source, run.config)
   params = jax.device_put(params, run.state_shardings.params)
   return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params) if state.ema_params is not None else None)
@@ -140,7 +141,6 @@ def train_and_evaluate(config, workdir: str):
   logger = metrics_lib.BufferedLogger(writer, host_metrics)
   sampler = None
   if config.train.sample_every:
-    from showo_jax.training import samples  # pylint: disable=g-import-not-at-top
     sampler = samples.SampleWriter(config, data, workdir)
   bar = metrics_lib.progress_bar(config.train.steps, initial=start)
   rng = jax.random.key(config.train.seed)
