@@ -156,3 +156,14 @@ def test_every_entry_point_answers_help(name):
   # absl exits 1 after printing --help, argparse 0; neither may fail with a traceback.
   assert done.returncode in (0, 1) and "Traceback" not in done.stderr, done.stderr[-2000:]
   assert " ".join(first_line.split()[:4]) in " ".join((done.stdout + done.stderr).split()), done.stdout[:2000]
+
+
+def test_files_stay_small():
+  """Modules stay under ~400 lines, entry points (argument parsing, one library call, errors) under 150."""
+  too_long = []
+  for path in _modules():
+    limit = 150 if path.parent == PACKAGE else 400
+    lines = len(path.read_text().splitlines())
+    if lines > limit:
+      too_long.append(f"{path.relative_to(PACKAGE.parent)}: {lines} lines (limit {limit})")
+  assert not too_long, "\n".join(too_long)

@@ -19,7 +19,6 @@ The writing is data/sharded_writer.py's; the dataset builders (data/builders) fe
 
 import functools
 import json
-import logging
 
 import jax
 import ml_collections
