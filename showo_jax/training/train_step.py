@@ -70,11 +70,14 @@ def inference_params(state):
   return state.ema_params if state.ema_params is not None else state.params
 
 
-def make_train_step(model: transformer.Transformer, tx, config, lr_schedule):
-  """Builds train_step(state, batch, rng) for jax.jit (model, optimizer and config are closed over)."""
+def make_gradient_fn(model: transformer.Transformer, config):
+  """Builds gradients(params, batch, rng) -> (loss terms, grads) of the Show-o loss over one global batch.
+
+  With `config.train.grad_accum_steps` = k > 1 the batch is cut into k micro-batches whose gradients are summed;
+  every micro-batch divides by the whole batch's target counts, so the sum is the full batch's gradient.
+  """
   layout = showo_config.vocab_layout(config)
   accum = int(config.train.get("grad_accum_steps", 1))
-  ema_decay = float(config.train.get("ema_decay", 0.0))
   loss_kwargs = showo_config.loss_settings(config)
   coeffs = {name: loss_kwargs.pop(name) for name in ("t2i_coeff", "lm_coeff", "mmu_coeff")}
 
@@ -91,34 +94,45 @@ def make_train_step(model: transformer.Transformer, tx, config, lr_schedule):
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-  def train_step(state: TrainState, batch, rng):
-    # Masking and condition dropout happen in the input pipeline; `rng` only drives model dropout (if any).
-    rng = jax.random.fold_in(rng, state.step)
+  def gradients(params, batch, rng):
     counts = losses.target_counts(batch["input_ids"], batch["labels"], batch["task_ids"], **loss_kwargs)
     if accum == 1:
-      (_, out), grads = grad_fn(state.params, batch, counts, rng)
-    else:
-      # Row j*k + i goes to micro-batch i: each device splits its own rows, so no data moves between devices.
-      micro_batches = jax.tree.map(
-          lambda x: x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1), batch)
+      (_, out), grads = grad_fn(params, batch, counts, rng)
+      return {k: out[k] for k in _LOSS_KEYS}, grads
+    # Row j*k + i goes to micro-batch i: each device splits its own rows, so no data moves between devices.
+    micro_batches = jax.tree.map(
+        lambda x: x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1), batch)
 
-      def body(carry, micro_and_index):
-        grads_acc, sums = carry
-        micro, index = micro_and_index
-        (_, out), g = grad_fn(state.params, micro, counts, jax.random.fold_in(rng, index))
-        sums = {k: sums[k] + out[k] for k in sums}
-        return (jax.tree.map(jnp.add, grads_acc, g), sums), None
+    def body(carry, micro_and_index):
+      grads_acc, sums = carry
+      micro, index = micro_and_index
+      (_, out), g = grad_fn(params, micro, counts, jax.random.fold_in(rng, index))
+      sums = {k: sums[k] + out[k] for k in sums}
+      return (jax.tree.map(jnp.add, grads_acc, g), sums), None
 
-      zeros = jax.tree.map(jnp.zeros_like, state.params)
-      sums0 = {k: jnp.zeros((), jnp.float32) for k in _LOSS_KEYS}
-      (grads, out), _ = jax.lax.scan(body, (zeros, sums0), (micro_batches, jnp.arange(accum)))
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    sums0 = {k: jnp.zeros((), jnp.float32) for k in _LOSS_KEYS}
+    (grads, out), _ = jax.lax.scan(body, (zeros, sums0), (micro_batches, jnp.arange(accum)))
+    return out, grads
+
+  return gradients
+
+
+def make_train_step(model: transformer.Transformer, tx, config, lr_schedule):
+  """Builds train_step(state, batch, rng) for jax.jit (model, optimizer and config are closed over)."""
+  ema_decay = float(config.train.get("ema_decay", 0.0))
+  gradients = make_gradient_fn(model, config)
+
+  def train_step(state: TrainState, batch, rng):
+    # Masking and condition dropout happen in the input pipeline; `rng` only drives model dropout (if any).
+    out, grads = gradients(state.params, batch, jax.random.fold_in(rng, state.step))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = None
     if ema_decay > 0:
       d = ema_decay_at(state.step, ema_decay)
       ema = jax.tree.map(lambda e, p: e + (1.0 - d) * (p - e), state.ema_params, params)
-    metrics = {k: out[k] for k in _LOSS_KEYS}
+    metrics = dict(out)
     metrics["grad_norm"] = optimizer_lib.global_norm(grads)
     metrics["param_norm"] = optimizer_lib.global_norm(params)
     metrics["lr"] = lr_schedule(state.step)

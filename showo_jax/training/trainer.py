@@ -67,6 +67,10 @@ class Run:
       self.train_step = jax.jit(step, in_shardings=(self.state_shardings, batch_sh, sharding.replicated(self.mesh)),
                                 out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
                                 donate_argnums=(0,))
+      # The step's own gradient function, jitted apart so tests can compare gradients across meshes.
+      self._gradients = jax.jit(step_lib.make_gradient_fn(self.model, config),
+                                in_shardings=(self.state_shardings.params, batch_sh, sharding.replicated(self.mesh)),
+                                out_shardings=(sharding.replicated(self.mesh), self.state_shardings.params))
 
   def scope(self):
     """jax.set_mesh + the logical axis rules, for everything that traces the model."""
@@ -83,6 +87,12 @@ class Run:
   def step(self, state, local_batch: dict, rng):
     with self.scope():
       return self.train_step(state, sharding.global_batch(local_batch, self.mesh), rng)
+
+  def gradients(self, state, local_batch: dict, rng):
+    """(loss terms, grads) that `step` would apply to `state` for this batch and rng (nothing is updated)."""
+    with self.scope():
+      return self._gradients(state.params, sharding.global_batch(local_batch, self.mesh),
+                             jax.random.fold_in(rng, state.step))
 
 
 def _init_from(run: Run, state, source: str):

@@ -42,40 +42,115 @@ def test_resume_is_bit_exact(tmp_path):
   assert resumed_rows[-1]["loss"] == rows[-1]["loss"]  # step 3 saw the same batch and params
 
 
-def _one_step_loss(config, mesh, accum=1):
-  config.train.grad_accum_steps = accum
-  run = trainer.Run(config, mesh=mesh)
+def _batches(config, n: int, rows=(4, 2, 2)):
+  """The first `n` global batches of the run's pipeline (the same whatever the mesh)."""
   data = prepare.prepare_training_data(config, "/tmp/unused")
-  datasets = pipeline.task_datasets(data.sources, {"t2i": 4, "lm": 2, "mmu": 2}, data.text_tokenizer, data.layout,
-                                    config, seed=0)
-  batch = next(pipeline.MultiTaskIterator(datasets))
+  datasets = pipeline.task_datasets(data.sources, dict(zip(("t2i", "lm", "mmu"), rows)), data.text_tokenizer,
+                                    data.layout, config, seed=0)
+  it = pipeline.MultiTaskIterator(datasets)
+  return [next(it) for _ in range(n)]
+
+
+def _trajectory(config, mesh, batches):
+  """(gradients at the first step, loss and lr of each step, params after all steps), as float64 numpy."""
+  run = trainer.Run(config, mesh=mesh)
   state = run.init_state(0)
-  state, metrics = run.step(state, batch, jax.random.key(0))
-  return float(metrics["loss"]), jax.tree.map(np.asarray, state.params)
+  _, grads = run.gradients(state, batches[0], jax.random.key(0))
+  grads = [np.asarray(g, np.float64) for g in jax.tree.leaves(grads)]
+  init = [np.asarray(p, np.float64) for p in jax.tree.leaves(state.params)]
+  losses, lrs = [], []
+  for batch in batches:
+    state, metrics = run.step(state, batch, jax.random.key(0))
+    losses.append(float(metrics["loss"]))
+    lrs.append(float(metrics["lr"]))
+  params = [np.asarray(p, np.float64) for p in jax.tree.leaves(state.params)]
+  return grads, losses, lrs, init, params
 
 
-@pytest.mark.parametrize("shape", [(1, 8, 1), (2, 2, 2), (2, 1, 4)])
-def test_meshes_give_the_same_step(tmp_path, shape):
+def _assert_trees_close(got, want, rtol, what):
+  """Leafwise |got − want| ≤ rtol · max|want| (per leaf): the tolerance scales with each tensor."""
+  for i, (g, w) in enumerate(zip(got, want)):
+    bound = rtol * max(np.abs(w).max(), 1e-30)
+    err = np.abs(g - w).max()
+    assert err <= bound, f"{what}: leaf {i} differs by {err:.3g} > {bound:.3g}"
+
+
+def _trees_close(got, want, rtol):
+  try:
+    _assert_trees_close(got, want, rtol, "")
+    return True
+  except AssertionError:
+    return False
+
+
+# Float32 sums in another order (2-core AMD EPYC, jax 0.10.2): gradients agree to ≤ 9e-7 of each leaf's largest
+# entry and the 3-step parameter updates to ≤ 2.2e-5; the tolerances leave a 10× margin.
+GRAD_RTOL = 1e-5
+PARAM_RTOL = 2e-4
+
+
+def _updates_config(tmp_path, rows=(4, 2, 2)):
+  config = train_fixtures.tiny_config(str(tmp_path), steps=4)
+  config.optimizer.update(lr=1e-2, warmup_steps=0)  # lr > 0 at every compared update (no warm-up from 0)
+  # Adam divides by sqrt(v) + eps: with eps = 1e-8 an entry whose gradient is 0 on one mesh and 1e-12 of rounding
+  # noise on another (unused embedding rows) moves by up to lr/2, 2 % of the largest update; eps = 1e-4 keeps such
+  # entries linear in their gradient, so the updates compare as tightly as the gradients do.
+  config.optimizer.eps = 1e-4
+  config.train.update(batch_t2i=rows[0], batch_lm=rows[1], batch_mmu=rows[2])
+  return config
+
+
+def _check_against(ref, got, what):
+  grads, losses, lrs, init, params = got
+  ref_grads, ref_losses, ref_lrs, ref_init, ref_params = ref
+  assert min(lrs) > 0 and lrs == ref_lrs, lrs
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  _assert_trees_close(grads, ref_grads, GRAD_RTOL, f"{what}: gradients")
+  _assert_trees_close([p - i for p, i in zip(params, init)], [p - i for p, i in zip(ref_params, ref_init)],
+                      PARAM_RTOL, f"{what}: parameter updates after 3 steps")
+
+
+def test_meshes_give_the_same_gradients_and_updates(tmp_path):
+  """Gradients at step 1 and the parameter change after 3 AdamW steps (lr > 0 at each) agree across the meshes
+  (data, fsdp, tensor) = (1, 1, 1), (1, 8, 1), (2, 2, 2), (2, 1, 4): leafwise within GRAD_RTOL / PARAM_RTOL of
+  each tensor's largest entry.
+
+  Why a wrong gradient fails: the gradients themselves are compared (Adam's update barely depends on a gradient's
+  scale, so the params alone would miss a gradient that is off by a constant factor), at a tolerance 10× above the
+  float32 reordering noise; the checks at the end show that 1 % off in one gradient tensor, or in one entry of
+  the updates, is far outside it. Comparing params after one step at lr = 0, as the warm-up's first step is,
+  would compare the initial params and pass any gradient.
+  """
   if jax.device_count() < 8:
     pytest.skip("needs 8 (fake) devices")
-  config = train_fixtures.tiny_config(str(tmp_path))
-  ref_loss, ref_params = _one_step_loss(config, sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1},
-                                                                   jax.devices()[:1]))
-  config.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])
-  loss, params = _one_step_loss(config, sharding.make_mesh(config.mesh))
-  assert abs(loss - ref_loss) <= 1e-5
-  for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
-    np.testing.assert_allclose(x, y, atol=2e-5)
+  config = _updates_config(tmp_path)
+  batches = _batches(config, 3)
+  ref = _trajectory(config, sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]), batches)
+  for shape in [(1, 8, 1), (2, 2, 2), (2, 1, 4)]:
+    config.mesh.update(data=shape[0], fsdp=shape[1], tensor=shape[2])
+    _check_against(ref, _trajectory(config, sharding.make_mesh(config.mesh), batches), f"mesh {shape}")
+  # The comparison can fail: 1 % off in one gradient tensor, or in the biggest update of one tensor.
+  grads, _, _, init, params = ref
+  wrong = [g * 1.01 if i == 3 else g for i, g in enumerate(grads)]
+  assert not _trees_close(wrong, grads, GRAD_RTOL)
+  updates = [p - i for p, i in zip(params, init)]
+  assert max(np.abs(u).max() for u in updates) > 1e-3  # the params did move
+  bumped = [u.copy() for u in updates]
+  flat = bumped[3].reshape(-1)
+  flat[np.argmax(np.abs(flat))] *= 1.01
+  assert not _trees_close(bumped, updates, PARAM_RTOL)
 
 
 def test_gradient_accumulation_matches_full_batch(tmp_path):
-  config = train_fixtures.tiny_config(str(tmp_path))
+  """grad_accum_steps 2 and 4 give the full batch's gradients and, after 3 AdamW steps at lr > 0, its
+  parameters (same tolerances and the same sensitivity as the mesh test above)."""
+  config = _updates_config(tmp_path, rows=(8, 4, 4))
+  batches = _batches(config, 3, rows=(8, 4, 4))
   mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 1}, jax.devices()[:2])
-  loss1, params1 = _one_step_loss(config, mesh, accum=1)
-  loss2, params2 = _one_step_loss(config, mesh, accum=2)
-  assert abs(loss1 - loss2) <= 1e-5
-  for x, y in zip(jax.tree.leaves(params1), jax.tree.leaves(params2)):
-    np.testing.assert_allclose(x, y, atol=1e-5)
+  ref = _trajectory(config, mesh, batches)
+  for accum in (2, 4):
+    config.train.grad_accum_steps = accum
+    _check_against(ref, _trajectory(config, mesh, batches), f"grad_accum_steps={accum}")
 
 
 def test_mesh_that_does_not_fit_fails_before_compiling():
