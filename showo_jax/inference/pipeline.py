@@ -92,8 +92,9 @@ class Pipeline:
   # -- text -> image ------------------------------------------------------------------------------------------
   @property
   def text_budget(self) -> int:
-    """Text ids a t2i prompt can hold: T + 1 slots minus <|t2i|> and EOS."""
-    return self.config.data.max_text_len - 1
+    """Raw text ids a t2i prompt can hold: the T + 1 slots of the text block minus <|t2i|>, BOS and EOS (SPEC §3.1);
+    the prompt builder keeps exactly this many."""
+    return self.config.data.max_text_len - 2
 
   def encode_t2i_prompts(self, prompts) -> list:
     """Raw text ids per prompt, truncated to `text_budget` as in training (warns once per long prompt)."""

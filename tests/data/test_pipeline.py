@@ -116,3 +116,41 @@ def test_mmu_image_token_noise_replaces_about_that_share(tmp_path):
   np.testing.assert_array_equal(np.delete(clean["input_ids"][mmu], np.s_[2:2 + n], 1),
                                 np.delete(noisy["input_ids"][mmu], np.s_[2:2 + n], 1))  # text untouched
   np.testing.assert_array_equal(clean["input_ids"][~mmu], noisy["input_ids"][~mmu])  # other tasks untouched
+
+
+def _t2i_rows(config, num_batches: int, rows: int = 64):
+  """t2i input ids of the first batches of the training pipeline, [num_batches * rows, L]."""
+  data = prepare.prepare_training_data(config, "/tmp/unused")
+  it = iter(pipeline.task_datasets(data.sources, {"t2i": rows}, data.text_tokenizer, data.layout, config,
+                                   seed=0)["t2i"])
+  return np.concatenate([next(it)["input_ids"] for _ in range(num_batches)]), data.layout
+
+
+def _null_block(layout, t):
+  """The CFG null prompt's text block, left-padded to T + 1: [PAD]*(T−2), <|t2i|>, BOS, EOS (SPEC §3.1)."""
+  return [layout.pad_id] * (t - 2) + [layout.t2i_id, layout.bos_id, layout.eos_id]
+
+
+def test_condition_dropout_in_the_pipeline(tmp_path):
+  """The share of t2i rows given the null prompt is within a 4-sigma binomial bound of loss.cond_dropout_prob;
+  a dropped row is exactly the null-prompt sequence around its own image block; 0 drops nothing."""
+  config = train_fixtures.tiny_config(str(tmp_path))
+  t = config.data.max_text_len
+  config.loss.cond_dropout_prob = 0.3
+  ids, layout = _t2i_rows(config, 40)  # 2,560 rows
+  null = np.array(_null_block(layout, t))
+  dropped = (ids[:, :t + 1] == null).all(axis=1)
+  n, p = len(ids), 0.3
+  assert abs(dropped.mean() - p) <= 4 * np.sqrt(p * (1 - p) / n), dropped.mean()
+  # Dropped and kept rows alike: <|soi|>, the N image tokens, <|eoi|> after the text block.
+  assert (ids[:, t + 1] == layout.soi_id).all() and (ids[:, -1] == layout.eoi_id).all()
+  # A kept row carries its caption: BOS then text ids, never the bare null block.
+  kept = ids[~dropped, :t + 1]
+  assert ((kept == layout.bos_id).any(axis=1) & ((kept < layout.llm_vocab_size) &
+                                                 (kept != layout.bos_id)).any(axis=1)).all()
+  config.loss.cond_dropout_prob = 0.0
+  ids, _ = _t2i_rows(config, 10)
+  assert not (ids[:, :t + 1] == null).all(axis=1).any()
+  config.loss.cond_dropout_prob = 1.0
+  ids, _ = _t2i_rows(config, 2)
+  assert (ids[:, :t + 1] == null).all(axis=1).all()

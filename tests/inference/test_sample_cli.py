@@ -105,7 +105,7 @@ def test_t2i_out_dir_and_grid_deterministic(workdir, tmp_path):
 def test_t2i_long_prompt_is_truncated_with_a_warning(workdir, tmp_path):
   _, err = _ok("t2i", "--checkpoint", workdir, "--prompt", " ".join(["seven"] * 40), "--steps", 2,
                "--out", tmp_path / "x.png")
-  assert "warning:" in err and "truncated" in err and "text budget is 11" in err
+  assert "warning:" in err and "truncated" in err and "text budget is 10" in err  # T = 12: <|t2i|>, BOS, 10 ids, EOS
   assert _png(tmp_path / "x.png").shape == (RES + 2, RES + 2, 3)
 
 
