@@ -1,0 +1,142 @@
+"""A run's life: SIGTERM saves and resumes at the next step, a non-finite loss stops before it is saved,
+`train.init_from` starts from another checkpoint's params (ours or an official state dict) with a fresh optimizer."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from showo_jax.common import checkpointing
+from showo_jax.common import metrics as metrics_lib
+from showo_jax.interop import checkpoints
+from showo_jax.interop import conversion
+from showo_jax.training import trainer
+from tests import train_fixtures
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TESTS = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 30
+
+
+def _config_file(tmp_path, data):
+  path = tmp_path / "cfg.py"
+  path.write_text(
+      f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport train_fixtures\n\n"
+      f"def get_config(arg=''):\n  c = train_fixtures.tiny_config({data!r}, steps={STEPS})\n"
+      f"  c.train.checkpoint_every = 1000  # only the preemption save and the last step\n  return c\n")
+  return str(path)
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _saved_steps(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+def test_sigterm_saves_exits_0_and_the_rerun_continues_at_the_next_step(tmp_path):
+  data = str(tmp_path / "data")
+  train_fixtures.make_records(data)
+  cmd = [sys.executable, "-m", "showo_jax.train", f"--config={_config_file(tmp_path, data)}",
+         f"--workdir={tmp_path / 'run'}"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  metrics = tmp_path / "run" / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None and (
+      not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  [stopped] = _saved_steps(tmp_path / "run")
+  assert 3 <= stopped < STEPS and "preempted (SIGTERM): saved step" in err
+  assert [r["step"] for r in _rows(tmp_path / "run")] == list(range(1, stopped + 1))
+  subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=300)
+  assert [r["step"] for r in _rows(tmp_path / "run")] == list(range(1, STEPS + 1))  # each step once, in order
+  straight = str(tmp_path / "straight")
+  config = train_fixtures.tiny_config(data, steps=STEPS)
+  trainer.train_and_evaluate(config, straight)
+  a, _ = checkpoints.load_checkpoint(str(tmp_path / "run"))
+  b, _ = checkpoints.load_checkpoint(straight)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_non_finite_loss_stops_before_it_is_saved(tmp_path):
+  config = train_fixtures.tiny_config(str(tmp_path / "data"), steps=8)
+  config.train.checkpoint_every = 1
+  config.optimizer.update(lr=1e30, warmup_steps=0, grad_clip_norm=0.0)  # the second step's loss overflows
+  workdir = str(tmp_path / "run")
+  with pytest.raises(metrics_lib.NonFiniteLossError, match=r"^loss became (nan|inf) at step \d+: stopping"):
+    trainer.train_and_evaluate(config, workdir)
+  saved = _saved_steps(workdir)
+  assert saved and saved[-1] < 8
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  try:
+    for step in saved:
+      state = ckpt.restore_raw(step)
+      assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"])), step
+  finally:
+    ckpt.close()
+  # The CLI says it in one line and exits non-zero.
+  data = str(tmp_path / "data")
+  cfg = tmp_path / "cfg.py"
+  cfg.write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport train_fixtures\n\n"
+                 f"def get_config(arg=''):\n  c = train_fixtures.tiny_config({data!r}, steps=8)\n"
+                 f"  c.optimizer.update(lr=1e30, warmup_steps=0, grad_clip_norm=0.0)\n  return c\n")
+  r = subprocess.run([sys.executable, "-m", "showo_jax.train", f"--config={cfg}", f"--workdir={tmp_path / 'cli'}"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode != 0 and "Traceback" not in r.stderr
+  assert r.stderr.strip().splitlines()[-1].startswith("error: loss became")
+
+
+def _fresh_optimizer(run):
+  fresh = run.init_state(0).opt_state
+  return [np.asarray(x) for x in jax.tree.leaves(fresh)]
+
+
+@pytest.mark.parametrize("kind", ["ours", "official"])
+def test_init_from_copies_params_and_starts_a_fresh_optimizer(tmp_path, kind):
+  data = str(tmp_path / "data")
+  source = str(tmp_path / "source")
+  trainer.train_and_evaluate(train_fixtures.tiny_config(data, steps=2), source)
+  want, _ = checkpoints.load_checkpoint(source)
+  if kind == "official":  # the same params as an official Show-o folder (config.json + safetensors)
+    exported = str(tmp_path / "official")
+    conversion.export_showo(source, exported)
+    assert os.path.exists(os.path.join(exported, conversion.WEIGHTS))
+    source = exported
+  config = train_fixtures.tiny_config(data, steps=3)
+  config.train.init_from = source
+  config.train.seed = 5  # another init: the copied params must not come from the seed
+  run = trainer.Run(config)
+  state = trainer._init_from(run, run.init_state(config.train.seed), source)  # pylint: disable=protected-access
+  for got, w in zip(jax.tree.leaves(state.params), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(got), w)
+  for got, fresh in zip(jax.tree.leaves(state.opt_state), _fresh_optimizer(run)):
+    np.testing.assert_array_equal(np.asarray(got), fresh)
+  assert int(state.step) == 0
+  # Through the trainer: one step from the copied params, the optimizer counting from 0.
+  workdir = str(tmp_path / "run")
+  config.train.steps = 1
+  config.optimizer.warmup_steps = 0  # lr > 0 at the first update, so the step does move the params
+  trainer.train_and_evaluate(config, workdir)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  try:
+    saved = ckpt.restore_raw(ckpt.latest_step())
+  finally:
+    ckpt.close()
+  counts = [np.asarray(x) for x in jax.tree.leaves(saved["opt_state"]) if np.asarray(x).dtype == np.int32]
+  assert counts and all(int(c) == 1 for c in counts)  # a fresh AdamW after one update (the source had 2)
+  moved = max(float(np.abs(np.asarray(g) - w).max()) for g, w in zip(jax.tree.leaves(saved["params"]),
+                                                                    jax.tree.leaves(want)))
+  assert 0 < moved < 0.1  # one small step away from the source, not from a random init
