@@ -7,12 +7,16 @@ where DATA already holds the records (`make_records(DATA)`; written once, before
 
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from showo_jax.config import base as config_base
 from showo_jax.config import showo as showo_config
 from showo_jax.data import embedded
 from showo_jax.data import records
+from showo_jax.interop import magvit_keys
+from showo_jax.tokenizer import config as tokenizer_config
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -55,3 +59,16 @@ def get_config(arg: str = ""):
   if not args.folder:
     raise config_base.ConfigError("tests/train_fixtures.py needs folder=DIR (the synthetic records' folder)")
   return tiny_config(args.folder, steps=args.steps)
+
+
+def tiny_magvit_npz(path: str, res: int = 32):
+  """A random MAGVIT-v2 (4 levels → factor 8, 6 bits = 64 codes) saved as an official state dict (.npz): at 32 px
+  it gives the 16 image tokens of `tiny_config`."""
+  c = tokenizer_config.magvit_config("tiny")
+  for tower in (c.encoder, c.decoder):
+    tower.ch, tower.ch_mult, tower.num_res_blocks = 32, [1, 1, 1, 1], [1, 1, 1, 1]
+  c.codebook_bits = 6
+  c = tokenizer_config.validate_magvit(c)
+  params = tokenizer_config.magvit_from_config(c).init(jax.random.key(0), jnp.zeros((1, res, res, 3)))["params"]
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  np.savez(path, **magvit_keys.params_to_official(params, c))

@@ -6,32 +6,16 @@ import io
 import json
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 from showo_jax import sample
-from showo_jax.interop import magvit_keys
-from showo_jax.tokenizer import config as tokenizer_config
 from showo_jax.training import trainer
 
 from tests import train_fixtures
 
 RES = 32  # showo_config("tiny") resolution; the tokenizer below downsamples by 8 → a 4×4 grid = 16 tokens
-
-
-def _tiny_magvit_npz(path: str):
-  """A random MAGVIT-v2 (4 levels → factor 8, 6 bits = 64 codes) saved as an official state dict (.npz)."""
-  c = tokenizer_config.magvit_config("tiny")
-  for tower in (c.encoder, c.decoder):
-    tower.ch, tower.ch_mult, tower.num_res_blocks = 32, [1, 1, 1, 1], [1, 1, 1, 1]
-  c.codebook_bits = 6
-  c = tokenizer_config.validate_magvit(c)
-  params = tokenizer_config.magvit_from_config(c).init(jax.random.key(0), jnp.zeros((1, RES, RES, 3)))["params"]
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  np.savez(path, **magvit_keys.params_to_official(params, c))
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +25,7 @@ def workdir(tmp_path_factory):
   config = train_fixtures.tiny_config(str(root / "data"), steps=2)
   wd = str(root / "run")
   trainer.train_and_evaluate(config, wd)
-  _tiny_magvit_npz(os.path.join(wd, "tokenizer", "magvit.npz"))
+  train_fixtures.tiny_magvit_npz(os.path.join(wd, "tokenizer", "magvit.npz"))
   return wd
 
 
@@ -153,10 +137,13 @@ def test_mixed_temperatures_are_used_and_seeded(workdir, tmp_path):
     with open(tmp_path / name / "text.txt") as f:
       texts.append(f.read())
   assert texts[0] == texts[1]  # the same seed gives the same sample
+  assert texts[2] != texts[0]  # another seed samples other text: the temperature is sampling, not greedy
   _ok(*base, "--out", tmp_path / "greedy")  # greedy text, MaskGIT temperature 1
   _ok(*base, "--temperature", 0.0, "--out", tmp_path / "cold")
   with open(tmp_path / "greedy" / "text.txt") as f, open(tmp_path / "cold" / "text.txt") as g:
-    assert f.read() == g.read()  # the MaskGIT temperature does not touch greedy text
+    greedy = f.read()
+    assert greedy == g.read()  # the MaskGIT temperature does not touch greedy text
+  assert greedy not in texts  # --text-temperature 5 changed what was sampled
 
 
 def test_evaluate_writes_the_report(workdir):
