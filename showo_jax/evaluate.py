@@ -1,12 +1,18 @@
-"""`python -m showo_jax.evaluate --workdir DIR [--checkpoint PATH]`: the embedded test split's report card.
+"""`python -m showo_jax.evaluate --workdir DIR [--checkpoint PATH]`: the embedded default's report card.
 
-Writes DIR/eval.json and DIR/eval.png:
-  mmu_accuracy            share of test digits whose answer to "What digit is this?" is the right word
+Writes DIR/eval.json and DIR/eval.png. eval.json holds, for "validation" (choose settings on it) and for "test"
+(report it for the final choice), each a held-out split of the digits and of the text corpus:
+  mmu_accuracy            share of the split's digits whose answer to "What digit is this?" is the right word
   t2i_class_consistency   share of images generated for "a handwritten digit k" that a pixel classifier, trained
-                          on the training split's real images, labels k (`--per_class` images per digit)
-  classifier_test_accuracy  the same classifier on real test images (how much to trust the judge)
-  tokenizer_psnr, tokenizer_codebook_usage   reconstruction quality and share of codes used on the test split
-  lm_perplexity           next-token perplexity on the held-out documents of the text corpus
+                          on the training split's real images, labels k (`--per_class` images per digit; each split
+                          draws its own samples)
+  t2i_diversity           mean over digits of the generated images' mean pairwise pixel distance over that of the
+                          split's real digits (1 = as varied as real digits; mode collapse → 0)
+  t2i_near_copies         share of generated images nearer to a training digit than 99 % of the split's real
+                          digits are (replaying training digits scores high; new digits ≈ 0.01)
+  classifier_accuracy     the pixel classifier on the split's real digits (how much to trust the judge)
+  tokenizer_psnr, tokenizer_codebook_usage   reconstruction quality and share of codes used on the split
+  lm_perplexity           next-token perplexity on the split's held-out documents
 The measures are evaluation/measures.py; the report evaluation/embedded_report.py.
 """
 
@@ -35,7 +41,9 @@ def main(argv):
                       per_class=_PER_CLASS.value, seed=_SEED.value)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
-  print(json.dumps({k: v for k, v in report.items() if k != "mmu_examples"}, indent=1))
+  shown = {k: ({f: x for f, x in v.items() if f != "mmu_examples"} if isinstance(v, dict) else v)
+           for k, v in report.items()}
+  print(json.dumps(shown, indent=1))
 
 
 if __name__ == "__main__":

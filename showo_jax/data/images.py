@@ -210,10 +210,11 @@ class ImageCollection:
       self._open_folder(spec)
     else:
       raise ValueError(f"image source {spec!r}: not an image folder, records:FOLDER, tfds:NAME[:SPLIT]@DIR, "
-                       "embedded:train or embedded:test")
+                       "embedded:train, embedded:validation or embedded:test")
 
   def _open_embedded(self, split: str):
-    """`train`, `test`, or `train*K`: the split plus K - 1 randomly distorted copies (`embedded.augmented_copies`)."""
+    """`train`, `validation`, `test`, or `SPLIT*K`: the split plus K - 1 randomly distorted copies
+    (`embedded.augmented_copies`)."""
     from showo_jax.data import embedded  # pylint: disable=g-import-not-at-top
     split, _, copies = split.partition("*")
     if copies and not (copies.isdigit() and int(copies) >= 1):
@@ -346,7 +347,7 @@ class StepBatches:
 def open_collection(spec: str, resolution: int, *, resize: bool = True, factor: int = 1,
                     image_field: str = "image", exact: bool = True) -> ImageCollection:
   """An image collection from a spec: an image folder (captions from captions.jsonl or per-image .txt),
-  `records:FOLDER` / a record folder, `tfds:NAME[:SPLIT]@DATA_DIR`, or `embedded:train` / `embedded:test`.
+  `records:FOLDER` / a record folder, `tfds:NAME[:SPLIT]@DATA_DIR`, or `embedded:train|validation|test`.
   With resize=False images keep their size: a multiple of `factor`, equal to `resolution` when `exact`."""
   logging.info("opening images %s at %d px (resize=%s)", spec, resolution, resize)
   return ImageCollection(spec, resolution, resize=resize, factor=factor, image_field=image_field, exact=exact)

@@ -1,6 +1,7 @@
-"""The embedded default's report card (`python -m showo_jax.evaluate`, whose docstring lists the figures): MMU
-accuracy on the held-out digits, T2I class consistency judged by a pixel classifier, tokenizer PSNR and codebook
-usage, and lm perplexity on held-out text.
+"""The embedded default's report card (`python -m showo_jax.evaluate`, whose docstring lists the figures), for the
+validation split (where settings are chosen) and the test split (reported for the final choice): MMU accuracy,
+T2I class consistency judged by a pixel classifier, T2I diversity and near-copies of training digits, tokenizer
+PSNR and codebook usage, lm perplexity on held-out text.
 """
 
 import json
@@ -17,48 +18,64 @@ from showo_jax.inference.pipeline import apply_fn
 from showo_jax.inference.pipeline import Pipeline
 
 
+SPLITS = ("validation", "test")  # settings are chosen on validation; test figures are reported for the final choice
+_SPLIT_SEED = {"validation": 500_000, "test": 0}  # each split gets its own T2I samples
+
+
 def evaluate(workdir: str, checkpoint: str = "", *, steps: int = 12, guidance: float = -1.0, per_class: int = 20,
              seed: int = 0) -> dict:
-  """The report card of a workdir trained on the embedded default; also writes DIR/eval.json and DIR/eval.png."""
+  """The report card of a workdir trained on the embedded default, for the validation and the test split; also
+  writes DIR/eval.json and DIR/eval.png (test samples)."""
   t0 = time.time()
   pipe = Pipeline.from_checkpoint(checkpoint or workdir)
   config = pipe.config
   guidance = float(config.train.get("sample_guidance", 0.0)) if guidance < 0 else guidance
   images, labels = embedded.load_mnist()
-  train_idx, test_idx = embedded.split_indices(len(images), "train"), embedded.split_indices(len(images), "test")
+  train_idx = embedded.split_indices(len(images), "train")
+  classifier = measures.PixelClassifier(images[train_idx], labels[train_idx])
   report = {"checkpoint": os.path.abspath(checkpoint or workdir), "maskgit_steps": steps, "guidance": guidance}
+  for split in SPLITS:
+    idx = embedded.split_indices(len(images), split)
+    report[split], generated, recon = _split_report(
+        pipe, classifier, images[idx], labels[idx], images[train_idx], embedded.load_text(split),
+        steps=steps, guidance=guidance, per_class=per_class, seed=seed + _SPLIT_SEED[split])
+  report["seconds"] = time.time() - t0
+  with open(os.path.join(workdir, "eval.json"), "w") as f:
+    json.dump(report, f, indent=1)
+  test = images[embedded.split_indices(len(images), "test")]
+  _summary_png(generated, per_class, test[:10], recon[:10], os.path.join(workdir, "eval.png"))
+  return report
 
-  # The test images through the image tokenizer (the same tokenization the training data went through).
-  codes = np.concatenate([pipe.encode(images[test_idx][i:i + 250]) for i in range(0, len(test_idx), 250)])
-  test_labels = labels[test_idx]
+
+def _split_report(pipe, classifier, split_images, split_labels, train_images, texts, *, steps, guidance, per_class,
+                  seed):
+  """(figures of one held-out split, its generated images, its reconstructions)."""
+  out = {}
+  # The split's images through the image tokenizer (the same tokenization the training data went through).
+  codes = np.concatenate([pipe.encode(split_images[i:i + 250]) for i in range(0, len(split_images), 250)])
   answers = []
   for i in range(0, len(codes), 100):
     answers += pipe.mmu(codes[i:i + 100], embedded.QUESTION, max_new_tokens=6)
-  correct = [measures.answer_is(a, embedded.DIGITS[k]) for a, k in zip(answers, test_labels)]
-  report["mmu_accuracy"] = float(np.mean(correct))
-  report["mmu_examples"] = [f"{embedded.DIGITS[k]} -> {a}" for a, k in list(zip(answers, test_labels))[:10]]
+  correct = [measures.answer_is(a, embedded.DIGITS[k]) for a, k in zip(answers, split_labels)]
+  out["mmu_accuracy"] = float(np.mean(correct))
+  out["mmu_examples"] = [f"{embedded.DIGITS[k]} -> {a}" for a, k in list(zip(answers, split_labels))[:10]]
 
-  # T2I class consistency.
-  classifier = measures.PixelClassifier(images[train_idx], labels[train_idx])
-  report["classifier_test_accuracy"] = classifier.accuracy(images[test_idx], labels[test_idx])
+  # T2I: class consistency (judged by the pixel classifier), diversity and copies of training digits.
+  out["classifier_accuracy"] = classifier.accuracy(split_images, split_labels)
   prompts = [embedded.caption(k) for k in range(10) for _ in range(per_class)]
   wanted = np.repeat(np.arange(10), per_class)
   generated = np.concatenate([pipe.t2i(prompts[i:i + 100], steps=steps, guidance=guidance, seed=seed + i)
                               for i in range(0, len(prompts), 100)])
-  report["t2i_class_consistency"] = classifier.accuracy(generated, wanted)
+  out["t2i_class_consistency"] = classifier.accuracy(generated, wanted)
+  out["t2i_diversity"] = measures.diversity(generated, wanted, split_images, split_labels)
+  out["t2i_near_copies"] = measures.near_copy_share(generated, train_images, split_images)
 
-  # Tokenizer reconstruction on the test split.
   recon = np.concatenate([pipe.decode(codes[i:i + 250]) for i in range(0, len(codes), 250)])
-  report["tokenizer_psnr"] = measures.psnr(images[test_idx], recon)
-  report["tokenizer_codebook_usage"] = measures.codebook_usage(codes, pipe.layout.codebook_size)
-
-  report["lm_perplexity"] = measures.perplexity(apply_fn(pipe.cfg), pipe.params, embedded.load_text("test"),
-                                                pipe.text_tokenizer, pipe.layout, showo_config.seq_len(config))
-  report["seconds"] = time.time() - t0
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(report, f, indent=1)
-  _summary_png(generated, per_class, images[test_idx][:10], recon[:10], os.path.join(workdir, "eval.png"))
-  return report
+  out["tokenizer_psnr"] = measures.psnr(split_images, recon)
+  out["tokenizer_codebook_usage"] = measures.codebook_usage(codes, pipe.layout.codebook_size)
+  out["lm_perplexity"] = measures.perplexity(apply_fn(pipe.cfg), pipe.params, texts, pipe.text_tokenizer,
+                                             pipe.layout, showo_config.seq_len(pipe.config))
+  return out, generated, recon
 
 
 def _summary_png(generated, per_class, originals, recon, path):

@@ -72,6 +72,43 @@ def codebook_usage(codes, codebook_size: int) -> float:
   return float(np.unique(np.asarray(codes)).size / codebook_size)
 
 
+def _pairwise_sq_distances(a, b) -> np.ndarray:
+  """[len(a), len(b)] squared L2 distances between flattened images (float64)."""
+  a = np.asarray(a, np.float64).reshape(len(a), -1)
+  b = np.asarray(b, np.float64).reshape(len(b), -1)
+  d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+  return np.maximum(d, 0.0)
+
+
+def _mean_pairwise_distance(images) -> float:
+  """Mean L2 distance over the distinct pairs of a set of images."""
+  n = len(images)
+  if n < 2:
+    return 0.0
+  d = np.sqrt(_pairwise_sq_distances(images, images))
+  return float(d[np.triu_indices(n, 1)].mean())
+
+
+def diversity(generated_u8, generated_labels, real_u8, real_labels) -> float:
+  """Mean over classes of (mean pairwise pixel distance of the generated images of the class) / (the same for the
+  real images of the class): 1 = as varied as real digits, 0 = one image per class (mode collapse)."""
+  generated_labels, real_labels = np.asarray(generated_labels), np.asarray(real_labels)
+  ratios = []
+  for k in np.unique(generated_labels):
+    real = _mean_pairwise_distance(np.asarray(real_u8)[real_labels == k])
+    if real > 0:
+      ratios.append(_mean_pairwise_distance(np.asarray(generated_u8)[generated_labels == k]) / real)
+  return float(np.mean(ratios)) if ratios else 0.0
+
+
+def near_copy_share(generated_u8, train_u8, held_out_u8, quantile: float = 0.01) -> float:
+  """Share of generated images closer to their nearest training image than `quantile` of held-out real images
+  are to theirs: a generator that replays training digits scores high, one that draws new digits ≈ `quantile`."""
+  threshold = np.quantile(np.sqrt(_pairwise_sq_distances(held_out_u8, train_u8).min(1)), quantile)
+  nearest = np.sqrt(_pairwise_sq_distances(generated_u8, train_u8).min(1))
+  return float(np.mean(nearest < threshold))
+
+
 def answer_is(answer: str, expected: str) -> bool:
   """The first word of the answer (lower case, punctuation stripped) is the expected word."""
   words = re.findall(r"[a-z]+", answer.lower())

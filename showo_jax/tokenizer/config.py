@@ -70,7 +70,8 @@ def magvit_config(size: str = "tiny") -> ConfigDict:
   c.dtype = "float32"  # activations
   c.param_dtype = "float32"
   # Matmul/conv precision: "default" lets accelerators use TF32/bf16 passes (as PyTorch's cuDNN TF32 does);
-  # "highest" gives full float32.
+  # "highest" gives full float32. The backbone's config.model.matmul_precision is the same setting (same values);
+  # this keeps its name because checkpoints store it. interop's load_official_magvit sets "highest".
   c.precision = "default"
   add_training_fields(c)
   return c
@@ -83,9 +84,9 @@ def add_training_fields(c: ConfigDict) -> ConfigDict:
   its preset; `configs/magvit2.py:size=official` then scales them up (`OFFICIAL_TRAINING`).
   """
   c.data = ConfigDict(dict(
-      # "embedded:train" | "embedded:test" | an image folder | "records:FOLDER" | "tfds:NAME[:SPLIT]@DATA_DIR"
+      # "embedded:train|validation|test" | an image folder | "records:FOLDER" | "tfds:NAME[:SPLIT]@DATA_DIR"
       source="embedded:train",
-      eval_source="embedded:test",  # PSNR / codebook usage / sample grids; "" = none
+      eval_source="embedded:validation",  # PSNR / codebook usage / sample grids during training; "" = none
       resolution=32,  # shorter side resized (bicubic) to this, then center-cropped (official image_transform)
       resize=True,  # False: refuse images whose size is not `resolution` (never resample)
       image_field="image",  # field holding the image in record / tfds sources (uint8 array or encoded bytes)

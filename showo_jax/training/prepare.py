@@ -58,11 +58,11 @@ def _text_tokenizer(config, workdir: str, layout) -> text_tokenizer_lib.TextToke
 
 
 def _embedded_records(config, workdir: str):
-  """({name: records folder}, tokenizer checkpoint) for the embedded default: `train`, `test`, and with
+  """({name: records folder}, tokenizer checkpoint) for the embedded default: `train`, `validation`, `test`, and with
   config.data.embedded_mmu_copies = K > 1 also `train*K` (the training digits plus distorted copies, for MMU)."""
   checkpoint = config.tokenizer.checkpoint
   copies = int(config.data.get("embedded_mmu_copies", 1))
-  splits = {"train": "train", "test": "test"}
+  splits = {"train": "train", "validation": "validation", "test": "test"}
   if copies > 1:
     splits["mmu"] = f"train*{copies}"
   folders = {name: os.path.join(workdir, "data", f"mnist_{spec.replace('*', '_x')}") for name, spec in splits.items()}
@@ -86,7 +86,8 @@ def prepare_training_data(config, workdir: str) -> TrainingData:
     image_source = records.open_source(folders["train"])
     mmu_source = records.open_source(folders["mmu"]) if "mmu" in folders else image_source
     sources = {"t2i": image_source, "mmu": mmu_source, "lm": [{"text": t} for t in embedded.load_text("train")]}
-    eval_sources = {"images": records.open_source(folders["test"]), "text": embedded.load_text("test")}
+    # In-training samples look at the validation split; the test split is only for the final figures.
+    eval_sources = {"images": records.open_source(folders["validation"]), "text": embedded.load_text("validation")}
     return TrainingData(layout, tok, sources, checkpoint, eval_sources)
   if config.data.source == "records":
     d = config.data

@@ -73,3 +73,35 @@ def test_pixel_classifier_recognises_real_test_digits():
   assert judge.accuracy(images[test], labels[test]) >= 0.88
   # A blank image is not confidently any particular training digit class for all ten prompts.
   assert judge.accuracy(np.zeros((10,) + images.shape[1:], np.uint8), np.arange(10)) <= 0.2
+
+
+def _digits(n, seed):
+  """n random uint8 8×8 "images" in two classes (dark / bright) and their labels."""
+  rng = np.random.default_rng(seed)
+  labels = np.arange(n) % 2
+  images = rng.integers(0, 100, (n, 8, 8, 3)) + 150 * labels[:, None, None, None]
+  return images.astype(np.uint8), labels
+
+
+def test_diversity_is_one_for_real_digits_and_zero_for_collapse():
+  real, labels = _digits(40, 0)
+  assert abs(measures.diversity(real, labels, real, labels) - 1.0) < 1e-12
+  collapsed = np.stack([real[labels == k][0] for k in labels])  # one image per class, repeated
+  assert measures.diversity(collapsed, labels, real, labels) == 0.0
+  other, other_labels = _digits(40, 1)  # fresh draws of the same distribution: about as varied
+  assert 0.9 < measures.diversity(other, other_labels, real, labels) < 1.1
+  # Against a float64 recomputation for one class.
+  g = other[other_labels == 1].astype(np.float64).reshape(20, -1)
+  r = real[labels == 1].astype(np.float64).reshape(20, -1)
+  mean_pair = lambda x: np.mean([np.linalg.norm(x[i] - x[j]) for i in range(len(x)) for j in range(i + 1, len(x))])
+  one_class = measures.diversity(other[other_labels == 1], other_labels[other_labels == 1], real, labels)
+  np.testing.assert_allclose(one_class, mean_pair(g) / mean_pair(r), rtol=1e-9)
+
+
+def test_near_copy_share_counts_replayed_training_digits():
+  train, _ = _digits(60, 2)
+  held_out, _ = _digits(200, 3)
+  assert measures.near_copy_share(train[:10], train, held_out) == 1.0  # exact copies
+  assert measures.near_copy_share(held_out, train, held_out) <= 0.01 + 1e-12  # new digits: the quantile itself
+  nudged = np.clip(train[:10].astype(int) + 1, 0, 255).astype(np.uint8)  # copies with a 1-level change
+  assert measures.near_copy_share(nudged, train, held_out) == 1.0

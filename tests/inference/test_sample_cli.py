@@ -154,18 +154,24 @@ def test_evaluate_writes_the_report(workdir):
   report = embedded_report.evaluate(workdir, steps=2, guidance=1.0, per_class=1)
   with open(os.path.join(workdir, "eval.json")) as f:
     assert json.load(f) == json.loads(json.dumps(report))
-  for key in ("mmu_accuracy", "t2i_class_consistency", "classifier_test_accuracy", "tokenizer_codebook_usage"):
-    assert 0.0 <= report[key] <= 1.0, key
-  assert report["classifier_test_accuracy"] >= 0.88  # the judge itself is trustworthy
-  assert report["guidance"] == 1.0 and report["maskgit_steps"] == 2 and len(report["mmu_examples"]) == 10
-  assert 1.0 < report["lm_perplexity"] < 1e6
-  # Cross-check the tokenizer figures with the pipeline used directly.
+  assert report["guidance"] == 1.0 and report["maskgit_steps"] == 2
   pipe = Pipeline.from_checkpoint(workdir)
   images, _ = embedded.load_mnist()
-  test = images[embedded.split_indices(len(images), "test")]
-  codes = pipe.encode(test)
-  assert report["tokenizer_codebook_usage"] == measures.codebook_usage(codes, pipe.layout.codebook_size)
-  assert abs(report["tokenizer_psnr"] - measures.psnr(test, pipe.decode(codes))) < 1e-3
+  for split in ("validation", "test"):
+    r = report[split]
+    for key in ("mmu_accuracy", "t2i_class_consistency", "classifier_accuracy", "tokenizer_codebook_usage",
+                "t2i_near_copies"):
+      assert 0.0 <= r[key] <= 1.0, (split, key)
+    assert r["classifier_accuracy"] >= 0.88  # the judge itself is trustworthy
+    assert len(r["mmu_examples"]) == 10 and r["t2i_diversity"] >= 0.0
+    assert 1.0 < r["lm_perplexity"] < 1e6
+    # Cross-check the tokenizer figures with the pipeline used directly, on that split's digits.
+    held_out = images[embedded.split_indices(len(images), split)]
+    codes = pipe.encode(held_out)
+    assert r["tokenizer_codebook_usage"] == measures.codebook_usage(codes, pipe.layout.codebook_size)
+    assert abs(r["tokenizer_psnr"] - measures.psnr(held_out, pipe.decode(codes))) < 1e-3
+  assert report["validation"]["mmu_examples"] != report["test"]["mmu_examples"] or \
+      report["validation"]["tokenizer_psnr"] != report["test"]["tokenizer_psnr"]  # two different splits
   summary = _png(os.path.join(workdir, "eval.png"))
   assert summary.shape == (3 * 3 * (RES + 2), 3 * 10 * (RES + 2), 3)  # 1 sample row + originals + recon, ×3
 
