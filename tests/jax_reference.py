@@ -8,14 +8,14 @@ import numpy as np
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
-def plain_matmul(x, kernel, n_in: int, dtype):
+def plain_matmul(x, kernel, n_in: int, dtype, precision=None):
   """models/dense.py `matmul` left to autodiff: the reference for its hand-written backward pass."""
   contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-  return jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())),
+  return jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())), precision=precision,
                              preferred_element_type=jnp.float32)
 
 
-def dot_product_attention(q, k, v, allowed, dtype):
+def dot_product_attention(q, k, v, allowed, dtype, precision=None):
   """Softmax attention with a boolean mask and grouped-query heads, differentiated by autodiff.
 
   The plain reference for models/attention.py `attention` (what the model uses), which has the same numbers and
@@ -27,15 +27,16 @@ def dot_product_attention(q, k, v, allowed, dtype):
     v: [B, Lk, Hkv, D] values.
     allowed: bool [B, Lq, Lk], True = may attend.
     dtype: output dtype.
+    precision: of both products (autodiff gives the backward products the same).
   Returns:
     [B, Lq, H, D]. Scores and softmax are computed in float32.
   """
   b, lq, h, d = q.shape
   hkv = k.shape[2]
   q = q.reshape(b, lq, hkv, h // hkv, d)
-  scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
+  scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, precision=precision, preferred_element_type=jnp.float32)
   scores = scores / np.sqrt(d).astype(np.float32)
   scores = jnp.where(allowed[:, None, None, :, :], scores, _MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v, preferred_element_type=jnp.float32)
+  out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v, precision=precision, preferred_element_type=jnp.float32)
   return out.reshape(b, lq, h, d).astype(dtype)

@@ -11,6 +11,7 @@ import ml_collections
 
 from showo_jax.common import axes
 from showo_jax.config import base as config_base
+from showo_jax.models import layers
 from showo_jax.models import mask_schedule
 from showo_jax.models import transformer
 from showo_jax.models import vocab as vocab_lib
@@ -36,6 +37,7 @@ VOCAB_PRESETS = {
 }
 
 FAMILIES = ("phi", "llama")
+MATMUL_PRECISIONS = tuple(layers.MATMUL_PRECISIONS)  # ("default", "high", "highest")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_qkv_proj")
 
 
@@ -53,11 +55,15 @@ def model_config(size: str) -> ConfigDict:
       qk_norm=True,  # forced on by the official code (SPEC §1.2)
       vocab_size=0,  # embedding/head rows; 0 = exactly the vocabulary layout's size
       init_std=0.02,
-      dropout_rate=0.0,
+      dropout_rate=0.0,  # training only: on the embeddings and on each residual branch (phi's embd/resid_pdrop)
       image_embedding_init="normal",  # or "codebook_bits": image-code rows of the embedding and the head
-      # start linear in the code's LFQ bits (models/vocab.py codebook_bit_rows); scratch training only  # training only: on the embeddings and on each residual branch (phi's embd/resid_pdrop)
+      # start linear in the code's LFQ bits (models/vocab.py codebook_bit_rows); scratch training only
       dtype="float32",  # activations
       param_dtype="float32",
+      # Precision of every backbone product, forward and backward (the tokenizer's `precision` is the same
+      # setting): "default" lets GPUs use TF32 and TPUs one bf16 pass; "highest" is full float32, as the official
+      # float32 PyTorch inference. No effect on CPU. The interop API (load_official_showo) uses "highest".
+      matmul_precision="default",
       scan_layers=False,
       remat_policy="none",
   ))
@@ -148,6 +154,8 @@ def validate(config) -> ConfigDict:
   _check(m.get("image_embedding_init", "normal") in ("normal", "codebook_bits"),
          f"config.model.image_embedding_init={m.get('image_embedding_init')!r} is not 'normal' or 'codebook_bits'")
   _check(0 <= m.get("dropout_rate", 0.0) < 1, f"config.model.dropout_rate={m.get('dropout_rate')} must be in [0, 1)")
+  _check(m.get("matmul_precision", "default") in MATMUL_PRECISIONS,
+         f"config.model.matmul_precision={m.get('matmul_precision')!r} is not one of {MATMUL_PRECISIONS}")
   _check(m.remat_policy in REMAT_POLICIES,
          f"config.model.remat_policy={m.remat_policy!r} is not one of {REMAT_POLICIES}")
   try:
@@ -205,7 +213,9 @@ def transformer_config(config) -> transformer.TransformerConfig:
       intermediate_size=m.intermediate_size, rotary_dim=rotary_dim(m), rope_theta=float(m.rope_theta),
       norm_eps=float(m.norm_eps), qk_norm=bool(m.qk_norm), init_std=float(m.init_std), dtype=m.dtype,
       param_dtype=m.param_dtype, scan_layers=bool(m.scan_layers), remat_policy=m.remat_policy,
-      dropout_rate=float(m.get("dropout_rate", 0.0)))
+      dropout_rate=float(m.get("dropout_rate", 0.0)),
+      # Configs saved before the field existed ran at jax's default.
+      matmul_precision=str(m.get("matmul_precision", "default")))
 
 
 def loss_settings(config) -> dict:

@@ -4,7 +4,8 @@ A dataset is a folder of `NAME-SSSSS-of-NNNNN.array_record` shards plus `meta.js
 anything the writer adds). Each record is a msgpack-encoded dict of numpy arrays / str / int (e.g.
 `{"image_tokens": int16[N], "caption": str, "label": int}`), decoded by `RecordSource`, a grain-compatible
 random-access source. tfds datasets prepared in `array_record` format are read with `tfds.data_source`
-(no TensorFlow needed) through the same interface (`open_source`).
+(no TensorFlow needed) through the same interface (`open_source`); one that is not prepared is an error, never
+a download.
 """
 
 import glob
@@ -97,8 +98,31 @@ class RecordSource:
 def open_source(spec: str):
   """A record folder, or `tfds:NAME[:SPLIT]@DATA_DIR` for a tfds dataset prepared in array_record format."""
   if spec.startswith("tfds:"):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    body, _, data_dir = spec[len("tfds:"):].partition("@")
-    name, _, split = body.partition(":")
-    return tfds.data_source(name, split=split or "train", data_dir=data_dir or None)
+    return _open_tfds(spec)
   return RecordSource(spec)
+
+
+def _open_tfds(spec: str):
+  """A tfds dataset already prepared in DATA_DIR. Never downloads or prepares one: `tfds.data_source` would by
+  default (download=True), fetching what may be hundreds of GB from a training job."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  body, _, data_dir = spec[len("tfds:"):].partition("@")
+  name, _, split = body.partition(":")
+  if not name:
+    raise ValueError(f"{spec}: no dataset name (use tfds:NAME[:SPLIT]@DATA_DIR)")
+  data_dir = data_dir or None
+  where = (f"data_dir {data_dir}" if data_dir
+           else "the default tfds data_dir (TFDS_DATA_DIR or ~/tensorflow_datasets)")
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.DatasetNotFoundError:  # its message lists every registered dataset, one per line
+    raise FileNotFoundError(f"{spec}: no tfds dataset {name!r}: not registered, nor prepared in {where}") from None
+  # Checked here: unprepared, data_source(download=False) fails with a misleading file-format error.
+  if not builder.is_prepared():
+    raise FileNotFoundError(f"{spec}: tfds dataset {name!r} is not prepared in {where} (nothing is downloaded: "
+                            f"prepare it there in array_record format first)")
+  try:
+    return tfds.data_source(name, split=split or "train", data_dir=data_dir, download=False)
+  except (NotImplementedError, ValueError, KeyError) as e:  # e.g. prepared as tfrecord, an unknown split
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ValueError(f"{spec}: cannot open tfds dataset {name!r} in {where}: {reason}") from None

@@ -6,8 +6,13 @@ These names are a stable public API (other work and outside checks rely on them)
   attention_mask(input_ids, task, config) -> bool [B, L, L]
   showo_losses(params, config, batch) -> {"t2i", "lm", "mmu", "total"}
   load_official_magvit(source) -> (params, config); magvit_encode(...); magvit_decode(...)
+
+They reproduce the official float32 PyTorch numerics on accelerators too: the configs the loaders return set
+`model.matmul_precision` / `precision` to "highest" (no TF32 or bf16 passes), and showo_logits / showo_losses
+run the backbone at "highest" whatever the config they are given says.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -32,7 +37,7 @@ magvit_decode = codec.magvit_decode
 
 
 def _official_config_json(source):
-  """The hub config.json beside a checkpoint (llm_vocab_size, codebook_size, num_vq_tokens), if any."""
+  """The config.json beside a checkpoint, if it describes a Show-o backbone (showo_keys.usable_config_json)."""
   if isinstance(source, dict):
     return {}
   path = os.fspath(source)
@@ -45,28 +50,33 @@ def _official_config_json(source):
       data = json.load(f)
     except ValueError as e:
       raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
-  return data if data.get("_class_name") == "Showo" else {}
+  return showo_keys.usable_config_json(data)
 
 
-def load_official_showo(source, *, scan_layers: bool = False):
+def load_official_showo(source, *, scan_layers: bool = False, **facts):
   """Loads an official Show-o state dict.
 
   Args:
     source: a dict of numpy arrays keyed as the official state dict, or a path to `.npz`, `.safetensors`
       (read without torch), `.bin` (needs torch; `weights_only=True`) or a hub folder.
     scan_layers: return params in the scanned (stacked-layer) layout.
+    **facts: what neither the shapes nor the config.json beside the weights say (a dict source has no
+      config.json): `llm_vocab_size`, `codebook_size`, `bos_id`, `eos_id`, `rope_theta`, `norm_eps`,
+      `rotary_fraction`, `head_dim` (see showo_keys.infer_config); they override the config.json.
   Returns:
     (params, config): the Flax param tree and the ml_collections config of the inferred model. Sizes come from
-    the shapes; the text/image split of the vocabulary from a `config.json` beside the weights when present.
+    the shapes; the vocabulary split, BOS/EOS and the LLM's numerics from `facts`, the `config.json` beside the
+    weights or the released checkpoints' known layout, else a CheckpointError names what is missing;
+    `model.matmul_precision` is "highest" (float32 products, as the official model).
   """
   state = reader.read_state_dict(source)
   meta = _official_config_json(source)
-  config = showo_keys.infer_config(state, llm_vocab_size=meta.get("llm_vocab_size"),
-                                   codebook_size=meta.get("codebook_size"))
+  config = showo_keys.infer_config(state, config_json=meta, **facts)
   if meta.get("num_vq_tokens"):
     config.data.num_image_tokens = int(meta["num_vq_tokens"])
     config.data.resolution = int(round(np.sqrt(config.data.num_image_tokens))) * config.data.downsample
   config.model.scan_layers = scan_layers
+  config.model.matmul_precision = "highest"
   params, extras = showo_keys.params_from_official(state, config)
   if extras:
     config.model.extra_keys = sorted(extras)
@@ -92,12 +102,15 @@ def _check_ids(input_ids, config):
 
 
 def showo_logits(params, config, input_ids, allowed) -> np.ndarray:
-  """float32 logits [B, L, V]; `allowed` is bool [B, L, L] or [B, 1, L, L] (True = may attend), or additive."""
+  """float32 logits [B, L, V]; `allowed` is bool [B, L, L] or [B, 1, L, L] (True = may attend), or additive.
+
+  The products run at matmul_precision "highest" whatever `config.model.matmul_precision` is (official numerics).
+  """
   ids = _check_ids(input_ids, config)
   allowed = np.asarray(omni_mask.to_allowed(allowed))
   if allowed.shape != (ids.shape[0], ids.shape[1], ids.shape[1]):
     raise ValueError(f"attention mask shape {allowed.shape} does not match input_ids {ids.shape}")
-  cfg = showo_config.transformer_config(config)
+  cfg = dataclasses.replace(showo_config.transformer_config(config), matmul_precision="highest")
   return np.asarray(_jitted_apply(cfg)(params, ids, allowed), np.float32)
 
 

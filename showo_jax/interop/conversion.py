@@ -52,11 +52,9 @@ def import_showo(source: str, output: str, *, overwrite: bool = False):
   desc = getattr(state, "description", source)
   if detect_kind(state.keys(), desc) != "showo":
     raise CheckpointError(f"{desc}: a MAGVIT-v2 checkpoint, not a Show-o (use --kind magvit)")
-  meta = checkpoint_writer.source_config_json(source)
-  meta = meta if meta.get("_class_name") == "Showo" else {}
+  meta = showo_keys.usable_config_json(checkpoint_writer.source_config_json(source))
   try:
-    config = showo_keys.infer_config(state.shapes(), llm_vocab_size=meta.get("llm_vocab_size"),
-                                     codebook_size=meta.get("codebook_size"))
+    config = showo_keys.infer_config(state.shapes(), config_json=meta)
   except CheckpointError as e:
     raise CheckpointError(f"{desc}: {e}") from None
   if meta.get("num_vq_tokens"):
@@ -131,13 +129,20 @@ def _open_checkpoint(checkpoint: str):
 
 
 def official_config_json(config) -> dict:
-  """The hub config.json of SPEC §9 for a Show-o config."""
+  """The hub config.json of SPEC §9 for a Show-o config, plus the LLM's fields (HF names) that the official file
+  leaves to `llm_model_path`: so that importing it back (showo_keys.infer_config) needs no outside knowledge.
+  The official loader ignores the extra fields."""
   layout = showo_config.vocab_layout(config)
+  m = config.model
+  eps_key = "layer_norm_eps" if m.family == "phi" else "rms_norm_eps"
   return {"_class_name": "Showo", "codebook_size": layout.codebook_size,
-          "llm_model_path": "microsoft/phi-1_5" if config.model.family == "phi" else "",
+          "llm_model_path": "microsoft/phi-1_5" if m.family == "phi" else "",
           "llm_vocab_size": layout.llm_vocab_size, "load_from_showo": True,
-          "mask_token_id": int(config.model.vocab_size) - 1, "num_vq_tokens": int(config.data.num_image_tokens),
-          "vocab_size": int(config.model.vocab_size), "w_clip_vit": bool(config.model.get("extra_keys"))}
+          "mask_token_id": int(m.vocab_size) - 1, "num_vq_tokens": int(config.data.num_image_tokens),
+          "vocab_size": int(m.vocab_size), "w_clip_vit": bool(m.get("extra_keys")),
+          "bos_token_id": layout.bos_id, "eos_token_id": layout.eos_id, "rope_theta": float(m.rope_theta),
+          eps_key: float(m.norm_eps), "partial_rotary_factor": float(m.rotary_fraction),
+          "head_dim": showo_config.head_dim(m)}
 
 
 # Bytes of saved leaves restored per Orbax call by the export: bounds its memory (a leaf larger than this is read

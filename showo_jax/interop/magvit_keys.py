@@ -265,5 +265,12 @@ def params_to_official(params, config) -> dict[str, np.ndarray]:
 
 
 def load_official_magvit(source) -> tuple[dict, ml_collections.ConfigDict]:
-  """Loads an official MAGVITv2 checkpoint (anything `reader.read_state_dict` takes) → (params, config)."""
-  return params_from_official(reader.read_state_dict(source))
+  """Loads an official MAGVITv2 checkpoint (anything `reader.read_state_dict` takes) → (params, config).
+
+  The config's `precision` is "highest": float32 convs and products on accelerators too, the float32 numerics
+  the official parity data records (params_from_official keeps the preset's "default", so that converted
+  checkpoints train at full speed).
+  """
+  params, config = params_from_official(reader.read_state_dict(source))
+  config.precision = "highest"
+  return params, config

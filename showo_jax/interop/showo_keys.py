@@ -3,8 +3,11 @@
 PyTorch Linear weights are [out, in]; Flax kernels are [in, ...out] with heads split out
 (q/k/v: [E, H, D]; o_proj: [H, D, E]). Phi keys live under `showo.model.*` / `showo.lm_head.*`; a LLaMA-family
 Show-o uses the Hugging Face LLaMA names under the same prefix (QK-norm as `self_attn.{q,k}_norm.weight`).
+`infer_config` takes what the shapes cannot show (vocabulary split, BOS/EOS, RoPE, eps) from the caller or config.json.
 """
 
+import math
+import numbers
 import re
 
 import numpy as np
@@ -17,8 +20,19 @@ PREFIX = "showo."
 # Extra tensors of the CLIP-ViT variant (SPEC §9.1): carried along, not part of the backbone.
 EXTRA_PREFIXES = ("mm_projector.",)
 
-# Known vocabulary layouts by embedding rows: (llm_vocab_size, codebook_size, bos=eos id).
-_KNOWN_LAYOUTS = {58498: (50295, 8192, 50256), 175: (100, 64, 99)}
+# The released Show-o checkpoints (showlab/show-o*, SPEC §9): their vocabulary layout by embedding rows, and the
+# LLM whose config and tokenizer the official loader reads through `llm_model_path` (SPEC §1.1, §2).
+_KNOWN_LAYOUTS = {58498: dict(llm_vocab_size=50295, codebook_size=8192, llm="microsoft/phi-1_5")}
+_KNOWN_LLMS = {"microsoft/phi-1_5": dict(family="phi", rope_theta=10000.0, norm_eps=1e-5, rotary_fraction=0.5,
+                                         head_dim=64, bos_id=50256, eos_id=50256)}
+
+# What infer_config needs beyond the tensor shapes: (keyword argument, config.json key or {family: key}, type).
+_FACTS = (("llm_vocab_size", "llm_vocab_size", int), ("codebook_size", "codebook_size", int),
+          ("bos_id", "bos_token_id", int), ("eos_id", "eos_token_id", int), ("rope_theta", "rope_theta", float),
+          ("norm_eps", {"phi": "layer_norm_eps", "llama": "rms_norm_eps"}, float),
+          ("rotary_fraction", "partial_rotary_factor", float), ("head_dim", "head_dim", int))
+_FACT_NAMES = tuple(name for name, _, _ in _FACTS)
+_NUM_SPECIAL = 11  # rows besides text and codes: 10 special tokens and [MASK] (SPEC §2)
 
 
 def _linear(w):  # torch [out, in] -> flax [in, out]
@@ -110,50 +124,142 @@ def _shape(state, key):
   return tuple(value) if isinstance(value, tuple) else tuple(value.shape)
 
 
-def infer_config(state: dict, prefix: str = PREFIX, llm_vocab_size=None, codebook_size=None, bos_id=None,
-                 head_dim=None):
+def usable_config_json(data) -> dict:
+  """`data` (a parsed config.json) if it can describe a Show-o backbone: an official Show-o config (`_class_name`
+  "Showo", maybe with the LLM's fields too) or a Hugging Face LLM config (`model_type`); else {} (e.g. MAGVIT's)."""
+  if not isinstance(data, dict):
+    return {}
+  return data if data.get("_class_name") == "Showo" or "model_type" in data else {}
+
+
+def _json_key(key, family: str) -> str:
+  return key[family] if isinstance(key, dict) else key
+
+
+def _checked(value, label: str, kind):
+  """`value` as a positive `kind` (ids may be 0), or a one-line CheckpointError naming `label`."""
+  low = 0 if label.endswith("_id") else 1e-300
+  number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+  if not number or value < low or (kind is int and value != int(value)):
+    what = "a non-negative integer" if low == 0 else ("a positive integer" if kind is int else "a positive number")
+    raise CheckpointError(f"{label}={value!r} is not {what}")
+  return kind(value)
+
+
+def infer_config(state: dict, prefix: str = PREFIX, *, config_json=None, llm_vocab_size=None, codebook_size=None,
+                 bos_id=None, eos_id=None, rope_theta=None, norm_eps=None, rotary_fraction=None, head_dim=None):
   """A Show-o config whose backbone matches the shapes of an official state dict.
 
-  Only shapes are read: `state` may map keys to arrays, `jax.ShapeDtypeStruct`s or shape tuples (the
-  streaming converter passes the safetensors header's shapes). `head_dim` is needed only without QK-norm.
+  Only shapes are read: `state` may map keys to arrays, `jax.ShapeDtypeStruct`s or shape tuples (the streaming
+  converter passes the safetensors header's shapes). Nothing is guessed: what the shapes do not tell comes from
+  the keyword arguments, else `config_json`, else the released checkpoints' facts (58498 rows, `llm_model_path`
+  "microsoft/phi-1_5"); whatever is still unknown is an error.
+
+  Args:
+    state: the official state dict, or its shapes.
+    prefix: key prefix of the backbone.
+    config_json: the parsed config.json beside the weights (the official Show-o one, which may also carry the
+      LLM's `rope_theta`, `layer_norm_eps`/`rms_norm_eps`, `partial_rotary_factor`, `bos_token_id`,
+      `eos_token_id`, `head_dim`; or a Hugging Face LLM config), or None.
+    llm_vocab_size: text tokens of the vocabulary. With `codebook_size` unknown, that is the rest of the rows.
+    codebook_size: image codes of the vocabulary (and the reverse).
+    bos_id: the BOS token id (`eos_id`: the EOS one).
+    rope_theta: the RoPE base.
+    norm_eps: the LayerNorm (phi) / RMSNorm (llama) epsilon.
+    rotary_fraction: phi's partial_rotary_factor (LLaMA rotates whole heads unless config.json says otherwise).
+    head_dim: per-head size; the QK-norm weights give it, so it is needed only without QK-norm.
+  Returns:
+    The validated config.
+  Raises:
+    CheckpointError: a value is missing, malformed or contradicts the shapes (one line naming it).
   """
-  vocab_size, hidden = _shape(state, prefix + "model.embed_tokens.weight")
+  rows, hidden = (int(n) for n in _shape(state, prefix + "model.embed_tokens.weight"))
   family = "phi" if prefix + "model.final_layernorm.weight" in state else "llama"
   layer_ids = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"model\.layers\.(\d+)\.", k))}
   if not layer_ids:
     raise CheckpointError(f"no decoder layers ({prefix}model.layers.N.*) in the state dict")
   num_layers = max(layer_ids) + 1
+  meta = usable_config_json(config_json)
+  model_type = meta.get("model_type")
+  if model_type is not None and (model_type == "phi") != (family == "phi"):
+    raise CheckpointError(f"config.json model_type {model_type!r} does not match the {family}-family tensors")
+  if meta.get("rope_scaling"):
+    raise CheckpointError(f"config.json rope_scaling {meta['rope_scaling']!r} is not supported")
+  given = dict(llm_vocab_size=llm_vocab_size, codebook_size=codebook_size, bos_id=bos_id, eos_id=eos_id,
+               rope_theta=rope_theta, norm_eps=norm_eps, rotary_fraction=rotary_fraction, head_dim=head_dim)
+  facts, labels = {}, {}  # value and where it came from, for the errors
+  for name, key, kind in _FACTS:
+    key = _json_key(key, family)
+    if given[name] is not None:
+      facts[name], labels[name] = _checked(given[name], name, kind), name
+    elif meta.get(key) is not None:
+      facts[name], labels[name] = _checked(meta[key], f"config.json {key}", kind), f"config.json {key}"
+  if "head_dim" not in facts and meta.get("num_attention_heads") is not None:
+    heads = _checked(meta["num_attention_heads"], "config.json num_attention_heads", int)
+    if hidden % heads:
+      raise CheckpointError(f"config.json num_attention_heads={heads} does not divide the hidden size {hidden}")
+    facts["head_dim"], labels["head_dim"] = hidden // heads, "config.json num_attention_heads"
   l0 = f"{prefix}model.layers.0."
   qn = l0 + ("self_attn.q_layernorm.weight" if family == "phi" else "self_attn.q_norm.weight")
   qk_norm = qn in state
-  q_rows = _shape(state, l0 + "self_attn.q_proj.weight")[0]
-  head_dim = _shape(state, qn)[0] if qk_norm else (head_dim or 64)
-  fc = l0 + ("mlp.fc1.weight" if family == "phi" else "mlp.gate_proj.weight")
+  if qk_norm:  # the per-head norm's width is the head size
+    width = int(_shape(state, qn)[0])
+    if facts.setdefault("head_dim", width) != width:
+      raise CheckpointError(f"{labels['head_dim']} gives head_dim={facts['head_dim']}, but {qn!r} is {width} wide")
+    labels.setdefault("head_dim", qn)
+  # The released checkpoints' facts fill what is still unknown (a config.json naming another LLM turns them off).
+  layout = _KNOWN_LAYOUTS.get(rows)
+  named = meta.get("llm_model_path") or None
+  if layout and named not in (None, layout["llm"]):
+    layout = None
+  llm = _KNOWN_LLMS.get(named or (layout and layout["llm"]))
+  if llm and llm["family"] != family:
+    if named:
+      raise CheckpointError(f"config.json llm_model_path {named!r} is a {llm['family']} model, but the tensors "
+                            f"are {family}-family")
+    llm = layout = None
+  if layout and "llm_vocab_size" not in facts and "codebook_size" not in facts:
+    facts.update(llm_vocab_size=layout["llm_vocab_size"], codebook_size=layout["codebook_size"])
+  for name, value in (llm or {}).items():
+    if name != "family":
+      facts.setdefault(name, value)
+  if family == "llama":  # HF LLaMA rotates whole heads unless its config sets partial_rotary_factor
+    facts.setdefault("rotary_fraction", 1.0)
+  # One of the two vocabulary parts gives the other: the official embedding has exactly the layout's rows.
+  for have, other in (("llm_vocab_size", "codebook_size"), ("codebook_size", "llm_vocab_size")):
+    if have in facts and other not in facts:
+      facts[other] = rows - _NUM_SPECIAL - facts[have]
+      if facts[other] <= 0:
+        raise CheckpointError(f"{labels.get(have, have)}={facts[have]} leaves no {other} in the {rows}-row "
+                              f"vocabulary (text + 10 special + image codes + [MASK])")
+  missing = [name for name in _FACT_NAMES if name not in facts]
+  if missing:
+    keys = [_json_key(key, family) + (" (or num_attention_heads)" if name == "head_dim" else "")
+            for name, key, _ in _FACTS if name in missing]
+    split = (f" (cannot split the {rows}-row vocabulary into text and image tokens)"
+             if "llm_vocab_size" in missing else "")
+    raise CheckpointError(f"the {family}-family checkpoint does not say its {', '.join(missing)}{split}: put "
+                          f"{', '.join(keys)} in the config.json beside the weights, or pass "
+                          f"{', '.join(n + '=' for n in missing)} to load_official_showo (showo_keys.infer_config)")
+
   size = "phi-1.5" if (family, hidden, num_layers) == ("phi", 2048, 24) else (
       "tiny" if family == "phi" else "tiny-llama")
   config = showo_config.showo_config(size=size)
   m = config.model
-  m.family, m.hidden_size, m.num_layers = family, int(hidden), int(num_layers)
-  m.num_heads, m.head_dim = q_rows // head_dim, int(head_dim)
-  m.num_kv_heads = _shape(state, l0 + "self_attn.k_proj.weight")[0] // head_dim
+  m.family, m.hidden_size, m.num_layers = family, hidden, int(num_layers)
+  d = facts["head_dim"]
+  q_key, k_key = l0 + "self_attn.q_proj.weight", l0 + "self_attn.k_proj.weight"
+  for key in (q_key, k_key):
+    if _shape(state, key)[0] % d:
+      raise CheckpointError(f"{key!r}: {_shape(state, key)[0]} rows are not a multiple of head_dim={d}")
+  m.num_heads, m.head_dim = _shape(state, q_key)[0] // d, d
+  m.num_kv_heads = _shape(state, k_key)[0] // d
+  fc = l0 + ("mlp.fc1.weight" if family == "phi" else "mlp.gate_proj.weight")
   m.intermediate_size = int(_shape(state, fc)[0])
-  m.qk_norm, m.vocab_size = qk_norm, int(vocab_size)
-  known = _KNOWN_LAYOUTS.get(int(vocab_size))
-  if llm_vocab_size is None and codebook_size is None and known:
-    llm_vocab_size, codebook_size, bos_id = known
-  if codebook_size is None and llm_vocab_size is None:
-    if vocab_size <= 8192 + 11:
-      raise CheckpointError(f"cannot split the {vocab_size}-row vocabulary into text and image tokens: pass "
-                            "llm_vocab_size and codebook_size (or keep the official config.json beside the weights)")
-    codebook_size = 8192  # MAGVIT-v2's 13-bit codebook
-  if llm_vocab_size is None:
-    llm_vocab_size = vocab_size - 11 - codebook_size
-  if codebook_size is None:
-    codebook_size = vocab_size - 11 - llm_vocab_size
-  if bos_id is None:
-    bos_id = 50256 if llm_vocab_size > 50256 else llm_vocab_size - 1
-  m.vocab.update(llm_vocab_size=int(llm_vocab_size), codebook_size=int(codebook_size), bos_id=int(bos_id),
-                 eos_id=int(bos_id))
+  m.qk_norm, m.vocab_size = qk_norm, rows
+  m.rope_theta, m.norm_eps, m.rotary_fraction = facts["rope_theta"], facts["norm_eps"], facts["rotary_fraction"]
+  m.vocab.update(llm_vocab_size=facts["llm_vocab_size"], codebook_size=facts["codebook_size"],
+                 bos_id=facts["bos_id"], eos_id=facts["eos_id"])
   return showo_config.validate(config)
 
 

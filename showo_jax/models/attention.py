@@ -8,10 +8,12 @@ pass over the f32 [B, H, L, L] scores is memory-bound, and autodiff of
 The normalisation by l and the 1/√d scale are applied on the [L, D] side of each product, never on the [L, L]
 side; blocked scores give e = 0 exactly, so the backward pass needs no mask. What remains on the [L, L] side
 (bias, max, exp, sum; ds) XLA fuses into the two products that produce s and do'·vᵀ. Products take the compute
-dtype (bf16 or f32) and accumulate in f32; all elementwise work is f32.
+dtype (bf16 or f32) and accumulate in f32; all elementwise work is f32. All six products (two forward, four
+backward) take the `precision` argument: the hand-written backward pass would otherwise run at jax's default.
 """
 
 import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +34,9 @@ _PV = (((3,), (2,)), _BATCH)  # p [B,Hkv,Lg,Lk] · v [B,Hkv,Lk,D] → [B,Hkv,Lg,
 _TN = (((3,), (2,)), _BATCH)  # doᵀ [B,Hkv,D,Lg] · p [B,Hkv,Lg,Lk] → [B,Hkv,D,Lk]
 
 
-def _dot(a, b, dims, dtype):
-  return jax.lax.dot_general(a.astype(dtype), b.astype(dtype), dims, preferred_element_type=jnp.float32)
+def _dot(a, b, dims, dtype, precision):
+  return jax.lax.dot_general(a.astype(dtype), b.astype(dtype), dims, precision=precision,
+                             preferred_element_type=jnp.float32)
 
 
 def _transposed(x):
@@ -55,7 +58,7 @@ def _rows_last(x, lq):
   return x.reshape(b, hkv, g, lq, d).transpose(0, 3, 1, 2, 4).reshape(b, lq, hkv * g, d)
 
 
-def _forward(q, k, v, allowed, dtype):
+def _forward(q, k, v, allowed, dtype, precision):
   b, lq, h, d = q.shape
   hkv = k.shape[2]
   cdt = q.dtype
@@ -68,16 +71,16 @@ def _forward(q, k, v, allowed, dtype):
   bias = jnp.where(allowed, 0.0, _MASK_VALUE)[:, None]  # f32 [B, 1, Lq, Lk]
   if h > hkv:
     bias = jnp.tile(bias, (1, 1, h // hkv, 1))  # [B, 1, Lg, Lk]
-  s = _dot(qh, kh, _QK, cdt) + bias  # f32 [B,Hkv,Lg,Lk]
+  s = _dot(qh, kh, _QK, cdt, precision) + bias  # f32 [B,Hkv,Lg,Lk]
   m = jnp.max(s, axis=-1, keepdims=True)
   e = jnp.exp(s - m)  # exactly 0 where blocked
   l = jnp.sum(e, axis=-1, keepdims=True)  # ≥ 1: the row max contributes exp(0)
-  o = _dot(e, vh, _PV, cdt) / l  # f32 [B,Hkv,Lg,D]
+  o = _dot(e, vh, _PV, cdt, precision) / l  # f32 [B,Hkv,Lg,D]
   return _rows_last(o, lq).astype(dtype), (qh, kh, vh, e, l, o)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def attention(q, k, v, allowed, dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def attention(q, k, v, allowed, dtype, precision: Optional[jax.lax.Precision] = None):
   """Softmax attention with a boolean mask and grouped-query heads.
 
   Args:
@@ -86,28 +89,29 @@ def attention(q, k, v, allowed, dtype):
     v: [B, Lk, Hkv, D] values.
     allowed: bool [B, Lq, Lk], True = may attend; every row must allow at least one key.
     dtype: output dtype.
+    precision: of every product, forward and backward; None = jax's default (TF32 on GPU, bf16 on TPU).
   Returns:
     [B, Lq, H, D]. Products take q's dtype and accumulate in float32; the softmax is computed in float32.
   """
-  return _forward(q, k, v, allowed, dtype)[0]
+  return _forward(q, k, v, allowed, dtype, precision)[0]
 
 
-def _attention_fwd(q, k, v, allowed, dtype):
-  out, res = _forward(q, k, v, allowed, dtype)
+def _attention_fwd(q, k, v, allowed, dtype, precision):
+  out, res = _forward(q, k, v, allowed, dtype, precision)
   return out, res + (allowed,)
 
 
-def _attention_bwd(dtype, res, dout):
+def _attention_bwd(dtype, precision, res, dout):
   del dtype
   qh, kh, vh, e, l, o, allowed = res
   cdt = qh.dtype
   scale = np.float32(1.0 / np.sqrt(qh.shape[-1]))
   do = _rows_first(dout.astype(jnp.float32), kh.shape[1]) / l  # do' [B,Hkv,Lg,D]
   delta = jnp.sum(do * o, axis=-1, keepdims=True)  # [B,Hkv,Lg,1]
-  dv = _dot(_transposed(do.astype(cdt)), e, _TN, cdt)  # [B,Hkv,D,Lk]
-  ds = e * (_dot(do, vh, _QK, cdt) - delta)  # f32 [B,Hkv,Lg,Lk], gradient of the scaled scores; 0 if blocked
-  dq = _dot(ds, kh, _PV, cdt) * scale  # [B,Hkv,Lg,D]
-  dk = _dot(_transposed(qh), ds, _TN, cdt)  # [B,Hkv,D,Lk]; qh already carries the scale
+  dv = _dot(_transposed(do.astype(cdt)), e, _TN, cdt, precision)  # [B,Hkv,D,Lk]
+  ds = e * (_dot(do, vh, _QK, cdt, precision) - delta)  # f32 [B,Hkv,Lg,Lk], gradient of the scaled scores; 0 if blocked
+  dq = _dot(ds, kh, _PV, cdt, precision) * scale  # [B,Hkv,Lg,D]
+  dk = _dot(_transposed(qh), ds, _TN, cdt, precision)  # [B,Hkv,D,Lk]; qh already carries the scale
   grad_allowed = np.zeros(allowed.shape, jax.dtypes.float0)
   return (_rows_last(dq, allowed.shape[1]).astype(cdt), dk.transpose(0, 3, 1, 2).astype(kh.dtype),
           dv.transpose(0, 3, 1, 2).astype(vh.dtype), grad_allowed)

@@ -14,6 +14,8 @@ CPU matmul library (XNNPACK/YNNPACK inside XLA:CPU) runs fastest, rather than th
 Both take the compute dtype and accumulate in float32; dW stays float32 with bf16 operands (autodiff would
 round it to bf16). The residuals are x and W in the compute dtype. On AVX2 CPUs without bf16 units the bf16
 products are about 1.5× slower than f32 ones, so bf16 compute saves memory there, not time.
+All three products take the same `precision` (layers.MATMUL_PRECISIONS): a hand-written backward pass gets
+none of it from autodiff, so it is passed through explicitly.
 """
 
 import functools
@@ -26,8 +28,8 @@ import jax.numpy as jnp
 from showo_jax.models import layers
 
 
-def _dot(a, b, contract, dtype):
-  return jax.lax.dot_general(a.astype(dtype), b.astype(dtype), (contract, ((), ())),
+def _dot(a, b, contract, dtype, precision):
+  return jax.lax.dot_general(a.astype(dtype), b.astype(dtype), (contract, ((), ())), precision=precision,
                              preferred_element_type=jnp.float32)
 
 
@@ -39,8 +41,8 @@ def _flat(x, kernel, n_in):
   return x.reshape(-1, k), kernel.reshape(k, -1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def matmul(x, kernel, n_in: int, dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def matmul(x, kernel, n_in: int, dtype, precision: Optional[jax.lax.Precision] = None):
   """float32 x · kernel contracting the last `n_in` axes of x with the first `n_in` axes of kernel.
 
   Args:
@@ -48,31 +50,32 @@ def matmul(x, kernel, n_in: int, dtype):
     kernel: [in..., out...] weights.
     n_in: number of contracted axes.
     dtype: compute dtype of both operands (bfloat16 or float32); the sums are float32.
+    precision: of the forward and both backward products; None = jax's default (TF32 on GPU, bf16 on TPU).
   Returns:
     float32 [..., out...].
   """
-  return _matmul_fwd(x, kernel, n_in, dtype)[0]
+  return _matmul_fwd(x, kernel, n_in, dtype, precision)[0]
 
 
-def _matmul_fwd(x, kernel, n_in, dtype):
+def _matmul_fwd(x, kernel, n_in, dtype, precision):
   x2, w2 = _flat(x.astype(dtype), kernel.astype(dtype), n_in)  # residuals in the compute dtype
-  y = _dot(x2, w2, ((1,), (0,)), dtype).reshape(x.shape[:x.ndim - n_in] + kernel.shape[n_in:])
+  y = _dot(x2, w2, ((1,), (0,)), dtype, precision).reshape(x.shape[:x.ndim - n_in] + kernel.shape[n_in:])
   # Zero-size arrays carry the input shapes and dtypes that the cotangents must have.
   return y, (x2, w2, jnp.zeros((0,) + x.shape, x.dtype), jnp.zeros((0,) + kernel.shape, kernel.dtype))
 
 
-def _matmul_bwd(n_in, dtype, res, dy):
+def _matmul_bwd(n_in, dtype, precision, res, dy):
   del n_in
   x2, w2, x_like, k_like = res
   dy2 = dy.reshape(x2.shape[0], w2.shape[1]).astype(dtype)
-  dx = _dot(dy2, w2, ((1,), (1,)), dtype)  # [M, K]
+  dx = _dot(dy2, w2, ((1,), (1,)), dtype, precision)  # [M, K]
   if x2.shape[1] <= dy2.shape[1]:
     # The barrier keeps xᵀ a real array (see the module docstring).
-    dw = _dot(jax.lax.optimization_barrier(x2.T), dy2, ((1,), (0,)), dtype)  # [K, N]
+    dw = _dot(jax.lax.optimization_barrier(x2.T), dy2, ((1,), (0,)), dtype, precision)  # [K, N]
   else:
     # Wide x (fc2, down_proj): transposing it costs more than the fast product saves, and transposing dy
     # instead makes XLA recompute dy's whole elementwise producer chain in transposed (strided) order.
-    dw = _dot(x2, dy2, ((0,), (0,)), dtype)  # [K, N]
+    dw = _dot(x2, dy2, ((0,), (0,)), dtype, precision)  # [K, N]
   return (dx.reshape(x_like.shape[1:]).astype(x_like.dtype), dw.reshape(k_like.shape[1:]).astype(k_like.dtype))
 
 
@@ -89,6 +92,7 @@ class Dense(nn.Module):
   dtype: jnp.dtype = jnp.float32  # of both product operands
   param_dtype: jnp.dtype = jnp.float32
   out_dtype: Optional[jnp.dtype] = None  # of y; None: `dtype`
+  precision: Optional[jax.lax.Precision] = None  # of the products, forward and backward; None: jax's default
 
   @nn.compact
   def __call__(self, x):
@@ -97,7 +101,7 @@ class Dense(nn.Module):
     in_shape = x.shape[-n_in:]
     kernel = self.param("kernel", layers.normal_init(self.init_std, self.kernel_axes), in_shape + features,
                         self.param_dtype)
-    y = matmul(x, kernel, n_in, jnp.dtype(self.dtype))
+    y = matmul(x, kernel, n_in, jnp.dtype(self.dtype), self.precision)
     if self.use_bias:
       bias = self.param("bias", layers.zeros_init(self.kernel_axes[n_in:]), features, self.param_dtype)
       y = y + bias.astype(jnp.float32)

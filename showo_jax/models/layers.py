@@ -13,6 +13,10 @@ from showo_jax.common import axes
 
 Dtype = jnp.dtype
 
+# `TransformerConfig.matmul_precision` → the `precision` of every backbone product. "default" is None, not
+# Precision.DEFAULT, so that jax's `jax_default_matmul_precision` setting still applies to it.
+MATMUL_PRECISIONS = {"default": None, "high": jax.lax.Precision.HIGH, "highest": jax.lax.Precision.HIGHEST}
+
 
 def normal_init(std: float, names: Sequence[str]):
   return nn.with_logical_partitioning(nn.initializers.normal(std), tuple(names))

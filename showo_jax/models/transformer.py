@@ -58,6 +58,7 @@ class TransformerConfig:
   scan_layers: bool
   remat_policy: str
   dropout_rate: float = 0.0
+  matmul_precision: str = "default"  # "default" | "high" | "highest": of every product, forward and backward
 
   @property
   def is_phi(self) -> bool:
@@ -78,6 +79,13 @@ class TransformerConfig:
   def weight_dtype(self):
     return _DTYPES[self.param_dtype]
 
+  @property
+  def precision(self):
+    """The jax.lax.Precision (None = jax's default) of every dense and attention product."""
+    if self.matmul_precision not in layers.MATMUL_PRECISIONS:
+      raise ValueError(f"matmul_precision={self.matmul_precision!r} is not one of {tuple(layers.MATMUL_PRECISIONS)}")
+    return layers.MATMUL_PRECISIONS[self.matmul_precision]
+
 
 def _dense(cfg: TransformerConfig, features, in_names, out_names, name, axis=-1, use_bias=None):
   """A dense layer with logically partitioned kernel and bias (bias only for phi by default)."""
@@ -86,7 +94,8 @@ def _dense(cfg: TransformerConfig, features, in_names, out_names, name, axis=-1,
   num_in = len(axis) if isinstance(axis, (tuple, list)) else 1
   return dense.Dense(features=features, kernel_axes=tuple(in_names) + tuple(out_names), num_in_axes=num_in,
                      use_bias=use_bias, init_std=cfg.init_std, dtype=cfg.compute_dtype,
-                     out_dtype=cfg.activation_dtype, param_dtype=cfg.weight_dtype, name=name)
+                     out_dtype=cfg.activation_dtype, param_dtype=cfg.weight_dtype, precision=cfg.precision,
+                     name=name)
 
 
 def _norm(cfg: TransformerConfig, name: str):
@@ -124,7 +133,7 @@ class Attention(nn.Module):
     v = nn.with_logical_constraint(v, (axes.BATCH, axes.LENGTH, axes.ACT_KV_HEADS, None))
     if self.decode:
       k, v = self._update_cache(k, v)  # [B, max_len, Hkv, D]
-    out = attention.attention(q, k, v, allowed, cfg.activation_dtype)  # [B, Lq, H, D]
+    out = attention.attention(q, k, v, allowed, cfg.activation_dtype, cfg.precision)  # [B, Lq, H, D]
     return _dense(cfg, cfg.hidden_size, [axes.HEADS, axes.HEAD_DIM], [axes.EMBED], "o_proj", axis=(-2, -1))(out)
 
   def _update_cache(self, k, v):

@@ -11,6 +11,7 @@ from showo_jax.config import base as config_base
 from showo_jax.config import showo as showo_config
 from showo_jax.interop import showo_keys
 from showo_jax.models import vocab as vocab_lib
+from tests import parity_facts
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -109,21 +110,21 @@ def test_bad_state_dicts_name_the_key(parity_showo):
   missing = dict(state)
   del missing["showo.model.layers.1.mlp.fc2.bias"]
   with pytest.raises(interop.CheckpointError, match=r"missing key 'showo.model.layers.1.mlp.fc2.bias'"):
-    interop.load_official_showo(missing)
+    interop.load_official_showo(missing, **parity_facts.TINY_PHI)
   extra = dict(state, **{"showo.model.layers.0.self_attn.rotary_emb.inv_freq": np.zeros(4, np.float32)})
   with pytest.raises(interop.CheckpointError, match=r"unexpected key 'showo.model.layers.0.self_attn.rotary_emb"):
-    interop.load_official_showo(extra)
+    interop.load_official_showo(extra, **parity_facts.TINY_PHI)
   bad = dict(state, **{"showo.model.layers.0.mlp.fc1.bias": np.zeros(127, np.float32)})
   with pytest.raises(interop.CheckpointError, match=r"key 'showo.model.layers.0.mlp.fc1.bias' has shape \(127,\)"):
-    interop.load_official_showo(bad)
+    interop.load_official_showo(bad, **parity_facts.TINY_PHI)
 
 
 def test_checkpoint_files_and_bad_ids(parity_showo, tmp_path):
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   state = _state(parity_showo)
   save_file(state, str(tmp_path / "pytorch_model.safetensors"))
-  params, config = interop.load_official_showo(tmp_path)  # a hub-layout folder
-  ref_params, _ = interop.load_official_showo(state)
+  params, config = interop.load_official_showo(tmp_path, **parity_facts.TINY_PHI)  # a hub-layout folder
+  ref_params, _ = interop.load_official_showo(state, **parity_facts.TINY_PHI)
   np.testing.assert_array_equal(params["lm_head"]["kernel"], ref_params["lm_head"]["kernel"])
   ids = parity_showo["input_ids"].copy()
   ids[1, 5] = 175
@@ -140,7 +141,9 @@ def test_vocab_split_comes_from_official_config_json(parity_showo, tmp_path):
   import json  # pylint: disable=g-import-not-at-top
   np.savez(tmp_path / "weights.npz", **_state(parity_showo))
   (tmp_path / "config.json").write_text(json.dumps(
-      {"_class_name": "Showo", "llm_vocab_size": 100, "codebook_size": 64, "num_vq_tokens": 64}))
+      {"_class_name": "Showo", "llm_vocab_size": 100, "codebook_size": 64, "num_vq_tokens": 64,
+       "bos_token_id": 99, "eos_token_id": 99, "rope_theta": 10000.0, "layer_norm_eps": 1e-5,
+       "partial_rotary_factor": 0.5}))
   _, config = interop.load_official_showo(tmp_path / "weights.npz")
   assert (config.model.vocab.llm_vocab_size, config.model.vocab.codebook_size) == (100, 64)
   state = dict(_state(parity_showo))

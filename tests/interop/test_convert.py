@@ -17,9 +17,12 @@ from showo_jax.interop import conversion
 from showo_jax.interop import streaming
 from tests import numpy_reference
 
+# The official fields (SPEC §9) and the LLM's, which the official file leaves to its `llm_model_path`; these
+# are the parity model's (SPEC §2, tiny_phi_config_A/config.json), and the export writes them too.
 _OFFICIAL_JSON = {"_class_name": "Showo", "codebook_size": 64, "llm_model_path": "tiny_phi_config_A",
                   "llm_vocab_size": 100, "load_from_showo": True, "mask_token_id": 174, "num_vq_tokens": 64,
-                  "vocab_size": 175, "w_clip_vit": False}
+                  "vocab_size": 175, "w_clip_vit": False, "bos_token_id": 99, "eos_token_id": 99,
+                  "rope_theta": 10000.0, "layer_norm_eps": 1e-5, "partial_rotary_factor": 0.5, "head_dim": 16}
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

@@ -7,6 +7,7 @@ import pytest
 from showo_jax import interop
 from showo_jax.models import losses
 from showo_jax.models import mask_schedule
+from tests import parity_facts
 
 
 def _state(parity):
@@ -20,7 +21,7 @@ def _xent64(logits, target):
 
 
 def test_official_losses(parity_showo):
-  params, config = interop.load_official_showo(_state(parity_showo))
+  params, config = interop.load_official_showo(_state(parity_showo), **parity_facts.TINY_PHI)
   got = interop.showo_losses(params, config, {
       "input_ids": parity_showo["input_ids"], "labels": parity_showo["labels"],
       "attention_mask": parity_showo["attention_mask"], "batch_sizes": (4, 2, 2)})

@@ -15,6 +15,7 @@ from showo_jax.interop import showo_keys
 from showo_jax.models import losses
 from showo_jax.models import transformer
 from tests import numpy_reference
+from tests import parity_facts
 
 TASKS_A = np.array([0, 0, 0, 0, 1, 1, 2, 2], np.int32)  # parity batch: 4 t2i, 2 lm, 2 mmu
 
@@ -30,7 +31,7 @@ def _state(parity):
 
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_logits_match_official(parity_showo, scan_layers):
-  params, config = interop.load_official_showo(_state(parity_showo), scan_layers=scan_layers)
+  params, config = interop.load_official_showo(_state(parity_showo), scan_layers=scan_layers, **parity_facts.TINY_PHI)
   logits = interop.showo_logits(params, config, parity_showo["input_ids"], parity_showo["attention_allowed"])
   assert logits.dtype == np.float32 and logits.shape == (8, 83, 175)
   assert rel_err(logits, parity_showo["logits"]) <= 1e-4
@@ -40,7 +41,7 @@ def test_logits_match_official(parity_showo, scan_layers):
 
 
 def test_activations_match_official(parity_showo):
-  params, config = interop.load_official_showo(_state(parity_showo))
+  params, config = interop.load_official_showo(_state(parity_showo), **parity_facts.TINY_PHI)
   model = transformer.Transformer(showo_config.transformer_config(config))
   _, state = model.apply({"params": params}, parity_showo["input_ids"].astype(np.int32),
                          parity_showo["attention_allowed"][:, 0], mutable=["intermediates"])
@@ -67,7 +68,7 @@ def _total_loss_fn(model, config, parity):
 
 
 def test_gradients_match_official(parity_showo):
-  params, config = interop.load_official_showo(_state(parity_showo))
+  params, config = interop.load_official_showo(_state(parity_showo), **parity_facts.TINY_PHI)
   model = transformer.Transformer(showo_config.transformer_config(config))
   loss, grads = jax.value_and_grad(_total_loss_fn(model, config, parity_showo))(params)
   assert abs(float(loss) - float(parity_showo["loss_total"])) <= 1e-4 * float(parity_showo["loss_total"])
@@ -78,7 +79,7 @@ def test_gradients_match_official(parity_showo):
 
 @pytest.mark.parametrize("policy", ["full", "save_dots", "save_qkv_proj"])
 def test_remat_and_scan_give_identical_numbers(parity_showo, policy):
-  base_params, config = interop.load_official_showo(_state(parity_showo))
+  base_params, config = interop.load_official_showo(_state(parity_showo), **parity_facts.TINY_PHI)
   model = transformer.Transformer(showo_config.transformer_config(config))
   ref_loss, ref_grads = jax.value_and_grad(_total_loss_fn(model, config, parity_showo))(base_params)
   config.model.remat_policy = policy
@@ -94,7 +95,7 @@ def test_remat_and_scan_give_identical_numbers(parity_showo, policy):
 
 def test_phi_matches_float64_oracle(parity_showo):
   state = _state(parity_showo)
-  params, config = interop.load_official_showo(state)
+  params, config = interop.load_official_showo(state, **parity_facts.TINY_PHI)
   ids, allowed = parity_showo["input_ids"], parity_showo["attention_allowed"][:, 0]
   want = numpy_reference.forward(state, ids, allowed, family="phi", num_heads=4, num_kv_heads=4, rotary_dim=8)
   assert rel_err(interop.showo_logits(params, config, ids, allowed), want) <= 1e-4
@@ -106,7 +107,7 @@ def test_llama_family_matches_float64_oracle(parity_showo, kv_heads):
   rng = np.random.default_rng(kv_heads)
   state = numpy_reference.random_llama_state(rng, vocab=175, hidden=64, layers=2, heads=4, kv_heads=kv_heads,
                                              inter=96)
-  params, config = interop.load_official_showo(state)
+  params, config = interop.load_official_showo(state, **parity_facts.TINY_LLAMA)
   assert config.model.family == "llama" and config.model.num_kv_heads == kv_heads
   assert "bias" not in params["lm_head"] and "bias" not in params["layers_0"]["attn"]["q_proj"]
   ids, allowed = parity_showo["input_ids"], parity_showo["attention_allowed"][:, 0]
@@ -119,7 +120,7 @@ def test_llama_family_matches_float64_oracle(parity_showo, kv_heads):
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits(parity_showo):
-  params, config = interop.load_official_showo(_state(parity_showo))
+  params, config = interop.load_official_showo(_state(parity_showo), **parity_facts.TINY_PHI)
   config.model.dtype = "bfloat16"
   logits = interop.showo_logits(params, config, parity_showo["input_ids"], parity_showo["attention_allowed"])
   assert logits.dtype == np.float32

@@ -16,6 +16,7 @@ from showo_jax.models import vocab as vocab_lib
 from showo_jax.sampling import autoregressive as ar
 from showo_jax.sampling import maskgit
 from showo_jax.sampling import mixed
+from tests import parity_facts
 
 TINY = vocab_lib.VocabLayout(llm_vocab_size=100, codebook_size=64, bos_id=99, eos_id=99)
 
@@ -28,7 +29,7 @@ def rel_err(got, want):
 @pytest.fixture(scope="module")
 def model_a(parity_showo):
   state = {k[len("param."):]: v for k, v in parity_showo.items() if k.startswith("param.")}
-  params, config = interop.load_official_showo(state)
+  params, config = interop.load_official_showo(state, **parity_facts.TINY_PHI)
   return showo_config.transformer_config(config), params
 
 
@@ -60,7 +61,8 @@ def test_greedy_matches_official_mmu_trace(model_a, parity_showo, parity_samplin
   cfg, params = model_a
   if scan_layers:
     params, config = interop.load_official_showo(
-        {k[6:]: v for k, v in parity_showo.items() if k.startswith("param.")}, scan_layers=True)
+        {k[6:]: v for k, v in parity_showo.items() if k.startswith("param.")}, scan_layers=True,
+        **parity_facts.TINY_PHI)
     cfg = showo_config.transformer_config(config)
   prompt = trace["mmu.prompt_ids"].astype(np.int32)  # [1, 77]
   tokens, lengths, logits = ar.generate_with_model(cfg, params, prompt, np.array([77]), jax.random.key(0),

@@ -16,6 +16,7 @@ from showo_jax.models import transformer
 from showo_jax.models import vocab as vocab_lib
 from showo_jax.sampling import editing
 from showo_jax.sampling import maskgit
+from tests import parity_facts
 
 TINY = vocab_lib.VocabLayout(llm_vocab_size=100, codebook_size=64, bos_id=99, eos_id=99)
 MASK = TINY.mask_id  # 174
@@ -86,7 +87,7 @@ def test_decode_follows_official_tables(parity_sampling, n, steps):
 def test_replays_official_trace(parity_showo, parity_sampling):
   meta, trace = parity_sampling
   info = meta["maskgit_trace_tiny_A"]
-  params, config = interop.load_official_showo(_state(parity_showo))
+  params, config = interop.load_official_showo(_state(parity_showo), **parity_facts.TINY_PHI)
   cfg = showo_config.transformer_config(config)
   apply_fn = _apply_fn(cfg)
   layout = showo_config.vocab_layout(config)
@@ -124,7 +125,7 @@ def test_replays_official_trace(parity_showo, parity_sampling):
 
 def test_t2i_generate_on_trace_prompts(parity_showo, parity_sampling):
   _, trace = parity_sampling
-  params, config = interop.load_official_showo(_state(parity_showo))
+  params, config = interop.load_official_showo(_state(parity_showo), **parity_facts.TINY_PHI)
   apply_fn = _apply_fn(showo_config.transformer_config(config))
   cond = trace["input_ids_cond_initial"].astype(np.int32)
   uncond = trace["input_ids_uncond_initial"].astype(np.int32)
@@ -146,6 +147,7 @@ def random_t2i():
   """A random tiny model and a batch of 3 t2i prompts: all masked, half known, one token unknown."""
   config = showo_config.showo_config("tiny")
   config.model.init_std = 0.3  # peaked enough that samples depend on the model, not only on the noise
+  config.model.matmul_precision = "highest"  # float32 products on accelerators too, as on CPU
   cfg = showo_config.transformer_config(config)
   ids0 = jnp.zeros((1, 8), jnp.int32)
   init = jax.jit(transformer.Transformer(cfg).init)

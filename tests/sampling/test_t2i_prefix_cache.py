@@ -14,6 +14,7 @@ from showo_jax.data import prompting
 from showo_jax.models import transformer
 from showo_jax.models import vocab as vocab_lib
 from showo_jax.sampling import maskgit
+from tests import parity_facts
 
 TINY = vocab_lib.VocabLayout(llm_vocab_size=100, codebook_size=64, bos_id=99, eos_id=99)
 MASK = TINY.mask_id
@@ -31,6 +32,7 @@ def random_t2i():
   """A random tiny model (scanned layers) and 3 prompts of different lengths: all masked, half known, one."""
   config = showo_config.showo_config("tiny")
   config.model.init_std = 0.3
+  config.model.matmul_precision = "highest"  # exact comparisons of two paths: no TF32/bf16 passes on accelerators
   cfg = showo_config.transformer_config(config)
   init = jax.jit(transformer.Transformer(cfg).init)
   params = nn.unbox(init(jax.random.key(7), jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8, 8), bool)))["params"]
@@ -68,7 +70,7 @@ def test_cached_codes_equal_full_path(random_t2i, guidance, steps):
 def test_cached_codes_on_official_trace_model(parity_showo, parity_sampling):
   _, trace = parity_sampling
   state = {k[len("param."):]: v for k, v in parity_showo.items() if k.startswith("param.")}
-  params, config = interop.load_official_showo(state)
+  params, config = interop.load_official_showo(state, **parity_facts.TINY_PHI)
   cfg = showo_config.transformer_config(config)
   cond = trace["input_ids_cond_initial"].astype(np.int32)
   uncond = trace["input_ids_uncond_initial"].astype(np.int32)

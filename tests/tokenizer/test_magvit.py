@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import pathlib
+import re
 
 import flax
 import jax
@@ -31,7 +32,8 @@ def _official(parity):
 
 @pytest.fixture(scope="module")
 def loaded(parity_magvit):
-  return magvit_keys.params_from_official(_official(parity_magvit))
+  # The public loader: its config runs at precision "highest", so that parity also holds on accelerators.
+  return magvit_keys.load_official_magvit(_official(parity_magvit))
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +112,11 @@ def test_round_trip_is_bit_identical(loaded, parity_magvit):
     assert exported[key].tobytes() == value.tobytes(), key
 
 
-def test_inferred_config_is_the_tiny_preset(loaded):
-  assert loaded[1].to_dict() == tokenizer_config.magvit_config("tiny").to_dict()
+def test_inferred_config_is_the_tiny_preset(loaded, parity_magvit):
+  _, inferred = magvit_keys.params_from_official(_official(parity_magvit))
+  assert inferred.to_dict() == tokenizer_config.magvit_config("tiny").to_dict()
+  assert loaded[1].precision == "highest"  # the public loader's only change
+  assert dict(loaded[1].to_dict(), precision="default") == inferred.to_dict()
 
 
 def test_load_from_files(loaded, parity_magvit, tmp_path):
@@ -200,9 +205,29 @@ def test_bfloat16_activations_run(loaded, parity_magvit):
   params, config = loaded
   config = tokenizer_config.magvit_config("tiny")
   config.dtype = "bfloat16"
+  config.precision = "highest"
   decoded = codec.magvit_decode(params, config, parity_magvit["indices"][:1])
   assert decoded.dtype == jnp.float32
   assert _rel_err(decoded, parity_magvit["decoded"][:1]) < 0.1
+
+
+@pytest.mark.parametrize("precision, want", [("default", "DEFAULT"), ("high", "HIGH"), ("highest", "HIGHEST")])
+def test_precision_reaches_every_conv_and_product(precision, want):
+  """config.precision (the backbone's config.model.matmul_precision) on every conv and attention einsum of
+  the lowered forward + backward (StableHLO names DEFAULT when none is given)."""
+  config = tokenizer_config.magvit_config("tiny")
+  config.precision = precision
+  model = tokenizer_config.magvit_from_config(config)
+  images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  params = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
+  loss = lambda p, x: jnp.sum(model.apply({"params": p}, x) ** 2)
+  text = jax.jit(jax.value_and_grad(loss)).lower(params, images).as_text()
+  convs = re.findall(r"stablehlo\.convolution.*precision_config = \[#stablehlo<precision (\w+)>, "
+                     r"#stablehlo<precision (\w+)>\]", text)
+  dots = re.findall(r"stablehlo\.dot_general.*precision = \[(\w+), (\w+)\]", text)
+  assert len(convs) == text.count("stablehlo.convolution") > 0
+  assert len(dots) == text.count("stablehlo.dot_general") > 0  # the mid-block attention, forward and backward
+  assert set(convs) | set(dots) == {(want, want)}
 
 
 ############################  Config  ############################
