@@ -4,7 +4,7 @@ r"""Pre-tokenizes an image collection into an ArrayRecord dataset of MAGVIT-v2 t
 
 --checkpoint: a train_tokenizer workdir / checkpoint folder (EMA weights) or an official MAGVIT-v2 file/folder.
 --input: an image folder (captions from `captions.jsonl` or a `.txt` beside each image), `records:FOLDER`,
-`tfds:NAME[:SPLIT]@DATA_DIR` or `embedded:train` / `embedded:test`. See tokenizer/pretokenize.py.
+`tfds:NAME[:SPLIT]@DATA_DIR` or `embedded:train|validation|test`. See tokenizer/pretokenize.py.
 """
 
 import json
@@ -22,7 +22,8 @@ FLAGS = flags.FLAGS
 
 def _define_flags():  # only when run: importing this module defines no flags
   flags.DEFINE_string("checkpoint", None, "tokenizer: train_tokenizer workdir/checkpoints or official weights")
-  flags.DEFINE_string("input", None, "image folder | records:FOLDER | tfds:NAME[:SPLIT]@DIR | embedded:train|test")
+  flags.DEFINE_string("input", None,
+                      "image folder | records:FOLDER | tfds:NAME[:SPLIT]@DIR | embedded:train|validation|test")
   flags.DEFINE_string("output", None, "output record folder")
   flags.DEFINE_integer("batch_size", 64, "images per encoder call")
   flags.DEFINE_integer("resolution", 0, "image side; 0 = the tokenizer's data.resolution")

@@ -167,3 +167,10 @@ def test_files_stay_small():
     if lines > limit:
       too_long.append(f"{path.relative_to(PACKAGE.parent)}: {lines} lines (limit {limit})")
   assert not too_long, "\n".join(too_long)
+
+
+def test_files_the_readme_names_exist():
+  readme = (PACKAGE.parent / "README.md").read_text()
+  named = set(re.findall(r"`((?:tests|showo_jax|configs|launch)/[\w/.]+\.(?:py|sh))`", readme))
+  missing = sorted(p for p in named if not (PACKAGE.parent / p).exists())
+  assert named and not missing, f"README names files that do not exist: {missing}"

@@ -5,7 +5,7 @@ The tokenizer: one of our train_tokenizer workdirs / checkpoint folders (EMA wei
 (official MAGVIT-v2 weights, loaded by interop/checkpoints.py).
 The input: an image folder (captions from `captions.jsonl` lines {"file", "caption"[, "label"]} or a `.txt`
   beside each image), `records:FOLDER` / a record folder or `tfds:NAME[:SPLIT]@DATA_DIR` (images in the
-  `--image_field` field, uint8 arrays or encoded bytes), or `embedded:train` / `embedded:test`.
+  `--image_field` field, uint8 arrays or encoded bytes), or `embedded:train|validation|test`.
 Each record: `image_tokens` int16 [h·w] (row-major over the token grid; int32 past 15 bits) plus the carried
 fields: `caption`, `label`, and for the embedded digits `question` ("What digit is this?") and `answer` (the
 digit word), so one dataset feeds both t2i and mmu. With --noresize the images are encoded at their own size
