@@ -72,3 +72,14 @@ def tiny_magvit_npz(path: str, res: int = 32):
   params = tokenizer_config.magvit_from_config(c).init(jax.random.key(0), jnp.zeros((1, res, res, 3)))["params"]
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   np.savez(path, **magvit_keys.params_to_official(params, c))
+
+
+def cli_config_file(path, data: str, steps="int(arg or 6)", *overrides: str) -> str:
+  """Writes a config file for `python -m showo_jax.train --config PATH[:STEPS]`: `tiny_config(data, steps)` (an
+  expression of the config arg) with `overrides` (lines of Python on `c`); returns the path."""
+  tests = os.path.dirname(os.path.abspath(__file__))
+  body = "".join(f"  {line}\n" for line in overrides)
+  with open(path, "w") as f:
+    f.write(f"import sys\nsys.path.insert(0, {tests!r})\nimport train_fixtures\n\n"
+            f"def get_config(arg=''):\n  c = train_fixtures.tiny_config({data!r}, steps={steps})\n{body}  return c\n")
+  return str(path)

@@ -15,16 +15,10 @@ from showo_jax.training import trainer
 from tests import train_fixtures
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-TESTS = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config_file(tmp_path, data):
-  path = tmp_path / "cfg.py"
-  path.write_text(
-      f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport train_fixtures\n\n"
-      f"def get_config(arg=''):\n  c = train_fixtures.tiny_config({data!r}, steps=int(arg or 6))\n"
-      f"  c.train.checkpoint_every = 2\n  return c\n")
-  return str(path)
+  return train_fixtures.cli_config_file(tmp_path / "cfg.py", data, "int(arg or 6)", "c.train.checkpoint_every = 2")
 
 
 def _train_cmd(cfg, workdir, *extra):

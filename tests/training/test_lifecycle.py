@@ -21,17 +21,12 @@ from showo_jax.training import trainer
 from tests import train_fixtures
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-TESTS = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 30
 
 
 def _config_file(tmp_path, data):
-  path = tmp_path / "cfg.py"
-  path.write_text(
-      f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport train_fixtures\n\n"
-      f"def get_config(arg=''):\n  c = train_fixtures.tiny_config({data!r}, steps={STEPS})\n"
-      f"  c.train.checkpoint_every = 1000  # only the preemption save and the last step\n  return c\n")
-  return str(path)
+  # Only the preemption save and the last step write checkpoints.
+  return train_fixtures.cli_config_file(tmp_path / "cfg.py", data, STEPS, "c.train.checkpoint_every = 1000")
 
 
 def _rows(workdir):
@@ -89,10 +84,8 @@ def test_non_finite_loss_stops_before_it_is_saved(tmp_path):
     ckpt.close()
   # The CLI says it in one line and exits non-zero.
   data = str(tmp_path / "data")
-  cfg = tmp_path / "cfg.py"
-  cfg.write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport train_fixtures\n\n"
-                 f"def get_config(arg=''):\n  c = train_fixtures.tiny_config({data!r}, steps=8)\n"
-                 f"  c.optimizer.update(lr=1e30, warmup_steps=0, grad_clip_norm=0.0)\n  return c\n")
+  cfg = train_fixtures.cli_config_file(tmp_path / "cfg.py", data, 8,
+                                       "c.optimizer.update(lr=1e30, warmup_steps=0, grad_clip_norm=0.0)")
   r = subprocess.run([sys.executable, "-m", "showo_jax.train", f"--config={cfg}", f"--workdir={tmp_path / 'cli'}"],
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode != 0 and "Traceback" not in r.stderr
