@@ -3,10 +3,9 @@
 import os
 
 import pytest
+import tensorflow_datasets as tfds  # a pinned dependency (setup.cfg)
 
 from showo_jax.data import records
-
-tfds = pytest.importorskip("tensorflow_datasets")
 
 
 def _tree(folder):
