@@ -19,16 +19,17 @@ sample: MaskGIT T2I (16 steps, CFG) latency at batch 1 and images/s at batch 8, 
 Medians over `--steps` timed steps after warm-up; every figure names the machine it ran on.
 """
 
-import argparse
 import json
+import sys
 
+from showo_jax.common import cli
 from showo_jax.tools import bench
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m showo_jax.bench", description=__doc__.split("\n")[0])
-  parser.add_argument("what", choices=["train", "data", "convert", "sample", "tokenizer"])
-  parser.add_argument("--steps", type=int, default=10)
+def _parser():
+  parser = cli.Parser(prog="python -m showo_jax.bench", description=__doc__)
+  parser.add_argument("what", choices=["train", "data", "convert", "sample", "tokenizer"], help="what to time")
+  parser.add_argument("--steps", type=int, default=10, help="timed repeats after warm-up (figures are medians)")
   parser.add_argument("--json", default="", help="also write the figures to this file")
   parser.add_argument("--sizes", default="tiny,medium",
                       help="train: comma-separated configs among tiny, medium, official (1.3B; for accelerators)")
@@ -36,7 +37,14 @@ def main(argv=None):
   parser.add_argument("--shapes", default=bench.SHAPES, help="convert: param_shapes_full.json")
   parser.add_argument("--layers", type=int, default=0, help="convert: keep only this many layers (0 = all 24)")
   parser.add_argument("--keep", action="store_true", help="convert: keep the files written under --workdir")
-  args = parser.parse_args(argv)
+  return parser
+
+
+def main(argv=None):
+  return cli.parse_and_run(_parser(), argv, _run)
+
+
+def _run(args):
   out = {"train": bench.cmd_train, "data": bench.cmd_data, "convert": bench.cmd_convert,
          "sample": bench.cmd_sample, "tokenizer": bench.cmd_tokenizer}[args.what](args)
   if args.json:
@@ -45,4 +53,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

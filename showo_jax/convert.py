@@ -17,9 +17,9 @@ Every output is written in a temporary folder beside the target and renamed into
 gives a one-line error and a non-zero exit. The work is done by interop/conversion.py and interop/llm_init.py.
 """
 
-import argparse
 import sys
 
+from showo_jax.common import cli
 from showo_jax.config import base as config_base
 from showo_jax.interop import conversion
 from showo_jax.interop import llm_init
@@ -28,20 +28,21 @@ from showo_jax.interop import streaming
 
 
 def _parser():
-  parser = argparse.ArgumentParser(prog="python -m showo_jax.convert", description=__doc__.split("\n")[0])
-  sub = parser.add_subparsers(dest="cmd", required=True)
+  parser = cli.Parser(prog="python -m showo_jax.convert", description=__doc__)
+  sub = parser.add_subparsers(dest="cmd", required=True, parser_class=cli.Parser)
   imp = sub.add_parser("import", help="official Show-o / MAGVIT-v2 → showo_jax checkpoint")
   imp.add_argument("--input", required=True, help="hub folder, .safetensors, index.json, .npz or .bin")
-  imp.add_argument("--output", required=True)
+  imp.add_argument("--output", required=True, help="checkpoint folder to write (CKPT_DIR/checkpoints/0/)")
   imp.add_argument("--kind", choices=["showo", "magvit"], default=None, help="default: detected from the keys")
   exp = sub.add_parser("export", help="showo_jax checkpoint → official folder")
-  exp.add_argument("--checkpoint", required=True)
-  exp.add_argument("--output", required=True)
+  exp.add_argument("--checkpoint", required=True, help="a showo_jax workdir, checkpoints folder or step folder")
+  exp.add_argument("--output", required=True, help="folder to write: config.json + pytorch_model.safetensors")
   llm = sub.add_parser("llm", help="HF Phi / LLaMA-family LLM → fresh Show-o checkpoint")
-  llm.add_argument("--input", required=True)
-  llm.add_argument("--output", required=True)
+  llm.add_argument("--input", required=True, help="HF folder: config.json + *.safetensors")
+  llm.add_argument("--output", required=True, help="checkpoint folder to write")
   llm.add_argument("--config", required=True, help="e.g. configs/showo.py:size=phi-1.5")
-  llm.add_argument("--qk-norm", choices=["identity", "init"], default="identity")
+  llm.add_argument("--qk-norm", choices=["identity", "init"], default="identity",
+                   help="the new QK-norm scales: identity (ones, the LLM's attention unchanged) or init")
   llm.add_argument("--seed", type=int, default=0, help="for the new embedding and head rows")
   for p in (imp, exp, llm):
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --output")
@@ -60,20 +61,15 @@ def run(args) -> str:
   if args.cmd == "export":
     conversion.export_showo(args.checkpoint, args.output, overwrite=args.overwrite)
     return f"exported {args.checkpoint} → {args.output}"
-  config = llm_init.load_config_file(args.config)
+  config = config_base.load_config_file(args.config)
   llm_init.llm_to_showo(args.input, args.output, config, qk_norm=args.qk_norm, seed=args.seed,
                         overwrite=args.overwrite)
   return f"converted LLM {args.input} → {args.output}"
 
 
 def main(argv=None) -> int:
-  args = _parser().parse_args(argv)
-  try:
-    print(run(args))
-  except (reader.CheckpointError, config_base.ConfigError, OSError) as e:
-    print(f"convert: error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  return cli.parse_and_run(_parser(), argv, lambda args: print(run(args)),
+                           bad_input=(reader.CheckpointError, config_base.ConfigError))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`python -m showo_jax.evaluate --workdir DIR [--checkpoint PATH]`: the embedded default's report card.
+"""python -m showo_jax.evaluate --workdir DIR [--checkpoint PATH]: the embedded default's report card.
 
 Writes DIR/eval.json and DIR/eval.png. eval.json holds, for "validation" (choose settings on it) and for "test"
 (report it for the final choice), each a held-out split of the digits and of the text corpus:
@@ -13,38 +13,51 @@ Writes DIR/eval.json and DIR/eval.png. eval.json holds, for "validation" (choose
   classifier_accuracy     the pixel classifier on the split's real digits (how much to trust the judge)
   tokenizer_psnr, tokenizer_codebook_usage   reconstruction quality and share of codes used on the split
   lm_perplexity           next-token perplexity on the split's held-out documents
-The measures are evaluation/measures.py; the report evaluation/embedded_report.py.
+The MaskGIT settings default to the checkpoint's config.train.sample_* (what `sample` uses), printed in one
+line; flags override them. The measures are evaluation/measures.py; the report evaluation/embedded_report.py.
+Exit status: 0 done, 2 bad input (one line naming it), 1 an unexpected failure.
 """
 
 import json
 import sys
 
-from absl import app
 from absl import flags
 
-from showo_jax.evaluation import embedded_report
+from showo_jax.common import cli
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir; eval.json and eval.png are written here.",
+_WORKDIR = flags.DEFINE_string("workdir", None, "training workdir; eval.json and eval.png are written here",
                                required=True)
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "", "Checkpoint to evaluate (default: the workdir's latest).")
-_STEPS = flags.DEFINE_integer("steps", 12, "MaskGIT steps.")
-_GUIDANCE = flags.DEFINE_float("guidance", -1.0, "CFG weight (default: config.train.sample_guidance).")
-_PER_CLASS = flags.DEFINE_integer("per_class", 20, "Generated images per digit.")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "", "checkpoint to evaluate ('' = the workdir's latest)")
+_STEPS = flags.DEFINE_integer("steps", None, "MaskGIT steps (default: the checkpoint's config.train.sample_steps)")
+_GUIDANCE = flags.DEFINE_float("guidance", None, "CFG weight (default: config.train.sample_guidance)")
+_TEMPERATURE = flags.DEFINE_float("temperature", None, "Gumbel temperature of the confidences (default: "
+                                  "config.train.sample_temperature)")
+_SCHEDULE = flags.DEFINE_string("schedule", None, "inference mask schedule (default: config.train.sample_schedule)")
+_PER_CLASS = flags.DEFINE_integer("per_class", 20, "generated images per digit")
+_SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
+_FLAGS = (_WORKDIR, _CHECKPOINT, _STEPS, _GUIDANCE, _TEMPERATURE, _SCHEDULE, _PER_CLASS, _SEED)
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    report = embedded_report.evaluate(_WORKDIR.value, _CHECKPOINT.value, steps=_STEPS.value, guidance=_GUIDANCE.value,
-                      per_class=_PER_CLASS.value, seed=_SEED.value)
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"error: {e}")
-  shown = {k: ({f: x for f, x in v.items() if f != "mmu_examples"} if isinstance(v, dict) else v)
-           for k, v in report.items()}
-  print(json.dumps(shown, indent=1))
+    print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
+    return cli.BAD_INPUT
+
+  def work():
+    from showo_jax.common import console  # pylint: disable=g-import-not-at-top
+    from showo_jax.evaluation import embedded_report  # pylint: disable=g-import-not-at-top
+    console.setup()
+    if _STEPS.value is not None and _STEPS.value < 1 or _PER_CLASS.value < 1:
+      raise ValueError(f"--steps and --per_class must be >= 1, got {_STEPS.value} and {_PER_CLASS.value}")
+    report = embedded_report.evaluate(_WORKDIR.value, _CHECKPOINT.value, per_class=_PER_CLASS.value,
+                                      seed=_SEED.value, steps=_STEPS.value, guidance=_GUIDANCE.value,
+                                      temperature=_TEMPERATURE.value, schedule=_SCHEDULE.value)
+    shown = {k: ({f: x for f, x in v.items() if f != "mmu_examples"} if isinstance(v, dict) else v)
+             for k, v in report.items()}
+    print(json.dumps(shown, indent=1))
+
+  return cli.run(work)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.absl_main(main, __doc__, _FLAGS, required=("workdir",))

@@ -16,22 +16,23 @@ import math
 import os
 import sys
 
-from absl import app
 from absl import flags
 
+from showo_jax.common import cli
 from showo_jax.common import sharding
 from showo_jax.config import base as config_base
 from showo_jax.config import showo as showo_config
 from showo_jax.tools import planner
 
 _CONFIG = config_base.define_config_flag()
-_MESH = flags.DEFINE_string("mesh", "", "Mesh sizes, e.g. data=1,fsdp=64,tensor=1 (axes not named keep config.mesh).")
+flags.mark_flag_as_required("config")
+_MESH = flags.DEFINE_string("mesh", "", "mesh sizes, e.g. data=1,fsdp=64,tensor=1 (axes not named keep config.mesh).")
 _REMAT = flags.DEFINE_string("remat", "",
-                             f"Overrides config.model.remat_policy: {'|'.join(showo_config.REMAT_POLICIES)}.")
-_MEMORY = flags.DEFINE_float("device-memory-gb", 80.0, "Memory of one device in GiB; the plan says if it fits.")
-_DEVICES = flags.DEFINE_integer("devices", 0, "Devices to plan for (default: the mesh's product; with a -1 axis, "
+                             f"overrides config.model.remat_policy: {'|'.join(showo_config.REMAT_POLICIES)}.")
+_MEMORY = flags.DEFINE_float("device-memory-gb", 80.0, "memory of one device in GiB; the plan says if it fits.")
+_DEVICES = flags.DEFINE_integer("devices", 0, "devices to plan for (default: the mesh's product; with a -1 axis, "
                                 "this host's devices).")
-_JSON = flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
+_JSON = flags.DEFINE_string("json", "", "also write the figures to this JSON file.")
 
 _FAKE_ENV = planner.FAKE_DEVICES_ENV
 
@@ -56,20 +57,22 @@ def _devices(needed: int):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
+    return cli.BAD_INPUT
+  return cli.run(_plan)
+
+
+def _plan():
   config = _CONFIG.value
-  try:
-    config.mesh.update(planner.parse_mesh(_MESH.value))
-    if _REMAT.value:
-      config.model.remat_policy = _REMAT.value
-    showo_config.validate(config)
-    sizes = [int(config.mesh[a]) for a in sharding.MESH_AXES]
-    needed = _DEVICES.value or (math.prod(sizes) if -1 not in sizes else 0)
-    if needed:
-      sharding.mesh_shape(config.mesh, needed)  # a mesh that does not multiply to the devices fails here
-    result = planner.plan(config, _devices(needed))
-  except (config_base.ConfigError, sharding.MeshError) as e:  # bad input: one line naming the numbers
-    sys.exit(f"error: {e}")
+  config.mesh.update(planner.parse_mesh(_MESH.value))
+  if _REMAT.value:
+    config.model.remat_policy = _REMAT.value
+  showo_config.validate(config)
+  sizes = [int(config.mesh[a]) for a in sharding.MESH_AXES]
+  needed = _DEVICES.value or (math.prod(sizes) if -1 not in sizes else 0)
+  if needed:
+    sharding.mesh_shape(config.mesh, needed)  # a mesh that does not multiply to the devices fails here
+  result = planner.plan(config, _devices(needed))
   result.update(config=flags.FLAGS["config"].config_filename, device_memory_gb=_MEMORY.value,
                 fits=planner.fits(result, _MEMORY.value))
   print(planner.report(result, _MEMORY.value))
@@ -79,4 +82,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.absl_main(main, __doc__, [_CONFIG, _MESH, _REMAT, _MEMORY, _DEVICES, _JSON], required=("config",),
+                precheck=config_base.config_flag_problem)

@@ -1,93 +1,97 @@
-"""`python -m showo_jax.sample MODE --checkpoint DIR …`: generation from a trained or converted checkpoint.
+"""python -m showo_jax.sample MODE --checkpoint DIR ...: generation from a trained or converted checkpoint.
 
-  t2i          --prompt "…" [--num N --steps S --guidance W --temperature T --seed K] (--out grid.png | --out-dir DIR)
-  mmu          --image PATH [PATH …] --question "…" [--json]
-  inpaint      --image PATH --mask PATH --prompt "…" --out PATH
-  extrapolate  --image PATH --direction left|right|up|down --prompt "…" --out PATH
-  mixed        --prompt "…" [--temperature T --text-temperature T] --out DIR
+  t2i          --prompt "..." [--num N] (--out grid.png | --out-dir DIR)
+  mmu          --image PATH [PATH ...] --question "..." [--json]
+  inpaint      --image PATH --mask PATH|left|right|top|bottom|center --prompt "..." --out PATH
+  extrapolate  --image PATH --direction left|right|up|down --prompt "..." --out PATH
+  mixed        --prompt "..." --out DIR
 
-Images are preprocessed exactly as in training (any mode → RGB, resize the shorter side, center-crop; SPEC §8).
-An inpainting mask of any size goes through the same resize + center-crop (as grayscale), so it stays aligned
-with the image. An empty prompt is allowed (unconditional generation); a prompt longer than the text budget
-(config.data.max_text_len - 1 text tokens) is truncated as in training, with a warning on stderr.
+The MaskGIT settings (--steps, --guidance, --temperature, --schedule) default to how the checkpoint is meant to
+be sampled (its config.train.sample_*, the settings `evaluate` reports with); the settings used are printed in
+one line, and flags override them. Images are preprocessed exactly as in training (any mode -> RGB, resize the
+shorter side, center-crop; SPEC §8); an inpainting mask of any size goes through the same resize + center-crop,
+so it stays aligned with the image. An empty prompt is unconditional generation; a prompt longer than the text
+budget (config.data.max_text_len - 2 text tokens) is truncated as in training, with a warning.
 
-Bad input (a missing or corrupt image, a folder that is not a checkpoint, --steps 0, a negative guidance, an
-unknown direction, …) ends with one line `error: …` on stderr and exit status 2, without a traceback
-(SHOWO_JAX_TRACEBACK=1 shows it for unexpected errors).
+Exit status: 0 done, 2 bad input or usage (one line `error: ...` naming it), 1 an unexpected failure
+(SHOWO_JAX_TRACEBACK=1 shows its traceback).
 """
 
-import argparse
 import os
 import sys
 
+from showo_jax.common import cli
 from showo_jax.inference import commands
-
-
-
-class _Parser(argparse.ArgumentParser):
-  """argparse with one-line errors (`error: …`, exit 2) instead of the usage block."""
-
-  def error(self, message):
-    self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+from showo_jax.models import mask_schedule
 
 
 def _parser():
-  p = _Parser(prog="python -m showo_jax.sample", description=__doc__.split("\n")[0])
-  sub = p.add_subparsers(dest="mode", required=True, parser_class=_Parser)
+  p = cli.Parser(prog="python -m showo_jax.sample", description=__doc__.split("\n\n")[0])
+  sub = p.add_subparsers(dest="mode", required=True, parser_class=cli.Parser)
 
   def common(sp):
     sp.add_argument("--checkpoint", required=True, help="training workdir, checkpoints folder or step folder")
-    sp.add_argument("--tokenizer", default="", help="image tokenizer checkpoint (default: from the config)")
-    sp.add_argument("--text-tokenizer", default="", help="tokenizer.json (default: from the config)")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--tokenizer", default="", help="image tokenizer checkpoint ('' = the one the config names)")
+    sp.add_argument("--text-tokenizer", default="", help="tokenizer.json ('' = the one the config names)")
+    sp.add_argument("--seed", type=int, default=0, help="sampling seed")
 
-  def maskgit(sp):
-    sp.add_argument("--steps", type=int, default=12, help="MaskGIT steps (>= 1)")
-    sp.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w (>= 0)")
-    sp.add_argument("--temperature", type=float, default=1.0, help="Gumbel temperature of the confidence")
+  def maskgit(sp, guidance=True):
+    sp.add_argument("--steps", type=int, default=None, help="MaskGIT steps (>= 1; default: the checkpoint's "
+                    "config.train.sample_steps)")
+    if guidance:
+      sp.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w >= 0 "
+                      "(default: config.train.sample_guidance)")
+    sp.add_argument("--temperature", type=float, default=None, help="Gumbel temperature of the confidences "
+                    "(default: config.train.sample_temperature)")
+    sp.add_argument("--schedule", default=None, help="inference mask schedule: cosine | linear | pow<k> | sigmoid "
+                    "(default: config.train.sample_schedule)")
 
-  t2i = sub.add_parser("t2i")
+  t2i = sub.add_parser("t2i", help="text -> image", description="text -> image with MaskGIT decoding and classifier-free guidance")
   common(t2i), maskgit(t2i)
   t2i.add_argument("--prompt", required=True, action="append", help="repeat for several prompts; '' = none")
   t2i.add_argument("--num", type=int, default=1, help="images per prompt")
-  t2i.add_argument("--out", default="", help="one PNG grid")
-  t2i.add_argument("--out-dir", default="", help="one PNG per sample: DIR/000.png, …")
-  mmu = sub.add_parser("mmu")
+  t2i.add_argument("--out", default="", help="write one PNG grid here")
+  t2i.add_argument("--out-dir", default="", help="write one PNG per sample: DIR/000.png, ...")
+  mmu = sub.add_parser("mmu", help="image -> text (KV-cached decoding)")
   common(mmu)
-  mmu.add_argument("--image", required=True, nargs="+")
-  mmu.add_argument("--question", required=True)
-  mmu.add_argument("--max-new-tokens", type=int, default=64)
-  mmu.add_argument("--temperature", type=float, default=0.0)
-  mmu.add_argument("--top-k", type=int, default=0)
-  mmu.add_argument("--top-p", type=float, default=1.0)
+  mmu.add_argument("--image", required=True, nargs="+", help="image files (any size or mode; preprocessed as in "
+                   "training)")
+  mmu.add_argument("--question", required=True, help='e.g. "What digit is this?"')
+  mmu.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit")
+  mmu.add_argument("--temperature", type=float, default=0.0, help="text sampling temperature (0 = greedy)")
+  mmu.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
+  mmu.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = all)")
   mmu.add_argument("--json", action="store_true", help='print a JSON list of {"image", "answer"}')
-  inpaint = sub.add_parser("inpaint")
+  inpaint = sub.add_parser("inpaint", help="regenerate the white part of --mask")
   common(inpaint), maskgit(inpaint)
-  for name in ("--image", "--mask", "--prompt", "--out"):
-    inpaint.add_argument(name, required=True)
-  extra = sub.add_parser("extrapolate")
+  inpaint.add_argument("--image", required=True, help="the image to edit")
+  inpaint.add_argument("--mask", required=True, help="image of the same framing (white = regenerate, black = keep), "
+                       f"or a region: {' | '.join(commands.MASK_REGIONS)}")
+  inpaint.add_argument("--prompt", required=True, help="what the whole image shows ('' = unconditional)")
+  inpaint.add_argument("--out", required=True, help="output PNG")
+  extra = sub.add_parser("extrapolate", help="extend the image by half its size in one direction")
   common(extra), maskgit(extra)
   extra.add_argument("--direction", required=True, help="|".join(commands.DIRECTIONS))
-  for name in ("--image", "--prompt", "--out"):
-    extra.add_argument(name, required=True)
-  mixed = sub.add_parser("mixed")
-  common(mixed), maskgit(mixed)
-  mixed.add_argument("--prompt", required=True)
-  mixed.add_argument("--out", required=True, help="folder: text.txt and image_0.png, …")
-  mixed.add_argument("--max-text-tokens", type=int, default=64)
+  extra.add_argument("--image", required=True, help="the image to extend")
+  extra.add_argument("--prompt", required=True, help="what the extended image shows ('' = unconditional)")
+  extra.add_argument("--out", required=True, help="output PNG")
+  mixed = sub.add_parser("mixed", help="text -> image -> text from one prompt (no CFG)")
+  common(mixed), maskgit(mixed, guidance=False)
+  mixed.add_argument("--prompt", required=True, help="the text to continue")
+  mixed.add_argument("--out", required=True, help="folder: text.txt and image_0.png, ...")
+  mixed.add_argument("--max-text-tokens", type=int, default=64, help="text tokens to generate")
   mixed.add_argument("--text-temperature", type=float, default=0.0, help="text sampling temperature (0 = greedy)")
   return p
 
 
 def check_args(args):
   """ValueError for option values that cannot work, before anything is loaded."""
-  if getattr(args, "steps", 1) < 1:
+  given = lambda name, default: default if getattr(args, name, None) is None else getattr(args, name)  # pylint: disable=g-long-lambda
+  if given("steps", 1) < 1:
     raise ValueError(f"--steps must be >= 1, got {args.steps}")
-  if getattr(args, "guidance", 0.0) < 0:
+  if given("guidance", 0.0) < 0:
     raise ValueError(f"--guidance must be >= 0, got {args.guidance}")
-  if args.mode == "mixed" and args.guidance:
-    raise ValueError("mixed generation has no classifier-free guidance: leave --guidance at 0")
-  if args.temperature < 0:
+  if given("temperature", 0.0) < 0:
     raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
   if args.mode == "t2i":
     if not args.out and not args.out_dir:
@@ -105,36 +109,19 @@ def check_args(args):
     raise ValueError(f"--text-temperature must be >= 0, got {args.text_temperature}")
   if args.mode == "extrapolate" and args.direction not in commands.DIRECTIONS:
     raise ValueError(f"--direction must be one of {', '.join(commands.DIRECTIONS)}, got {args.direction!r}")
+  if getattr(args, "schedule", None):
+    mask_schedule.get(args.schedule)  # ValueError naming the schedule
   if not os.path.exists(args.checkpoint):
     raise ValueError(f"--checkpoint {args.checkpoint}: no such folder")
 
 
-def _one_line(error: BaseException) -> str:
-  text = str(error).strip().splitlines()
-  return text[0] if text else type(error).__name__
-
-
 def main(argv=None) -> int:
   """Runs the CLI; returns the exit status (0 ok, 2 bad input or usage, 1 unexpected error)."""
-  try:
-    args = _parser().parse_args(argv)
-  except SystemExit as e:  # --help (0) or a usage error (2, already printed as one line)
-    return e.code if isinstance(e.code, int) else 2
-  try:
+  def work(args):
     check_args(args)
     return commands.run(args)
-  except (OSError, ValueError, KeyError) as e:  # bad input: ImageError, CheckpointError, ConfigError, …
-    message = _one_line(e)
-    if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
-      message = f"{e.filename}: {message}"
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-  except Exception as e:  # pylint: disable=broad-except
-    if os.environ.get("SHOWO_JAX_TRACEBACK"):
-      raise
-    print(f"error: unexpected {type(e).__name__}: {_one_line(e)} (SHOWO_JAX_TRACEBACK=1 shows the traceback)",
-          file=sys.stderr)
-    return 1
+
+  return cli.parse_and_run(_parser(), argv, work)
 
 
 if __name__ == "__main__":

@@ -1,44 +1,100 @@
-"""`python -m showo_jax.train --config configs/tiny.py --workdir DIR [--config.a.b=v ...]`.
+"""python -m showo_jax.train --config configs/tiny.py --workdir DIR [--config.FIELD=VALUE ...]
 
-Kept thin: flag parsing, config validation and (optionally) multi-host initialisation; the work is in
-showo_jax.training.trainer.train_and_evaluate, which tests and notebooks call directly.
+Trains Show-o. With the embedded default (configs/tiny.py) it first trains the text BPE and the tiny MAGVIT-v2
+and pre-tokenizes the bundled digits, all inside DIR. Rerunning the same command resumes where it stopped, after
+Ctrl-C (exit 130), SIGTERM (exit 0) or a crash. The terminal shows one line per phase, the progress bars,
+warnings and a summary; every library record goes to DIR/train.log. Exit status: 0 done, 1 failure while
+running, 2 bad input (one line naming it), 130 Ctrl-C.
 """
 
+import os
 import sys
+import time
 
-from absl import app
 from absl import flags
-from absl import logging
 
+from showo_jax.common import cli
+from showo_jax.common import console
 from showo_jax.common import sharding
 from showo_jax.config import base as config_base
 from showo_jax.config import showo as showo_config
 
-_CONFIG = config_base.define_config_flag()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.", required=True)
+_CONFIG = config_base.define_config_flag(
+    help_string="config file[:arg], e.g. configs/tiny.py or configs/showo.py:size=phi-1.5")
+flags.mark_flag_as_required("config")
+_WORKDIR = flags.DEFINE_string("workdir", None, "folder for checkpoints, metrics, samples, train.log (resumed "
+                               "when it holds a checkpoint)", required=True)
+_VERBOSE = flags.DEFINE_bool("verbose", False, "also print library INFO records (always in WORKDIR/train.log)")
+
+FIELDS = (
+    ("train.steps", "optimizer steps in all"),
+    ("train.batch_t2i", "global rows per step of text-to-image (also train.batch_mmu, train.batch_lm)"),
+    ("optimizer.lr", "peak learning rate (linear warmup over optimizer.warmup_steps, then cosine)"),
+    ("train.checkpoint_every", "steps between checkpoints (train.keep_checkpoints are kept)"),
+    ("train.log_every", "steps between metric rows (metrics.jsonl, TensorBoard)"),
+    ("train.sample_every", "steps between sample grids and MMU answers in WORKDIR/samples (0 = none)"),
+    ("mesh.data", "device mesh: data, fsdp, tensor (mesh.fsdp, mesh.tensor; -1 = the remaining devices)"),
+    ("train.init_from", "start from these params: one of our checkpoints or an official Show-o state dict"),
+    ("train.seed", "seed of the init, the data order and the masks"),
+)
+
+
+def _config_help() -> str:
+  spec = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), "")
+  if not spec and "--config" in sys.argv[:-1]:
+    spec = sys.argv[sys.argv.index("--config") + 1]
+  spec = spec or "configs/tiny.py"
+  try:
+    config = config_base.load_config_file(spec)
+  except config_base.ConfigError:
+    config = None
+  lines = [f"config fields people change most, as --config.FIELD=VALUE (values of {spec}):"]
+  for field, text in FIELDS:
+    value = config
+    for part in field.split("."):
+      value = value.get(part) if value is not None else None
+    lines.append(f"  {field:<22} {text}" + (f" [{value!r}]" if config is not None else ""))
+  lines.append("Every field and its meaning: showo_jax/config/showo.py (README, \"Configs\").")
+  return "\n".join(lines)
+
+
+def _summary(config, workdir: str, final: dict, seconds: float) -> str:
+  losses = ", ".join(f"{k[5:]} {final[k]:.3f}" for k in ("loss_t2i", "loss_mmu", "loss_lm") if final and k in final)
+  step = int(final["step"]) if final and "step" in final else config.train.steps
+  prompt = "a handwritten digit three" if config.data.source == "embedded" else "a photo of a cat"
+  return "\n".join([
+      f"done: Show-o at step {step} of {config.train.steps} ({seconds / 60:.1f} min this run"
+      + (f"; last losses {losses})" if losses else ")"),
+      f"  checkpoints  {os.path.join(workdir, 'checkpoints')}",
+      f"  metrics      {os.path.join(workdir, 'metrics.jsonl')} and {os.path.join(workdir, 'tensorboard')}",
+      *([f"  samples      {os.path.join(workdir, 'samples')}"] if os.path.isdir(os.path.join(workdir, "samples")) else []),
+      f"  log          {os.path.join(workdir, 'train.log')}",
+      "next:",
+      *([f"  python -m showo_jax.evaluate --workdir {workdir}"] if config.data.source == "embedded" else []),
+      f"  python -m showo_jax.sample t2i --checkpoint {workdir} --prompt \"{prompt}\" --num 8 --out sample.png",
+  ])
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.INFO)
-  config = _CONFIG.value
-  try:
+    print(f"error: unexpected arguments: {' '.join(argv[1:])} (see train --help)", file=sys.stderr)
+    return cli.BAD_INPUT
+  config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+
+  def work():
     showo_config.validate(config)
-  except config_base.ConfigError as e:
-    sys.exit(f"error: {e}")
-  sharding.maybe_initialize_distributed(config.train.distributed)
-  from showo_jax.interop import reader  # pylint: disable=g-import-not-at-top
-  from showo_jax.common import checkpointing  # pylint: disable=g-import-not-at-top
+    sharding.maybe_initialize_distributed(config.train.distributed)
+    from showo_jax.training import trainer  # pylint: disable=g-import-not-at-top  # jax after distributed init
+    os.makedirs(workdir, exist_ok=True)
+    console.setup(os.path.join(workdir, "train.log"), verbose=_VERBOSE.value)
+    t0 = time.perf_counter()
+    final = trainer.train_and_evaluate(config, workdir)
+    print(_summary(config, workdir, final or {}, time.perf_counter() - t0))
+
   from showo_jax.common import metrics  # pylint: disable=g-import-not-at-top
-  from showo_jax.training import trainer  # pylint: disable=g-import-not-at-top
-  known = (config_base.ConfigError, sharding.MeshError, reader.CheckpointError, checkpointing.CheckpointMismatchError,
-           metrics.NonFiniteLossError, FileNotFoundError)
-  try:
-    trainer.train_and_evaluate(config, _WORKDIR.value)
-  except known as e:  # bad input: one line naming the problem, non-zero exit, checkpoints untouched
-    sys.exit(f"error: {e}")
+  return cli.run(work, bad_input=(config_base.ConfigError,), failures=(metrics.NonFiniteLossError,))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.absl_main(main, __doc__, [_CONFIG, _WORKDIR, _VERBOSE], required=("config", "workdir"),
+                extra_help=_config_help(), precheck=config_base.config_flag_problem)

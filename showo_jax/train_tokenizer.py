@@ -1,48 +1,55 @@
-"""`python -m showo_jax.train_tokenizer --config configs/magvit2.py:size=tiny --workdir DIR [--config.a.b=v ...]`.
+"""python -m showo_jax.train_tokenizer --config configs/magvit2.py:size=tiny --workdir DIR [--config.FIELD=VALUE ...]
 
-Kept thin: flag parsing, config validation and (optionally) multi-host initialisation; the work is in
-showo_jax.training.tokenizer_trainer.train_tokenizer, which tests and the Show-o data preparation call directly.
-The trained tokenizer is `DIR/checkpoints` (EMA weights), read by `--checkpoint DIR` of showo_jax.tokenize_images.
+Trains the MAGVIT-v2 image tokenizer (the work is showo_jax.tokenizer.trainer.train_tokenizer, which the Show-o
+data preparation also calls). The trained tokenizer is DIR/checkpoints (EMA weights): `--checkpoint DIR` of
+tokenize_images and build_dataset, `config.tokenizer.checkpoint` of train. Rerunning resumes; Ctrl-C (exit 130)
+and SIGTERM (exit 0) save first. Library records go to DIR/train.log. Exit status: 0 done, 1 failure while
+running, 2 bad input, 130 Ctrl-C.
 """
 
+import os
 import sys
 
-from absl import app
 from absl import flags
-from absl import logging
 
+from showo_jax.common import cli
+from showo_jax.common import console
 from showo_jax.config import base as config_base
 from showo_jax.tokenizer import config as tokenizer_config
 
-_CONFIG = config_base.define_config_flag(help_string="Config file, e.g. configs/magvit2.py:size=tiny")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and sample grids.", required=True)
+_CONFIG = config_base.define_config_flag(help_string="config file[:arg], e.g. configs/magvit2.py:size=tiny")
+flags.mark_flag_as_required("config")
+_WORKDIR = flags.DEFINE_string("workdir", None, "folder for checkpoints, metrics, sample grids, train.log",
+                               required=True)
+_VERBOSE = flags.DEFINE_bool("verbose", False, "also print library INFO records (always in WORKDIR/train.log)")
+
+_FIELDS_HELP = """config fields people change most, as --config.FIELD=VALUE (configs/magvit2.py):
+  train.steps, train.batch_size, optimizer.lr, train.checkpoint_every, train.log_every, train.sample_every,
+  data.source (image folder | records:FOLDER | tfds:NAME[:SPLIT]@DIR | embedded:train), data.resolution,
+  disc.enabled, disc.start_step, mesh.data / mesh.fsdp (every field: showo_jax/tokenizer/config.py)"""
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.INFO)
-  config = _CONFIG.value
-  try:
+    print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
+    return cli.BAD_INPUT
+  config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+
+  def work():
     tokenizer_config.validate_training(config)
-  except config_base.ConfigError as e:
-    sys.exit(f"error: {e}")
-  from showo_jax.common import sharding  # pylint: disable=g-import-not-at-top
-  from showo_jax.data import images  # pylint: disable=g-import-not-at-top
+    from showo_jax.tokenizer import trainer as tokenizer_trainer  # pylint: disable=g-import-not-at-top
+    os.makedirs(workdir, exist_ok=True)
+    console.setup(os.path.join(workdir, "train.log"), verbose=_VERBOSE.value)
+    console.phase(f"image tokenizer: training MAGVIT-v2 ({config.train.steps} steps) -> {workdir}")
+    folder = tokenizer_trainer.train_tokenizer(config, workdir)
+    print(f"tokenizer checkpoint: {folder}")
+
   from showo_jax.common import checkpointing  # pylint: disable=g-import-not-at-top
   from showo_jax.common import metrics  # pylint: disable=g-import-not-at-top
-  from showo_jax.tokenizer import trainer as tokenizer_trainer  # pylint: disable=g-import-not-at-top
-  known = (config_base.ConfigError, sharding.MeshError, checkpointing.CheckpointMismatchError, images.ImageError,
-           metrics.NonFiniteLossError, FileNotFoundError)
-  try:
-    folder = tokenizer_trainer.train_tokenizer(config, _WORKDIR.value)
-  except tokenizer_trainer.TrainingPreempted as e:
-    logging.warning("%s", e)
-    return
-  except known as e:  # bad input: one line naming the problem, non-zero exit, checkpoints untouched
-    sys.exit(f"error: {e}")
-  print(f"tokenizer checkpoint: {folder}")
+  return cli.run(work, bad_input=(config_base.ConfigError, checkpointing.CheckpointMismatchError),
+                 failures=(metrics.NonFiniteLossError,))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.absl_main(main, __doc__, [_CONFIG, _WORKDIR, _VERBOSE], required=("config", "workdir"),
+                extra_help=_FIELDS_HELP, precheck=config_base.config_flag_problem)

@@ -3,12 +3,11 @@
 One CheckpointManager per run directory, with named items: `state` (the sharded train state), `data_iter`
 (the input pipeline's position, via grain's handler) and `config` (JSON). Saves are asynchronous and atomic
 (Orbax writes to a temporary folder and renames it when complete), so a run killed at any moment resumes from
-its last complete checkpoint. SIGTERM (preemption) requests a final save before a clean exit.
+its last complete checkpoint. Signals (Ctrl-C, SIGTERM) are common/interrupts.py.
 """
 
 import json
 import os
-import signal
 
 import grain
 import jax
@@ -42,7 +41,6 @@ class Checkpointer:
                                                        type_handler_registry=registry),
                   "config": ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
-    self._preempted = False
 
   # -- queries ---------------------------------------------------------------------------------------------
   def latest_step(self):
@@ -125,21 +123,6 @@ class Checkpointer:
   def close(self):
     self._manager.wait_until_finished()
     self._manager.close()
-
-  # -- preemption ----------------------------------------------------------------------------------------------
-  def install_preemption_handler(self):
-    """SIGTERM marks the run preempted; the loop then saves and stops (see `preempted`)."""
-    def _handler(signum, frame):
-      del signum, frame
-      self._preempted = True
-    signal.signal(signal.SIGTERM, _handler)
-
-  def preempted(self) -> bool:
-    """True on every process as soon as any process received SIGTERM."""
-    if jax.process_count() == 1:
-      return self._preempted
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    return bool(np.any(multihost_utils.process_allgather(np.array(self._preempted))))
 
 
 def abstract_with_shardings(abstract_tree, shardings):

@@ -15,14 +15,20 @@ import numpy as np
 class MetricWriter:
   """Writes scalars to TensorBoard and to one JSON object per line in metrics.jsonl (process 0 only)."""
 
-  def __init__(self, workdir: str, *, filename: str = "metrics.jsonl", tensorboard: bool = True):
+  def __init__(self, workdir: str, *, filename: str = "metrics.jsonl", tensorboard: bool = True,
+               resume_step: int = None):
+    """`resume_step`: the step the run resumes at; rows of later steps (written after the last checkpoint by a
+    run that was killed) are dropped first, so every step appears once."""
     self.active = jax.process_index() == 0
     self._jsonl = None
     self._tb = None
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, filename), "a", buffering=1)
+    path = os.path.join(workdir, filename)
+    if resume_step is not None and os.path.exists(path):
+      _drop_rows_after(path, resume_step)
+    self._jsonl = open(path, "a", buffering=1)
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -51,6 +57,23 @@ class MetricWriter:
       self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _drop_rows_after(path: str, step: int):
+  """Rewrites the metrics file without rows past `step` (a temporary file renamed over it: never half-written)."""
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      if int(json.loads(line)["step"]) <= step:
+        keep.append(line if line.endswith("\n") else line + "\n")
+    except (ValueError, KeyError, TypeError):
+      pass  # a line cut short by a kill
+  if len(keep) != len(lines):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(keep)
+    os.replace(path + ".tmp", path)
 
 
 class NonFiniteLossError(RuntimeError):

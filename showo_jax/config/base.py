@@ -4,6 +4,9 @@ Each subsystem builds its own ConfigDicts on top of it (config/showo.py for Show
 MAGVIT-v2) and converts them to the hyperparameter dataclasses its modules take.
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
@@ -37,7 +40,47 @@ def check(cond: bool, message: str):
     raise ConfigError(message)
 
 
+def load_config_file(spec: str) -> ConfigDict:
+  """`configs/showo.py:size=tiny` → that file's get_config("size=tiny"); a missing or failing file is a
+  ConfigError naming it."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"{path}: no such config file")
+  module_spec = importlib.util.spec_from_file_location("_showo_jax_config_file", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # a syntax error or a raise inside the user's file
+    raise ConfigError(f"{spec}: {type(e).__name__}: {e}") from e
+
+
 def define_config_flag(name: str = "config", help_string: str = "Config file, e.g. configs/showo.py:size=tiny"):
   """`--config path.py:arg` plus `--config.a.b=v` overrides (absl config_flags)."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   return config_flags.DEFINE_config_file(name, None, help_string, lock_config=True)
+
+
+def config_flag_problem(argv, name: str = "config"):
+  """One line naming what is wrong with `--NAME=FILE[:arg]` and its `--NAME.FIELD=VALUE` overrides in argv (a
+  missing or failing file, an unknown field), or None; absl's own messages for these are tracebacks or vague."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")), None)
+  if spec is None and f"--{name}" in argv[:-1]:
+    spec = argv[argv.index(f"--{name}") + 1]
+  if not spec:
+    return None
+  try:
+    config = load_config_file(spec)
+  except ConfigError as e:
+    return f"--{name}: {e}"
+  for arg in argv:
+    if arg.startswith(f"--{name}."):
+      field = arg[len(name) + 3:].split("=", 1)[0]
+      node = config
+      for part in field.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+          return f"--{name}.{field}: {spec} has no field {field!r}"
+        node = node[part]
+  return None

@@ -105,7 +105,9 @@ def showo_config(size: str = "tiny", res: int = 256) -> ConfigDict:
       batch_t2i=4, batch_lm=2, batch_mmu=2,  # global rows of each task per step
       grad_accum_steps=1,
       log_every=10, checkpoint_every=500, keep_checkpoints=3, sample_every=0,  # 0 = never
-      sample_steps=12, sample_guidance=0.0,  # MaskGIT steps and CFG weight of samples (and of `evaluate`)
+      # How this model is sampled: in-training samples, and the defaults of `sample` and `evaluate` (flags
+      # override): MaskGIT steps, CFG weight, Gumbel temperature of the confidences, the inference mask schedule.
+      sample_steps=12, sample_guidance=0.0, sample_temperature=1.0, sample_schedule="cosine",
       ema_decay=0.0,  # >0: keep ema ← d·ema + (1 − d)·params (d warms up as (1+t)/(10+t)); samples, evaluation
       # and init_from/export of the checkpoint use the EMA params. 0 = none
       stop_after=0,  # >0: stop (with a checkpoint) after this many steps in this process; rerun to continue
@@ -188,10 +190,18 @@ def validate(config) -> ConfigDict:
     _check(config.optimizer.weight_decay_mask in ("clean", "official"),
            f"config.optimizer.weight_decay_mask={config.optimizer.weight_decay_mask!r} is not 'clean' or 'official'")
     _check(config.optimizer.lr > 0, f"config.optimizer.lr={config.optimizer.lr} must be positive")
-  try:
-    mask_schedule.get(loss.mask_schedule)
-  except ValueError as e:
-    raise config_base.ConfigError(f"config.loss.mask_schedule: {e}") from None
+  for field, name in (("loss.mask_schedule", loss.mask_schedule),
+                      ("train.sample_schedule", config.train.get("sample_schedule", "cosine"))):
+    try:
+      mask_schedule.get(str(name))
+    except ValueError as e:
+      raise config_base.ConfigError(f"config.{field}: {e}") from None
+  t = config.train
+  _check(int(t.get("sample_steps", 12)) >= 1, f"config.train.sample_steps={t.get('sample_steps')} must be >= 1")
+  _check(float(t.get("sample_guidance", 0.0)) >= 0,
+         f"config.train.sample_guidance={t.get('sample_guidance')} must be >= 0")
+  _check(float(t.get("sample_temperature", 1.0)) >= 0,
+         f"config.train.sample_temperature={t.get('sample_temperature')} must be >= 0")
   return config
 
 

@@ -19,6 +19,8 @@ import os
 
 import numpy as np
 
+from showo_jax.data import images as images_lib
+
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 QUESTION = "What digit is this?"
 ENDOFTEXT = "<|endoftext|>"
@@ -131,3 +133,22 @@ def train_text_tokenizer(path: str, vocab_size: int = 1024) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tok.save(path)
   return path
+
+
+def write_digit_folder(folder: str, split: str = "test", num: int = 10) -> list:
+  """Writes `num` digits of a split, spread over it (the digits are stored class by class, so 10 gives one of
+  each), as `folder/{split}_{index:04d}_{word}.png` with the caption in a `.txt` beside each: inputs for
+  `sample mmu|inpaint|extrapolate` and the image-folder layout of `tokenize_images` and `build_dataset pairs`.
+  Returns the PNG paths."""
+  images, labels = load_mnist()
+  idx = split_indices(len(images), split)
+  if not 1 <= num <= len(idx):
+    raise ValueError(f"--num must be in [1, {len(idx)}] for the {split} split, got {num}")
+  paths = []
+  for i in idx[np.unique(np.linspace(0, len(idx) - 1, num).astype(int))]:
+    stem = os.path.join(folder, f"{split}_{i:04d}_{DIGITS[labels[i]]}")
+    images_lib.save_png(images[i], stem + ".png")
+    with open(stem + ".txt", "w") as f:
+      f.write(caption(labels[i]) + "\n")
+    paths.append(stem + ".png")
+  return paths

@@ -18,6 +18,7 @@ import time
 import jax
 import numpy as np
 
+from showo_jax.common import interrupts
 from showo_jax.common import metrics as metrics_lib
 from showo_jax.data import images as images_lib
 from showo_jax.data import records
@@ -200,6 +201,10 @@ def write_sharded(source, output_folder: str, plan: dict, *, encoder=None, resiz
     with open(done + ".tmp", "w") as f:
       json.dump(stats, f)
     os.replace(done + ".tmp", done)
+    if interrupts.received() and i + count < num_shards:  # finished shards are kept; a rerun skips them
+      bar.close()
+      interrupts.stop(f"{output_folder}: {sum(os.path.exists(d) for d in done_files)} of {num_shards} shards "
+                      "written")
   bar.close()
   if in_jax_group and count > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top

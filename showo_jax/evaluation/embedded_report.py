@@ -6,6 +6,7 @@ PSNR and codebook usage, lm perplexity on held-out text.
 
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -22,23 +23,29 @@ SPLITS = ("validation", "test")  # settings are chosen on validation; test figur
 _SPLIT_SEED = {"validation": 500_000, "test": 0}  # each split gets its own T2I samples
 
 
-def evaluate(workdir: str, checkpoint: str = "", *, steps: int = 12, guidance: float = -1.0, per_class: int = 20,
-             seed: int = 0) -> dict:
+def evaluate(workdir: str, checkpoint: str = "", *, per_class: int = 20, seed: int = 0, **sampling) -> dict:
   """The report card of a workdir trained on the embedded default, for the validation and the test split; also
-  writes DIR/eval.json and DIR/eval.png (test samples)."""
+  writes DIR/eval.json and DIR/eval.png (test samples). `sampling`: steps, guidance, temperature, schedule
+  overriding the checkpoint's own (Pipeline.sampling_defaults); None keeps the checkpoint's."""
   t0 = time.time()
   pipe = Pipeline.from_checkpoint(checkpoint or workdir)
-  config = pipe.config
-  guidance = float(config.train.get("sample_guidance", 0.0)) if guidance < 0 else guidance
+  settings = pipe.sampling_defaults()
+  unknown = set(sampling) - set(settings)
+  if unknown:
+    raise TypeError(f"unknown sampling settings {sorted(unknown)}")
+  settings.update({k: v for k, v in sampling.items() if v is not None})
+  print("evaluate: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + " (from the checkpoint's "
+        "config.train.sample_* unless given)", file=sys.stderr)
   images, labels = embedded.load_mnist()
   train_idx = embedded.split_indices(len(images), "train")
   classifier = measures.PixelClassifier(images[train_idx], labels[train_idx])
-  report = {"checkpoint": os.path.abspath(checkpoint or workdir), "maskgit_steps": steps, "guidance": guidance}
+  report = {"checkpoint": os.path.abspath(checkpoint or workdir), "sampling": settings,
+            "maskgit_steps": settings["steps"], "guidance": settings["guidance"]}
   for split in SPLITS:
     idx = embedded.split_indices(len(images), split)
     report[split], generated, recon = _split_report(
         pipe, classifier, images[idx], labels[idx], images[train_idx], embedded.load_text(split),
-        steps=steps, guidance=guidance, per_class=per_class, seed=seed + _SPLIT_SEED[split])
+        settings, per_class=per_class, seed=seed + _SPLIT_SEED[split])
   report["seconds"] = time.time() - t0
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(report, f, indent=1)
@@ -47,8 +54,7 @@ def evaluate(workdir: str, checkpoint: str = "", *, steps: int = 12, guidance: f
   return report
 
 
-def _split_report(pipe, classifier, split_images, split_labels, train_images, texts, *, steps, guidance, per_class,
-                  seed):
+def _split_report(pipe, classifier, split_images, split_labels, train_images, texts, settings, *, per_class, seed):
   """(figures of one held-out split, its generated images, its reconstructions)."""
   out = {}
   # The split's images through the image tokenizer (the same tokenization the training data went through).
@@ -64,7 +70,7 @@ def _split_report(pipe, classifier, split_images, split_labels, train_images, te
   out["classifier_accuracy"] = classifier.accuracy(split_images, split_labels)
   prompts = [embedded.caption(k) for k in range(10) for _ in range(per_class)]
   wanted = np.repeat(np.arange(10), per_class)
-  generated = np.concatenate([pipe.t2i(prompts[i:i + 100], steps=steps, guidance=guidance, seed=seed + i)
+  generated = np.concatenate([pipe.t2i(prompts[i:i + 100], seed=seed + i, **settings)
                               for i in range(0, len(prompts), 100)])
   out["t2i_class_consistency"] = classifier.accuracy(generated, wanted)
   out["t2i_diversity"] = measures.diversity(generated, wanted, split_images, split_labels)

@@ -20,10 +20,35 @@ def load_images(paths, resolution: int) -> np.ndarray:
   return np.stack([images_lib.load_image(p, resolution) for p in paths])
 
 
+MASK_REGIONS = ("left", "right", "top", "bottom", "center")
+
+
 def load_mask(path: str, resolution: int) -> np.ndarray:
-  """float32 [res, res] in [0, 1] (white = regenerate): grayscale, resized + center-cropped like the image."""
+  """float32 [res, res] in [0, 1] (white = regenerate): grayscale, resized + center-cropped like the image. A
+  region name instead of a file masks that half of the image (`center`: the middle square, half the side)."""
+  if path in MASK_REGIONS:
+    mask, half, quarter = np.zeros((resolution, resolution), np.float32), resolution // 2, resolution // 4
+    region = {"left": np.s_[:, :half], "right": np.s_[:, half:], "top": np.s_[:half], "bottom": np.s_[half:],
+              "center": np.s_[quarter:resolution - quarter, quarter:resolution - quarter]}[path]
+    mask[region] = 1.0
+    return mask
   mask = images_lib.open_image(path).convert("L")
   return np.asarray(images_lib.resize_and_crop(mask, resolution), np.float32) / np.float32(255)
+
+
+def maskgit_settings(pipe, args) -> dict:
+  """The checkpoint's sampling defaults (Pipeline.sampling_defaults), overridden by the flags given; printed in
+  one line on stderr so that every result says how it was made."""
+  settings = pipe.sampling_defaults()
+  if args.mode == "mixed":
+    del settings["guidance"]  # mixed generation has no classifier-free guidance
+  given = {k for k in settings if getattr(args, k, None) is not None}
+  settings.update({k: getattr(args, k) for k in given})
+  shown = ", ".join(f"{k} {v}" for k, v in settings.items())
+  source = "flags" if given == set(settings) else ("the checkpoint's config.train.sample_*" +
+                                                     (f", {', '.join(sorted(given))} from flags" if given else ""))
+  print(f"{args.mode}: {shown} (from {source})", file=sys.stderr)
+  return settings
 
 
 def run(args) -> int:
@@ -33,8 +58,7 @@ def run(args) -> int:
   res = pipe.config.data.resolution
   if args.mode == "t2i":
     prompts = [p for p in args.prompt for _ in range(args.num)]
-    images = pipe.t2i(prompts, steps=args.steps, guidance=args.guidance, temperature=args.temperature,
-                      seed=args.seed)
+    images = pipe.t2i(prompts, seed=args.seed, **maskgit_settings(pipe, args))
     if args.out_dir:
       os.makedirs(args.out_dir, exist_ok=True)
       for i, img in enumerate(images):
@@ -50,16 +74,16 @@ def run(args) -> int:
     else:
       print("\n".join(a.replace("\n", " ") for a in answers))
   elif args.mode in ("inpaint", "extrapolate"):
-    image = load_images([args.image], res)[0]
-    kw = dict(steps=args.steps, guidance=args.guidance, temperature=args.temperature, seed=args.seed)
+    image = load_images([args.image], res)[0]  # the inputs first: a bad file is the only line printed
     if args.mode == "inpaint":
-      out = pipe.inpaint(image, load_mask(args.mask, res), args.prompt, **kw)
+      mask = load_mask(args.mask, res)
+      out = pipe.inpaint(image, mask, args.prompt, seed=args.seed, **maskgit_settings(pipe, args))
     else:
-      out = pipe.extrapolate(image, args.direction, args.prompt, **kw)
+      out = pipe.extrapolate(image, args.direction, args.prompt, seed=args.seed, **maskgit_settings(pipe, args))
     images_lib.save_png(out, args.out)
   elif args.mode == "mixed":
-    segments = pipe.mixed(args.prompt, max_text_tokens=args.max_text_tokens, steps=args.steps,
-                          temperature=args.temperature, text_temperature=args.text_temperature, seed=args.seed)
+    segments = pipe.mixed(args.prompt, max_text_tokens=args.max_text_tokens, text_temperature=args.text_temperature,
+                          seed=args.seed, **maskgit_settings(pipe, args))
     os.makedirs(args.out, exist_ok=True)
     texts, k = [], 0
     for kind, value in segments:

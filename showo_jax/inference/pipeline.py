@@ -68,6 +68,13 @@ class Pipeline:
       image_tok = checkpoints.load_tokenizer(image_path)
     return cls(params, config, tok, image_tok)
 
+  def sampling_defaults(self) -> dict:
+    """How this model is meant to be sampled (its config.train.sample_*): the defaults of `sample` and
+    `evaluate`. Checkpoints written before a field existed get the value it was introduced with."""
+    t = self.config.train
+    return dict(steps=int(t.get("sample_steps", 12)), guidance=float(t.get("sample_guidance", 0.0)),
+                temperature=float(t.get("sample_temperature", 1.0)), schedule=str(t.get("sample_schedule", "cosine")))
+
   # -- images <-> codes -----------------------------------------------------------------------------------
   def _need_image_tokenizer(self):
     if self.image_tokenizer is None:
@@ -170,14 +177,15 @@ class Pipeline:
 
   # -- mixed modality ----------------------------------------------------------------------------------------
   def mixed(self, prompt: str, *, max_text_tokens: int = 64, steps: int = 12, temperature: float = 1.0,
-            text_temperature: float = 0.0, seed: int = 0, max_images: int = 1) -> list:
+            text_temperature: float = 0.0, seed: int = 0, max_images: int = 1, schedule: str = "cosine") -> list:
     """Text → image → text from one prompt; returns [("text", str) | ("image", uint8 [H, W, 3]), …].
     `temperature`: MaskGIT confidence temperature (as in t2i); `text_temperature`: text sampling (0 = greedy)."""
     ids = [self.layout.bos_id] + self.text_tokenizer.encode([prompt])[0]
     cfg = mixed_lib.MixedConfig(
         text=autoregressive.SamplingConfig(max_new_tokens=max_text_tokens, eos_ids=(self.layout.eos_id,),
                                            pad_id=self.layout.pad_id, temperature=text_temperature),
-        image=maskgit.MaskGitConfig.from_layout(self.layout, num_steps=steps, temperature=temperature),
+        image=maskgit.MaskGitConfig.from_layout(self.layout, num_steps=steps, temperature=temperature,
+                                                schedule=schedule),
         num_image_tokens=self.config.data.num_image_tokens, max_images=max_images)
     segments = mixed_lib.mixed_generate(self.cfg, self.params, np.asarray(ids, np.int32), jax.random.key(seed),
                                         self.layout, cfg)

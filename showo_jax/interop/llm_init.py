@@ -1,10 +1,7 @@
 """`python -m showo_jax.convert llm`: a Phi-1.5 / LLaMA-family HF checkpoint as the backbone of a fresh Show-o.
 
-The CLI itself stays in `convert`; this module holds the conversion (`llm_to_showo`) and the config-file loader.
+The CLI itself stays in `convert`; this module holds the conversion (`llm_to_showo`).
 """
-
-import importlib.util
-import os
 
 import numpy as np
 
@@ -14,17 +11,6 @@ from showo_jax.interop import showo_keys
 from showo_jax.interop import streaming
 
 CheckpointError = checkpoint_writer.CheckpointError
-
-
-def load_config_file(spec: str):
-  """`configs/showo.py:size=tiny` → get_config("size=tiny")."""
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise CheckpointError(f"{path}: no such config file")
-  module_spec = importlib.util.spec_from_file_location("_convert_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
 
 
 def _hf_family(keys, desc):

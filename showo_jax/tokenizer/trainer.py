@@ -26,6 +26,8 @@ import numpy as np
 import optax
 
 from showo_jax.common import checkpointing
+from showo_jax.common import console
+from showo_jax.common import interrupts
 from showo_jax.common import metrics as metrics_lib
 from showo_jax.common import optimizer as optimizer_lib
 from showo_jax.common import sharding
@@ -41,10 +43,6 @@ EVAL_FILE = "eval.json"
 # Fields that must agree between a checkpoint and the run resuming it.
 _RESUME_FIELDS = ("encoder", "decoder", "codebook_bits", "in_channels", "out_channels", "data.resolution",
                   "disc.enabled", "disc.ch", "disc.num_layers", "disc.norm", "train.ema_decay")
-
-
-class TrainingPreempted(RuntimeError):
-  """SIGTERM arrived: the state was saved and training stopped before config.train.steps."""
 
 
 @flax.struct.dataclass
@@ -261,6 +259,9 @@ def _write_eval(run, params, config, eval_images, workdir, step, writer):
   with open(os.path.join(workdir, EVAL_FILE), "w") as f:
     json.dump(result, f, indent=1)
   logging.info("tokenizer eval at step %d: %s", step, result)
+  if step == config.train.steps:
+    console.phase(f"image tokenizer: step {step}, {config.data.eval_source} PSNR {result['psnr']:.1f} dB, "
+                  f"codebook usage {100 * result['codebook_usage']:.0f} % ({result['num_images']} images)")
   return result
 
 
@@ -280,6 +281,11 @@ def _export_params(state):
 
 def train_tokenizer(config, workdir: str) -> str:
   """Trains (or resumes) the tokenizer in `workdir`; returns its checkpoint folder (load_tokenizer reads it)."""
+  with interrupts.handling():  # Ctrl-C / SIGTERM: save at the next step, then stop (interrupts.Interrupted)
+    return _train_tokenizer(config, workdir)
+
+
+def _train_tokenizer(config, workdir: str):
   tokenizer_config.validate_training(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -307,8 +313,7 @@ def train_tokenizer(config, workdir: str) -> str:
   else:
     state = run.init_state(t.seed)
   start = int(jax.device_get(state.step))
-  ckpt.install_preemption_handler()
-  writer = metrics_lib.MetricWriter(workdir)
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start)
   clock = {"t": time.perf_counter(), "step": start, "dt": {}}
 
   def host_metrics(step, host):  # step_time_s was measured when the step was pushed (see the loop)
@@ -326,7 +331,7 @@ def train_tokenizer(config, workdir: str) -> str:
         state, device_metrics = run.step(state, batch, jax.random.fold_in(rng, step))
       step += 1
       bar.update(1)
-      preempted = ckpt.preempted()
+      preempted = interrupts.requested()
       save = preempted or step == t.steps or (t.checkpoint_every and step % t.checkpoint_every == 0)
       if save or step % t.log_every == 0:
         now = time.perf_counter()  # dispatch-to-dispatch time; equals compute time once the queue is full
@@ -354,7 +359,7 @@ def train_tokenizer(config, workdir: str) -> str:
     ckpt.close()
     writer.close()
   if preempted:
-    raise TrainingPreempted(f"preempted (SIGTERM): saved step {step} in {ckpt.directory}; rerun to resume")
+    interrupts.stop(f"saved tokenizer step {step} in {ckpt.directory}")
   return ckpt.directory
 
 

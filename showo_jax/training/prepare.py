@@ -15,6 +15,7 @@ import os
 
 import jax
 
+from showo_jax.common import console
 from showo_jax.config import showo as showo_config
 from showo_jax.data import embedded
 from showo_jax.data import pipeline
@@ -47,8 +48,12 @@ def _text_tokenizer(config, workdir: str, layout) -> text_tokenizer_lib.TextToke
     if config.data.source != "embedded":
       raise ValueError("config.text_tokenizer.path is empty: point it at a local tokenizer.json")
     path = os.path.join(workdir, "text_tokenizer.json")
-    if jax.process_index() == 0 and not os.path.exists(path):
-      embedded.train_text_tokenizer(path, vocab_size=layout.llm_vocab_size)
+    if os.path.exists(path):
+      console.phase(f"text BPE: {path} (already trained)")
+    else:
+      console.phase(f"text BPE: training {layout.llm_vocab_size} tokens on the embedded text -> {path}")
+      if jax.process_index() == 0:
+        embedded.train_text_tokenizer(path, vocab_size=layout.llm_vocab_size)
     _barrier("text_tokenizer")
   tok = text_tokenizer_lib.TextTokenizer(path, layout)
   if tok.vocab_size != layout.llm_vocab_size:
@@ -68,8 +73,19 @@ def _embedded_records(config, workdir: str):
   folders = {name: os.path.join(workdir, "data", f"mnist_{spec.replace('*', '_x')}") for name, spec in splits.items()}
   if jax.process_index() == 0:
     if not checkpoint:
-      checkpoint = tokenizer_trainer.train_tokenizer(config.tokenizer.magvit, os.path.join(workdir, "tokenizer"))
+      folder = os.path.join(workdir, "tokenizer")
+      magvit = config.tokenizer.magvit
+      if os.path.exists(os.path.join(folder, tokenizer_trainer.EVAL_FILE)):
+        console.phase(f"image tokenizer: {folder} (already trained)")
+      else:
+        console.phase(f"image tokenizer: training MAGVIT-v2 ({magvit.train.steps} steps, "
+                      f"{2 ** magvit.codebook_bits} codes) -> {folder}")
+      checkpoint = tokenizer_trainer.train_tokenizer(magvit, folder)
+    else:
+      console.phase(f"image tokenizer: {checkpoint}")
     todo = {name: spec for name, spec in splits.items() if not os.path.exists(os.path.join(folders[name], records.META))}
+    if todo:
+      console.phase(f"pre-tokenizing the digits ({', '.join(todo.values())}) -> {os.path.join(workdir, 'data')}")
     tokenizer = checkpoints.load_tokenizer(checkpoint) if todo else None  # ours or official weights
     for name, spec in todo.items():
       pretokenize.pretokenize(tokenizer, f"embedded:{spec}", folders[name], checkpoint_name=checkpoint)

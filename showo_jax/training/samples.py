@@ -27,7 +27,9 @@ class SampleWriter:
     self.prompts = list(config.train.get("sample_prompts", None) or [embedded.caption(d) for d in range(10)])
     self.question = config.train.get("sample_question", embedded.QUESTION)
     source = data.eval_sources.get("images")
-    self.mmu_records = [source[i] for i in range(min(8, len(source)))] if source is not None else []
+    # Spread over the split (the embedded digits are stored class by class): one answer per class, not 8 zeros.
+    picks = np.unique(np.linspace(0, len(source) - 1, min(10, len(source))).astype(int)) if source is not None else []
+    self.mmu_records = [source[int(i)] for i in picks]
 
   def write(self, step: int, params, writer=None):
     if jax.process_index() != 0:
@@ -36,8 +38,7 @@ class SampleWriter:
     pipe = Pipeline(params, self.config, self.text_tokenizer, self.image_tokenizer)
     lines = []
     if self.image_tokenizer is not None:
-      images = pipe.t2i(self.prompts, steps=int(self.config.train.get("sample_steps", 12)),
-                        guidance=float(self.config.train.get("sample_guidance", 0.0)), seed=step)
+      images = pipe.t2i(self.prompts, seed=step, **pipe.sampling_defaults())
       images_lib.save_png(images_lib.image_grid(images), os.path.join(self.folder, f"step_{step:07d}.png"))
     if self.mmu_records:
       codes = np.stack([np.asarray(r["image_tokens"], np.int32) for r in self.mmu_records])

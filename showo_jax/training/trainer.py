@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from showo_jax.common import checkpointing
+from showo_jax.common import console
+from showo_jax.common import interrupts
 from showo_jax.common import metrics as metrics_lib
 from showo_jax.common import optimizer as optimizer_lib
 from showo_jax.common import sharding
@@ -22,6 +24,7 @@ from showo_jax.data import pipeline
 from showo_jax.interop import checkpoints
 from showo_jax.models import transformer
 from showo_jax.training import flops as flops_lib
+from showo_jax.training import preflight
 from showo_jax.training import prepare
 from showo_jax.training import samples
 from showo_jax.training import train_step as step_lib
@@ -110,12 +113,20 @@ def _peak_flops(config) -> float:
 
 
 def train_and_evaluate(config, workdir: str):
-  """Trains Show-o as configured; returns the final (host-side) metrics of the last logged step."""
+  """Trains Show-o as configured; returns the host-side metrics (and "step") of the last logged step."""
   showo_config.validate(config)
+  run = Run(config)  # the mesh, the batch divisibility and the parameter shardings, before any work
+  preflight.check_before_work(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  with interrupts.handling():  # from here on Ctrl-C / SIGTERM save what the running phase allows
+    return _train(run, config, workdir)
+
+
+def _train(run: Run, config, workdir: str):
   data = prepare.prepare_training_data(config, workdir)  # tokenizers and pre-tokenized sources
-  run = Run(config)
+  if interrupts.requested():
+    interrupts.stop("the data preparation finished")
   tokens_per_step = sum(_batch_sizes(config).values()) * run.seq_len
   flops_per_step = flops_lib.train_flops_per_step(config)
   peak = _peak_flops(config)
@@ -125,19 +136,25 @@ def train_and_evaluate(config, workdir: str):
                                     process_count=jax.process_count())
   data_iter = pipeline.MultiTaskIterator(datasets)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints)
-  ckpt.install_preemption_handler()
   state = run.init_state(config.train.seed)
   latest = ckpt.latest_step()
   if latest is not None:
     saved = ckpt.saved_config(latest)
     checkpointing.check_compatible(saved, config.to_dict(), _RESUME_FIELDS)
     state, _ = ckpt.restore(latest, run.abstract_state, data_iter=data_iter)
-    logging.info("resumed from %s step %d", ckpt.directory, latest)
+    logging.info("resumed from %s step %d", ckpt.directory, latest)  # the phase line says so too
   elif config.train.init_from:
     state = _init_from(run, state, config.train.init_from)
   start = int(jax.device_get(state.step))
+  rows = ", ".join(f"{task} {n}" for task, n in _batch_sizes(config).items() if n)
+  if start >= config.train.steps:
+    console.phase(f"Show-o: {ckpt.directory} is at step {start} >= config.train.steps = {config.train.steps}: "
+                  "nothing to train (raise --config.train.steps to continue)")
+  else:
+    console.phase(f"Show-o: {'resuming at step %d of' % start if start else 'training'} {config.train.steps} steps "
+                  f"(rows per step: {rows}) -> {ckpt.directory}")
 
-  writer = metrics_lib.MetricWriter(workdir)
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start)
   last = {"time": time.perf_counter(), "step": start}
 
   def host_metrics(step, host):
@@ -154,8 +171,7 @@ def train_and_evaluate(config, workdir: str):
     sampler = samples.SampleWriter(config, data, workdir)
   bar = metrics_lib.progress_bar(config.train.steps, initial=start)
   rng = jax.random.key(config.train.seed)
-  final = None
-  step = start
+  final, step, preempted = None, start, False
   end = config.train.steps
   if config.train.get("stop_after", 0):  # a time-limited job: run this many steps, checkpoint, exit
     end = min(end, start + config.train.stop_after)
@@ -166,7 +182,7 @@ def train_and_evaluate(config, workdir: str):
         state, device_metrics = run.step(state, batch, rng)
       step += 1
       bar.update(1)
-      preempted = ckpt.preempted()
+      preempted = interrupts.requested()
       save = preempted or step == end or (
           config.train.checkpoint_every and step % config.train.checkpoint_every == 0)
       if save or step % config.train.log_every == 0:
@@ -174,20 +190,21 @@ def train_and_evaluate(config, workdir: str):
         if save:  # check this very step's loss: a non-finite loss raises here, before it is saved
           flushed = logger.flush()
         if flushed:
-          final = flushed[1]
+          final = dict(flushed[1], step=flushed[0])
           bar.set_postfix(loss=f"{final['loss']:.3f}")
       if save:
         ckpt.save(step, state, data_iter=data_iter, config=config)
       if sampler is not None and step % config.train.sample_every == 0:
         sampler.write(step, step_lib.inference_params(state), writer)
       if preempted:
-        logging.warning("preempted (SIGTERM): saved step %d, stopping", step)
         break
     flushed = logger.flush()
-    final = flushed[1] if flushed else final
+    final = dict(flushed[1], step=flushed[0]) if flushed else final
   finally:
     bar.close()
     ckpt.close()
     writer.close()
+  if preempted:
+    interrupts.stop(f"saved step {step} in {ckpt.directory}")
   return final
 

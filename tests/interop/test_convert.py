@@ -178,7 +178,7 @@ def test_cli_exit_status(tmp_path):
                          "--output", str(tmp_path / "out")], capture_output=True, text=True, cwd=_ROOT,
                         check=False)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
-  assert proc.stderr.strip().splitlines() == [f"convert: error: {tmp_path / 'nope'}: no such file or folder"]
+  assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: no such file or folder"]
 
 
 ###########################  llm  ###########################

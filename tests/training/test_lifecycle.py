@@ -38,32 +38,69 @@ def _saved_steps(workdir):
   return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
 
 
-def test_sigterm_saves_exits_0_and_the_rerun_continues_at_the_next_step(tmp_path):
+def _interrupt(tmp_path, signum, expected_rc):
+  """Starts the training CLI, sends `signum` once 3 metric rows exist; returns (cmd, stopped step, stderr)."""
   data = str(tmp_path / "data")
   train_fixtures.make_records(data)
   cmd = [sys.executable, "-m", "showo_jax.train", f"--config={_config_file(tmp_path, data)}",
          f"--workdir={tmp_path / 'run'}"]
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   metrics = tmp_path / "run" / "metrics.jsonl"
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None and (
       not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
     time.sleep(0.05)
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=300)
-  assert proc.returncode == 0, err[-2000:]
+  proc.send_signal(signum)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == expected_rc, err[-2000:]
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
   [stopped] = _saved_steps(tmp_path / "run")
-  assert 3 <= stopped < STEPS and "preempted (SIGTERM): saved step" in err
+  assert 3 <= stopped < STEPS
   assert [r["step"] for r in _rows(tmp_path / "run")] == list(range(1, stopped + 1))
+  return cmd, stopped, err, out
+
+
+def test_sigterm_saves_exits_0_and_the_rerun_continues_at_the_next_step(tmp_path):
+  cmd, stopped, err, _ = _interrupt(tmp_path, signal.SIGTERM, 0)
+  assert err.strip().splitlines()[-1] == (f"SIGTERM: saved step {stopped} in {tmp_path / 'run' / 'checkpoints'}; "
+                                          "rerun the same command to continue")
   subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=300)
   assert [r["step"] for r in _rows(tmp_path / "run")] == list(range(1, STEPS + 1))  # each step once, in order
   straight = str(tmp_path / "straight")
-  config = train_fixtures.tiny_config(data, steps=STEPS)
+  config = train_fixtures.tiny_config(str(tmp_path / "data"), steps=STEPS)
   trainer.train_and_evaluate(config, straight)
   a, _ = checkpoints.load_checkpoint(str(tmp_path / "run"))
   b, _ = checkpoints.load_checkpoint(straight)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
+
+
+def test_ctrl_c_saves_exits_130_in_one_line_and_the_rerun_has_no_duplicate_rows(tmp_path):
+  cmd, stopped, err, out = _interrupt(tmp_path, signal.SIGINT, 130)
+  lines = [x for x in err.splitlines() if x.strip() and "it/s" not in x and "s/it" not in x]
+  assert lines[-1] == (f"Ctrl-C: saved step {stopped} in {tmp_path / 'run' / 'checkpoints'}; "
+                       "rerun the same command to continue")
+  assert "done:" not in out  # no summary for a run that stopped early
+  # A killed run leaves rows past its last checkpoint: the rerun drops them before it appends its own.
+  with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+    f.write(json.dumps({"step": stopped + 1, "loss": 1.0}) + "\n" + '{"step": ')  # and a line cut short
+  r = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
+  assert [r["step"] for r in _rows(tmp_path / "run")] == list(range(1, STEPS + 1))
+  assert f"done: Show-o at step {STEPS} of {STEPS}" in r.stdout and "python -m showo_jax.sample t2i" in r.stdout
+
+
+def test_the_terminal_shows_phases_and_the_log_file_keeps_the_library_records(tmp_path):
+  data = str(tmp_path / "data")
+  cfg = train_fixtures.cli_config_file(tmp_path / "cfg.py", data, 4, "c.train.checkpoint_every = 2")
+  r = subprocess.run([sys.executable, "-m", "showo_jax.train", f"--config={cfg}", f"--workdir={tmp_path / 'run'}"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+  text = [x for x in r.stderr.splitlines() if x.strip() and "it/s" not in x and "s/it" not in x and "%|" not in x]
+  assert text and text[0].startswith("Show-o: training 4 steps (rows per step: t2i 4, lm 2, mmu 2)"), text
+  assert not [x for x in text if x.startswith(("I1", "I0", "INFO")) or "Unable to initialize backend" in x], text
+  log = (tmp_path / "run" / "train.log").read_text()
+  assert "Finished saving checkpoint" in log or "checkpoint" in log.lower()  # Orbax's records are kept there
+  assert "INFO" in log and "Show-o: training 4 steps" in log
+  assert r.stdout.startswith("done: Show-o at step 4 of 4")
 
 
 def test_non_finite_loss_stops_before_it_is_saved(tmp_path):

@@ -54,8 +54,10 @@ def test_sample_writer_files(tmp_path):
   lines = (folder / "step_0000007.txt").read_text().splitlines()
   assert lines[:10] == [f"t2i prompt {i}: {p}" for i, p in enumerate(prompts)]
   mmu = lines[10:]
-  assert len(mmu) == 8  # the first 8 evaluation images
+  # 10 evaluation images spread over the split: here 0, 7, 14, …, 63, whose labels (i % 10) are all 10 digits.
   source = data.eval_sources["images"]
-  for i, line in enumerate(mmu):
+  picks = [0, 7, 14, 21, 28, 35, 42, 49, 56, 63]
+  assert len(mmu) == 10 and sorted(source[i]["label"] for i in picks) == list(range(10))
+  for i, line in zip(picks, mmu):
     assert line.startswith(f"{source[i]['caption']} | {embedded.QUESTION} -> "), line
   assert [(s, t) for s, t, _ in writer.texts] == [(7, "mmu")] and writer.texts[0][2] == "\n\n".join(mmu)

@@ -1,0 +1,121 @@
+"""What every entry point shares: one exit-code convention, one-line errors, and `--help` that exits 0 and shows
+every option with its help text and default.
+
+Exit status (README, "Exit status"): 0 done, also after a SIGTERM preemption that saved (rerun to continue);
+1 a failure while running (a non-finite loss, an unexpected error); 2 bad input or usage, in one line that names
+the bad thing; 130 stopped by Ctrl-C after saving what the phase allows.
+"""
+
+import argparse
+import os
+import signal
+import sys
+
+from showo_jax.common import interrupts
+
+OK, FAILURE, BAD_INPUT, CTRL_C = 0, 1, 2, 130
+
+
+def one_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  message = lines[0] if lines else type(error).__name__
+  filename = getattr(error, "filename", None)
+  if isinstance(error, OSError) and filename and str(filename) not in message:
+    message = f"{filename}: {message}"
+  return message
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """Keeps the description's layout and appends each option's default to its help."""
+
+  def _get_help_string(self, action):
+    text = action.help or ""
+    if action.default not in (None, argparse.SUPPRESS, False) and "default" not in text and action.option_strings:
+      text += f" (default: {action.default!r})" if isinstance(action.default, str) else f" (default: {action.default})"
+    return text
+
+
+class Parser(argparse.ArgumentParser):
+  """argparse with one-line usage errors (`error: …`, exit 2) instead of the usage block."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault("formatter_class", HelpFormatter)
+    super().__init__(*args, **kwargs)
+
+  def error(self, message):
+    self.exit(BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+
+
+def run(fn, *, bad_input=(), failures=()) -> int:
+  """Calls fn() and maps what it raises to one stderr line and the exit status above (fn's int result, else 0).
+
+  `bad_input`: exception types that mean bad input (ValueError, OSError and KeyError always do); `failures`:
+  types that mean a failure while running, reported in one line without a traceback."""
+  try:
+    result = fn()
+    return result if isinstance(result, int) else OK
+  except interrupts.Interrupted as e:
+    print(str(e), file=sys.stderr)
+    return CTRL_C if e.signum == signal.SIGINT else OK
+  except KeyboardInterrupt:  # Ctrl-C before the handlers were installed: nothing had been written yet
+    print("interrupted (Ctrl-C) before any work was saved", file=sys.stderr)
+    return CTRL_C
+  except tuple(failures) as e:
+    print(f"error: {one_line(e)}", file=sys.stderr)
+    return FAILURE
+  except (ValueError, OSError, KeyError, *bad_input) as e:
+    print(f"error: {one_line(e)}", file=sys.stderr)
+    return BAD_INPUT
+  except Exception as e:  # pylint: disable=broad-except
+    if os.environ.get("SHOWO_JAX_TRACEBACK"):
+      raise
+    print(f"error: unexpected {type(e).__name__}: {one_line(e)} (SHOWO_JAX_TRACEBACK=1 shows the traceback)",
+          file=sys.stderr)
+    return FAILURE
+
+
+def parse_and_run(parser: argparse.ArgumentParser, argv, work, **kwargs) -> int:
+  """The argparse tools' main: parse argv (--help exits 0, a usage error is one line and 2), then
+  run(lambda: work(args), **kwargs)."""
+  try:
+    args = parser.parse_args(argv)
+  except SystemExit as e:
+    return e.code if isinstance(e.code, int) else BAD_INPUT
+  return run(lambda: work(args), **kwargs)
+
+
+HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull")
+
+
+def absl_main(main, doc: str, flag_holders, *, required=(), extra_help: str = "", precheck=None):
+  """app.run(main) for the absl tools, with `--help` printing `doc`, the tool's flags (help and default) and
+  `extra_help`, then exiting 0, and flag errors (unknown flag, bad value, bad config file) in one line, exit 2.
+  `required`: names of the flags without a default. `precheck(argv)` may return such a line before absl parses (e.g. config_base.config_flag_problem)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  argv = sys.argv
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    lines = [doc.strip(), "", "options:"]
+    for holder in flag_holders:
+      flag = flags.FLAGS[holder.name]
+      default = "required" if flag.name in required else f"default: {flag.default!r}"
+      lines.append(f"  --{flag.name:<14} {flag.help}" + ("" if "default" in flag.help else f" ({default})"))
+    if extra_help:
+      lines += ["", extra_help.strip()]
+    print("\n".join(lines))
+    sys.exit(OK)
+
+  prog = "python -m showo_jax." + os.path.splitext(os.path.basename(argv[0]))[0]
+
+  def parse(args):
+    problem = precheck(args) if precheck else None
+    try:
+      if problem is None:
+        return flags.FLAGS(args)
+    except Exception as e:  # pylint: disable=broad-except  # flags.Error, or a config file that fails to load
+      problem = one_line(e)
+    sys.stderr.write(f"error: {problem} (see {prog} --help)\n")
+    sys.exit(BAD_INPUT)
+
+  app.run(main, flags_parser=parse)
+

@@ -1,0 +1,98 @@
+"""Checks that need no data, run before any data preparation or training: a bad mesh, batch, path or tokenizer is
+reported in one line within seconds, not after minutes of tokenizer training and pre-tokenizing.
+
+The mesh, the batch divisibility and the parameter shardings are checked by building the `Run` (trainer.py);
+this module adds what lies outside the model: the tokenizer trainer's own mesh and batch (embedded default),
+the files and folders the config names, and whether pre-tokenized records and an image tokenizer fit the
+model's vocabulary and image-token count.
+"""
+
+import math
+import os
+
+import ml_collections
+
+from showo_jax.common import checkpointing
+from showo_jax.common import sharding
+from showo_jax.config import base as config_base
+from showo_jax.data import records
+from showo_jax.tokenizer import config as tokenizer_config
+from showo_jax.tokenizer import trainer as tokenizer_trainer
+
+
+def _exists(path: str) -> bool:
+  if "://" in path:
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    return epath.Path(path).exists()
+  return os.path.exists(path)
+
+
+def _require(path: str, field: str):
+  if path and not _exists(path):
+    raise FileNotFoundError(f"{field}={path}: no such file or folder")
+
+
+def _check_records(spec: str, field: str, config):
+  """A pre-tokenized folder (not a tfds spec) must hold meta.json with the model's code count and token count."""
+  if spec.startswith("tfds:"):
+    return
+  _require(spec, field)
+  meta = records.read_meta(spec)
+  bits, grid = meta.get("codebook_bits"), meta.get("token_grid")
+  codes = config.model.vocab.codebook_size
+  if bits is not None and 2 ** int(bits) != codes:
+    raise config_base.ConfigError(f"{field}={spec} holds {2 ** int(bits)}-code image tokens but "
+                                  f"config.model.vocab.codebook_size = {codes}")
+  if grid and math.prod(grid) != config.data.num_image_tokens:
+    raise config_base.ConfigError(f"{field}={spec} holds {grid[0]}x{grid[1]} = {math.prod(grid)} image tokens per "
+                                  f"image but config.data.num_image_tokens = {config.data.num_image_tokens} "
+                                  "(built at another resolution?)")
+
+
+def _check_tokenizer_checkpoint(path: str, config):
+  """One of our tokenizer checkpoints: its codes and tokens per image must match the model (official weights are
+  checked when they load)."""
+  folder = tokenizer_trainer.checkpoint_folder(path) if os.path.exists(path) else None
+  if folder is None:
+    return
+  ckpt = checkpointing.Checkpointer(folder, async_save=False)
+  try:
+    step = ckpt.latest_step()
+    saved = ml_collections.ConfigDict(ckpt.saved_config(step)) if step is not None else None
+  finally:
+    ckpt.close()
+  if saved is None:
+    return
+  codes, codes_wanted = 2 ** int(saved.codebook_bits), config.model.vocab.codebook_size
+  if codes != codes_wanted:
+    raise config_base.ConfigError(f"config.tokenizer.checkpoint={path} has {codes} codes but "
+                                  f"config.model.vocab.codebook_size = {codes_wanted}")
+  factor = tokenizer_config.downsample_factor(saved)
+  tokens = (config.data.resolution // factor) ** 2
+  if tokens != config.data.num_image_tokens:
+    raise config_base.ConfigError(
+        f"config.tokenizer.checkpoint={path} makes {tokens} tokens of a {config.data.resolution} px image "
+        f"(downsampling {factor}) but config.data.num_image_tokens = {config.data.num_image_tokens}")
+
+
+def check_before_work(config):
+  """Raises (ConfigError, MeshError, FileNotFoundError) naming the first problem; returns None when all is well."""
+  d = config.data
+  _require(config.train.get("init_from", ""), "config.train.init_from")
+  _require(config.text_tokenizer.get("path", ""), "config.text_tokenizer.path")
+  checkpoint = config.tokenizer.get("checkpoint", "")
+  _require(checkpoint, "config.tokenizer.checkpoint")
+  if checkpoint:
+    _check_tokenizer_checkpoint(checkpoint, config)
+  if d.source == "records":
+    for task in ("t2i", "mmu", "lm"):
+      for spec in filter(None, str(d.get(f"{task}_records", "")).split(",")):
+        if task == "lm":
+          _require(spec if not spec.startswith("tfds:") else "", f"config.data.{task}_records")
+        else:
+          _check_records(spec, f"config.data.{task}_records", config)
+  elif d.source == "embedded" and not checkpoint:
+    magvit = config.tokenizer.magvit
+    tokenizer_config.validate_training(magvit)
+    mesh = sharding.make_mesh(magvit.mesh)
+    sharding.check_batch(magvit.train.batch_size, mesh, "config.tokenizer.magvit.train.batch_size")

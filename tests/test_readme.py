@@ -1,0 +1,116 @@
+"""The README's commands cannot drift: every entry point, subcommand and flag they use exists, and the quick ones
+(sampling, the digit PNGs, tokenize_images, convert) run as written on a tiny trained workdir standing in for
+/tmp/showo_tiny."""
+
+import glob
+import importlib
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from showo_jax.config import base as config_base
+from showo_jax.training import trainer
+from tests import train_fixtures
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ARGPARSE_TOOLS = ("sample", "convert", "build_dataset", "bench")
+ABSL_TOOLS = ("train", "train_tokenizer", "evaluate", "plan", "tokenize_images")
+
+
+def readme_commands():
+  """[(tool, args)] of every `python -m showo_jax.TOOL …` line in the README's bash blocks, in order."""
+  text = (ROOT / "README.md").read_text()
+  out = []
+  for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+    variables = {}
+    for line in block.replace("\\\n", " ").splitlines():
+      assignment = re.fullmatch(r"(\w+)=(\S+)", line.strip())
+      if assignment:  # `T=--tokenizer-checkpoint=…` then `… $T`, as the shell would expand it
+        variables[assignment[1]] = assignment[2]
+        continue
+      for name, value in variables.items():
+        line = line.replace(f"${name}", value)
+      tokens = shlex.split(line, comments=True)
+      for i in range(len(tokens) - 2):
+        if tokens[i].endswith("python") and tokens[i + 1] == "-m" and tokens[i + 2].startswith("showo_jax."):
+          out.append((tokens[i + 2][len("showo_jax."):], tokens[i + 3:]))
+          break
+  return out
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_shows_every_tool_and_sampling_mode():
+  tools = {tool for tool, _ in COMMANDS}
+  assert set(ARGPARSE_TOOLS + ABSL_TOOLS) <= tools, set(ARGPARSE_TOOLS + ABSL_TOOLS) - tools
+  sampled = {args[0] for tool, args in COMMANDS if tool == "sample"}
+  assert sampled == {"t2i", "mmu", "inpaint", "extrapolate", "mixed"}
+  assert {args[0] for tool, args in COMMANDS if tool == "convert"} >= {"import", "export"}
+
+
+def _absl_options(tool: str) -> set:
+  r = subprocess.run([sys.executable, "-m", f"showo_jax.{tool}", "--help"], cwd=ROOT, capture_output=True,
+                     text=True, timeout=120)
+  assert r.returncode == 0, r.stderr
+  names = set(re.findall(r"^  --([\w-]+)", r.stdout, re.M))
+  return names | {f"no{n}" for n in names}
+
+
+@pytest.mark.parametrize("index", range(len(COMMANDS)), ids=[f"{t} {' '.join(a[:1])}" for t, a in COMMANDS])
+def test_every_readme_command_parses(index):
+  tool, args = COMMANDS[index]
+  assert tool in ARGPARSE_TOOLS + ABSL_TOOLS, f"the README runs an unknown entry point showo_jax.{tool}"
+  if tool in ARGPARSE_TOOLS:
+    parser = importlib.import_module(f"showo_jax.{tool}")._parser()  # pylint: disable=protected-access
+    try:
+      parser.parse_args(args)
+    except SystemExit as e:
+      pytest.fail(f"README: python -m showo_jax.{tool} {' '.join(args)}: does not parse (exit {e.code})")
+    return
+  options = _absl_options(tool)
+  for arg in args:
+    if arg.startswith("--") and not arg.startswith("--config."):
+      name = arg[2:].split("=", 1)[0]
+      assert name in options, f"README: python -m showo_jax.{tool} has no flag --{name}"
+  if any(a.startswith("--config") for a in args):
+    problem = config_base.config_flag_problem([tool] + args)
+    assert problem is None, f"README: python -m showo_jax.{tool}: {problem}"
+
+
+RUNNABLE = ("sample", "build_dataset digits", "tokenize_images", "convert export", "convert import")
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):
+  """A tiny trained workdir (synthetic records, a random 32 px tokenizer) in place of the main job's."""
+  root = tmp_path_factory.mktemp("readme")
+  workdir = str(root / "showo_tiny")
+  trainer.train_and_evaluate(train_fixtures.tiny_config(str(root / "data"), steps=2), workdir)
+  train_fixtures.tiny_magvit_npz(os.path.join(workdir, "tokenizer", "magvit.npz"))
+  return root, workdir
+
+
+def test_the_quick_readme_commands_run_as_written(stand_in):
+  root, workdir = stand_in
+  ran = []
+  for tool, args in COMMANDS:
+    if not any(f"{tool} {' '.join(args)}".startswith(r) for r in RUNNABLE):
+      continue
+    argv = []
+    for arg in args:
+      arg = re.sub(r"/tmp/([^\s=]*)", lambda m: workdir + m[1][len("showo_tiny"):]  # pylint: disable=g-long-lambda
+                   if re.match(r"showo_tiny(/|$)", m[1]) else f"{root}/{m[1]}", arg)
+      argv += sorted(glob.glob(arg)) if "*" in arg else [arg]  # as the shell expands it
+    # Run from the stand-in's folder (relative outputs land there), importing this checkout's package.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    r = subprocess.run([sys.executable, "-m", f"showo_jax.{tool}", *argv], cwd=root, capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 0, f"python -m showo_jax.{tool} {' '.join(args)}\n{r.stderr[-3000:]}"
+    ran.append(f"{tool} {args[0]}")
+  assert len(ran) >= 9, ran
