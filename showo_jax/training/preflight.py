@@ -43,9 +43,15 @@ def _check_records(spec: str, field: str, config):
   if bits is not None and 2 ** int(bits) != codes:
     raise config_base.ConfigError(f"{field}={spec} holds {2 ** int(bits)}-code image tokens but "
                                   f"config.model.vocab.codebook_size = {codes}")
-  if grid and math.prod(grid) != config.data.num_image_tokens:
-    raise config_base.ConfigError(f"{field}={spec} holds {grid[0]}x{grid[1]} = {math.prod(grid)} image tokens per "
-                                  f"image but config.data.num_image_tokens = {config.data.num_image_tokens} "
+  if grid:
+    count, shown = math.prod(grid), f"{grid[0]}x{grid[1]} = {math.prod(grid)}"
+  else:  # a folder written without the grid: read its first record
+    first = next((r for r in (records.open_source(spec)[i] for i in range(1)) if r is not None), None)
+    count = len(first["image_tokens"]) if first is not None and "image_tokens" in first else None
+    shown = str(count)
+  if count is not None and count != config.data.num_image_tokens:
+    raise config_base.ConfigError(f"{field}={spec} holds {shown} image tokens per image but "
+                                  f"config.data.num_image_tokens = {config.data.num_image_tokens} "
                                   "(built at another resolution?)")
 
 

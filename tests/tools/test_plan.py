@@ -91,7 +91,7 @@ def _cli(*args):
 ])
 def test_bad_mesh_fails_before_compiling(args, message):
   r = _cli(*args)
-  assert r.returncode == 1, r.stderr[-2000:]
+  assert r.returncode == 2, r.stderr[-2000:]  # bad input
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), r.stderr[-2000:]
   assert "compile" not in r.stdout
