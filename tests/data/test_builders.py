@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import signal
 import sys
 import tarfile
 
@@ -450,3 +451,29 @@ def test_pretokenize_runs_on_the_shared_writer(tokenizer, tmp_path):
   again = pretokenize.pretokenize(checkpoint, str(folder), str(tmp_path / "out"), batch_size=8,
                                       records_per_shard=2)
   assert again["shards_skipped"] == 2 and again["num_records"] == 3 and again["corrupt"] == 1
+
+
+def test_a_signal_stops_the_build_after_the_current_shard_and_the_rerun_finishes_it(tmp_path, monkeypatch):
+  """Ctrl-C while shard 0 is written: shard 0 is kept, the build stops (interrupts.Interrupted), and the rerun
+  writes only the other shards."""
+  from showo_jax.common import interrupts  # pylint: disable=g-import-not-at-top
+  with open(tmp_path / "docs.jsonl", "w") as f:
+    for i in range(6):
+      f.write(json.dumps({"text": f"doc {i}"}) + "\n")
+  out = str(tmp_path / "out")
+  text_source = builders.source_module("text").Source
+  real_load = text_source.load
+
+  def load_and_press_ctrl_c(self, i):
+    if i == 0:
+      os.kill(os.getpid(), signal.SIGINT)  # delivered to the handler installed by interrupts.handling()
+    return real_load(self, i)
+
+  monkeypatch.setattr(text_source, "load", load_and_press_ctrl_c)
+  with interrupts.handling():
+    with pytest.raises(interrupts.Interrupted, match=r"^Ctrl-C: .*out: 1 of 3 shards written; rerun"):
+      _build("text", [str(tmp_path / "docs.jsonl")], out, records_per_shard=2)
+  assert not os.path.exists(os.path.join(out, records.META))
+  monkeypatch.setattr(text_source, "load", real_load)
+  again = _build("text", [str(tmp_path / "docs.jsonl")], out, records_per_shard=2)
+  assert again["shards_skipped"] == 1 and [r["text"] for r in _rows(out)] == [f"doc {i}" for i in range(6)]

@@ -170,3 +170,26 @@ def test_init_from_copies_params_and_starts_a_fresh_optimizer(tmp_path, kind):
   moved = max(float(np.abs(np.asarray(g) - w).max()) for g, w in zip(jax.tree.leaves(saved["params"]),
                                                                     jax.tree.leaves(want)))
   assert 0 < moved < 0.1  # one small step away from the source, not from a random init
+
+
+def test_ctrl_c_during_the_embedded_tokenizer_phase_saves_its_step(tmp_path):
+  """The main job's first phases: Ctrl-C while the image tokenizer trains saves that step and exits 130 in one
+  line (the Show-o trainer does not swallow it; the rerun resumes the tokenizer from there)."""
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "-m", "showo_jax.train", "--config", "configs/tiny.py", f"--workdir={workdir}",
+         "--config.tokenizer.magvit.train.steps=400", "--config.tokenizer.magvit.train.log_every=2"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = workdir / "tokenizer" / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None and (
+      not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+  [stopped] = sorted(int(d) for d in os.listdir(workdir / "tokenizer" / "checkpoints") if d.isdigit())
+  assert 4 <= stopped < 400
+  last = [x for x in err.splitlines() if x.strip() and "it/s" not in x and "s/it" not in x][-1]
+  assert last == (f"Ctrl-C: saved tokenizer step {stopped} in {workdir / 'tokenizer' / 'checkpoints'}; "
+                  "rerun the same command to continue"), err[-2000:]
+  assert not (workdir / "data").exists() and not (workdir / "checkpoints").exists()
