@@ -211,3 +211,43 @@ def test_bad_input_is_one_error_line(workdir, images, tmp_path, case):
   lines = err.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
   assert not os.path.exists(tmp_path / "o.png")
+
+
+@pytest.fixture(scope="module")
+def guided_workdir(tmp_path_factory):
+  """A workdir whose config says how it is meant to be sampled: 3 steps, guidance 1.5, temperature 0.5, linear."""
+  root = tmp_path_factory.mktemp("guided")
+  config = train_fixtures.tiny_config(str(root / "data"), steps=1)
+  config.train.update(sample_steps=3, sample_guidance=1.5, sample_temperature=0.5, sample_schedule="linear")
+  wd = str(root / "run")
+  trainer.train_and_evaluate(config, wd)
+  train_fixtures.tiny_magvit_npz(os.path.join(wd, "tokenizer", "magvit.npz"))
+  return wd
+
+
+def test_t2i_defaults_come_from_the_checkpoint_and_flags_override_them(guided_workdir, tmp_path):
+  from showo_jax.inference import pipeline  # pylint: disable=g-import-not-at-top
+  prompt = "a handwritten digit seven"
+  _, err = _ok("t2i", "--checkpoint", guided_workdir, "--prompt", prompt, "--num", 2, "--out-dir", tmp_path / "a")
+  assert err.splitlines()[0] == ("t2i: steps 3, guidance 1.5, temperature 0.5, schedule linear (from the "
+                                 "checkpoint's config.train.sample_*)")
+  pipe = pipeline.Pipeline.from_checkpoint(guided_workdir)
+  want = pipe.t2i([prompt] * 2, steps=3, guidance=1.5, temperature=0.5, schedule="linear", seed=0)
+  for i, w in enumerate(want):
+    np.testing.assert_array_equal(_png(tmp_path / "a" / f"{i:03d}.png"), w)
+  # Without the checkpoint's settings the samples differ (so the defaults above were really used) ...
+  other = pipe.t2i([prompt] * 2, steps=12, guidance=0.0, seed=0)
+  assert not np.array_equal(other, want)
+  # ... and a flag overrides only its own setting.
+  _, err = _ok("t2i", "--checkpoint", guided_workdir, "--prompt", prompt, "--num", 2, "--guidance", 0,
+               "--out-dir", tmp_path / "b")
+  assert "guidance 0.0" in err.splitlines()[0] and "steps 3" in err.splitlines()[0] and "guidance from flags" in err
+  got = np.stack([_png(tmp_path / "b" / f"{i:03d}.png") for i in range(2)])
+  np.testing.assert_array_equal(got, pipe.t2i([prompt] * 2, steps=3, guidance=0.0, temperature=0.5,
+                                              schedule="linear", seed=0))
+
+
+def test_evaluate_uses_the_checkpoint_sampling_settings(guided_workdir):
+  from showo_jax.evaluation import embedded_report  # pylint: disable=g-import-not-at-top
+  report = embedded_report.evaluate(guided_workdir, per_class=1, guidance=None)
+  assert report["sampling"] == {"steps": 3, "guidance": 1.5, "temperature": 0.5, "schedule": "linear"}

@@ -38,6 +38,14 @@ def _saved_steps(workdir):
   return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
 
 
+def _wait_for_rows(proc, metrics, rows: int):
+  """Waits (at most 300 s) until the metrics file has `rows` lines or the process ended."""
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None and (
+      not metrics.exists() or len(metrics.read_text().splitlines()) < rows):
+    time.sleep(0.05)
+
+
 def _interrupt(tmp_path, signum, expected_rc):
   """Starts the training CLI, sends `signum` once 3 metric rows exist; returns (cmd, stopped step, stderr)."""
   data = str(tmp_path / "data")
@@ -46,10 +54,7 @@ def _interrupt(tmp_path, signum, expected_rc):
          f"--workdir={tmp_path / 'run'}"]
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   metrics = tmp_path / "run" / "metrics.jsonl"
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None and (
-      not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
-    time.sleep(0.05)
+  _wait_for_rows(proc, metrics, 3)
   proc.send_signal(signum)
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == expected_rc, err[-2000:]
@@ -180,10 +185,7 @@ def test_ctrl_c_during_the_embedded_tokenizer_phase_saves_its_step(tmp_path):
          "--config.tokenizer.magvit.train.steps=400", "--config.tokenizer.magvit.train.log_every=2"]
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   metrics = workdir / "tokenizer" / "metrics.jsonl"
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None and (
-      not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
-    time.sleep(0.05)
+  _wait_for_rows(proc, metrics, 2)
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
@@ -193,3 +195,18 @@ def test_ctrl_c_during_the_embedded_tokenizer_phase_saves_its_step(tmp_path):
   assert last == (f"Ctrl-C: saved tokenizer step {stopped} in {workdir / 'tokenizer' / 'checkpoints'}; "
                   "rerun the same command to continue"), err[-2000:]
   assert not (workdir / "data").exists() and not (workdir / "checkpoints").exists()
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path):
+  data = str(tmp_path / "data")
+  train_fixtures.make_records(data)
+  cfg = train_fixtures.cli_config_file(tmp_path / "cfg.py", data, 100000, "c.train.checkpoint_every = 100000")
+  proc = subprocess.Popen([sys.executable, "-m", "showo_jax.train", f"--config={cfg}", f"--workdir={tmp_path / 'r'}"],
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  metrics = tmp_path / "r" / "metrics.jsonl"
+  _wait_for_rows(proc, metrics, 2)
+  proc.send_signal(signal.SIGINT)
+  time.sleep(0.5)  # two signals sent at once can merge into one delivery
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 130 and "interrupted again: exiting now" in err and "Traceback" not in err, err[-2000:]
