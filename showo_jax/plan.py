@@ -63,6 +63,8 @@ def main(argv):
 
 
 def _plan():
+  from showo_jax.common import console  # pylint: disable=g-import-not-at-top
+  console.setup()  # jax's backend probing and other INFO records stay off the terminal
   config = _CONFIG.value
   config.mesh.update(planner.parse_mesh(_MESH.value))
   if _REMAT.value:
