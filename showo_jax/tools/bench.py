@@ -16,6 +16,7 @@ import numpy as np
 
 from showo_jax.common import sharding
 from showo_jax.common import xla_options
+from showo_jax.config import base as config_base
 from showo_jax.config import showo as showo_config
 from showo_jax.training import flops as flops_lib
 
@@ -47,13 +48,9 @@ def official_config():
 
 
 def tiny_config():
-  import importlib.util  # pylint: disable=g-import-not-at-top
   path = os.path.join(_PROJECT, "configs", "tiny.py")
   if os.path.exists(path):
-    spec = importlib.util.spec_from_file_location("tiny_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_base.load_config_file(path)
   return showo_config.showo_config("tiny")
 
 
