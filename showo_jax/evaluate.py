@@ -19,7 +19,6 @@ Exit status: 0 done, 2 bad input (one line naming it), 1 an unexpected failure.
 """
 
 import json
-import sys
 
 from absl import flags
 
@@ -39,9 +38,7 @@ _FLAGS = (_WORKDIR, _CHECKPOINT, _STEPS, _GUIDANCE, _TEMPERATURE, _SCHEDULE, _PE
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
-    return cli.BAD_INPUT
+  del argv  # cli.absl_main refuses positional arguments
 
   def work():
     from showo_jax.common import console  # pylint: disable=g-import-not-at-top

@@ -56,9 +56,7 @@ def _devices(needed: int):
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
-    return cli.BAD_INPUT
+  del argv  # cli.absl_main refuses positional arguments
   return cli.run(_plan)
 
 

@@ -11,7 +11,6 @@ Exit status: 0 done, 2 bad input (one line naming it), 1 an unexpected failure.
 
 import json
 import logging
-import sys
 
 from absl import flags
 
@@ -32,9 +31,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
-    return cli.BAD_INPUT
+  del argv  # cli.absl_main refuses positional arguments
   f = FLAGS
 
   def work():

@@ -40,10 +40,7 @@ FIELDS = (
 
 
 def _config_help() -> str:
-  spec = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")), "")
-  if not spec and "--config" in sys.argv[:-1]:
-    spec = sys.argv[sys.argv.index("--config") + 1]
-  spec = spec or "configs/tiny.py"
+  spec = config_base.config_spec(sys.argv) or "configs/tiny.py"
   try:
     config = config_base.load_config_file(spec)
   except config_base.ConfigError:
@@ -76,9 +73,7 @@ def _summary(config, workdir: str, final: dict, seconds: float) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments: {' '.join(argv[1:])} (see train --help)", file=sys.stderr)
-    return cli.BAD_INPUT
+  del argv  # cli.absl_main refuses positional arguments
   config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
 
   def work():

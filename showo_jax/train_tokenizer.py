@@ -8,7 +8,6 @@ running, 2 bad input, 130 Ctrl-C.
 """
 
 import os
-import sys
 
 from absl import flags
 
@@ -30,9 +29,7 @@ _FIELDS_HELP = """config fields people change most, as --config.FIELD=VALUE (con
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
-    return cli.BAD_INPUT
+  del argv  # cli.absl_main refuses positional arguments
   config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
 
   def work():

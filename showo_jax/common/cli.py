@@ -117,5 +117,11 @@ def absl_main(main, doc: str, flag_holders, *, required=(), extra_help: str = ""
     sys.stderr.write(f"error: {problem} (see {prog} --help)\n")
     sys.exit(BAD_INPUT)
 
-  app.run(main, flags_parser=parse)
+  def main_without_positional_args(args):
+    if len(args) > 1:
+      sys.stderr.write(f"error: unexpected arguments: {' '.join(args[1:])} (see {prog} --help)\n")
+      return BAD_INPUT
+    return main(args)
+
+  app.run(main_without_positional_args, flags_parser=parse)
 

@@ -63,12 +63,18 @@ def define_config_flag(name: str = "config", help_string: str = "Config file, e.
   return config_flags.DEFINE_config_file(name, None, help_string, lock_config=True)
 
 
-def config_flag_problem(argv, name: str = "config"):
-  """One line naming what is wrong with `--NAME=FILE[:arg]` and its `--NAME.FIELD=VALUE` overrides in argv (a
-  missing or failing file, an unknown field), or None; absl's own messages for these are tracebacks or vague."""
+def config_spec(argv, name: str = "config"):
+  """The FILE[:arg] given as `--NAME=…` or `--NAME …` in argv, or None."""
   spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")), None)
   if spec is None and f"--{name}" in argv[:-1]:
     spec = argv[argv.index(f"--{name}") + 1]
+  return spec
+
+
+def config_flag_problem(argv, name: str = "config"):
+  """One line naming what is wrong with `--NAME=FILE[:arg]` and its `--NAME.FIELD=VALUE` overrides in argv (a
+  missing or failing file, an unknown field), or None; absl's own messages for these are tracebacks or vague."""
+  spec = config_spec(argv, name)
   if not spec:
     return None
   try:

@@ -46,7 +46,8 @@ def _check_records(spec: str, field: str, config):
   if grid:
     count, shown = math.prod(grid), f"{grid[0]}x{grid[1]} = {math.prod(grid)}"
   else:  # a folder written without the grid: read its first record
-    first = next((r for r in (records.open_source(spec)[i] for i in range(1)) if r is not None), None)
+    source = records.open_source(spec)
+    first = source[0] if len(source) else None
     count = len(first["image_tokens"]) if first is not None and "image_tokens" in first else None
     shown = str(count)
   if count is not None and count != config.data.num_image_tokens:
