@@ -7,7 +7,6 @@ warnings and a summary; every library record goes to DIR/train.log. Exit status:
 running, 2 bad input (one line naming it), 130 Ctrl-C.
 """
 
-import os
 import sys
 import time
 
@@ -15,6 +14,7 @@ from absl import flags
 
 from showo_jax.common import cli
 from showo_jax.common import console
+from showo_jax.common import paths
 from showo_jax.common import sharding
 from showo_jax.config import base as config_base
 from showo_jax.config import showo as showo_config
@@ -62,10 +62,10 @@ def _summary(config, workdir: str, final: dict, seconds: float) -> str:
   return "\n".join([
       f"done: Show-o at step {step} of {config.train.steps} ({seconds / 60:.1f} min this run"
       + (f"; last losses {losses})" if losses else ")"),
-      f"  checkpoints  {os.path.join(workdir, 'checkpoints')}",
-      f"  metrics      {os.path.join(workdir, 'metrics.jsonl')} and {os.path.join(workdir, 'tensorboard')}",
-      *([f"  samples      {os.path.join(workdir, 'samples')}"] if os.path.isdir(os.path.join(workdir, "samples")) else []),
-      f"  log          {os.path.join(workdir, 'train.log')}",
+      f"  checkpoints  {paths.join(workdir, 'checkpoints')}",
+      f"  metrics      {paths.join(workdir, 'metrics.jsonl')} and {paths.join(workdir, 'tensorboard')}",
+      *([f"  samples      {paths.join(workdir, 'samples')}"] if paths.isdir(paths.join(workdir, "samples")) else []),
+      f"  log          {paths.join(workdir, 'train.log')}",
       "next:",
       *([f"  python -m showo_jax.evaluate --workdir {workdir}"] if config.data.source == "embedded" else []),
       f"  python -m showo_jax.sample t2i --checkpoint {workdir} --prompt \"{prompt}\" --num 8 --out sample.png",
@@ -74,20 +74,24 @@ def _summary(config, workdir: str, final: dict, seconds: float) -> str:
 
 def main(argv):
   del argv  # cli.absl_main refuses positional arguments
-  config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+  config, workdir = _CONFIG.value, paths.resolve(_WORKDIR.value)
 
   def work():
     showo_config.validate(config)
     sharding.maybe_initialize_distributed(config.train.distributed)
     from showo_jax.training import trainer  # pylint: disable=g-import-not-at-top  # jax after distributed init
-    os.makedirs(workdir, exist_ok=True)
-    console.setup(os.path.join(workdir, "train.log"), verbose=_VERBOSE.value)
+    paths.makedirs(workdir)
+    console.setup(paths.Staging(workdir).path("train.log"), verbose=_VERBOSE.value)  # synced up with metrics
     t0 = time.perf_counter()
     final = trainer.train_and_evaluate(config, workdir)
     print(_summary(config, workdir, final or {}, time.perf_counter() - t0))
 
+  from showo_jax.common import checkpointing  # pylint: disable=g-import-not-at-top
   from showo_jax.common import metrics  # pylint: disable=g-import-not-at-top
-  return cli.run(work, bad_input=(config_base.ConfigError,), failures=(metrics.NonFiniteLossError,))
+  from showo_jax.common import workdir_lock  # pylint: disable=g-import-not-at-top
+  return cli.run(work, bad_input=(config_base.ConfigError,),
+                 failures=(metrics.NonFiniteLossError, checkpointing.NonFiniteStateError,
+                           workdir_lock.WorkdirInUseError))
 
 
 if __name__ == "__main__":

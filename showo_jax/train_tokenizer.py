@@ -7,12 +7,12 @@ and SIGTERM (exit 0) save first. Library records go to DIR/train.log. Exit statu
 running, 2 bad input, 130 Ctrl-C.
 """
 
-import os
 
 from absl import flags
 
 from showo_jax.common import cli
 from showo_jax.common import console
+from showo_jax.common import paths
 from showo_jax.config import base as config_base
 from showo_jax.tokenizer import config as tokenizer_config
 
@@ -30,21 +30,23 @@ _FIELDS_HELP = """config fields people change most, as --config.FIELD=VALUE (con
 
 def main(argv):
   del argv  # cli.absl_main refuses positional arguments
-  config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+  config, workdir = _CONFIG.value, paths.resolve(_WORKDIR.value)
 
   def work():
     tokenizer_config.validate_training(config)
     from showo_jax.tokenizer import trainer as tokenizer_trainer  # pylint: disable=g-import-not-at-top
-    os.makedirs(workdir, exist_ok=True)
-    console.setup(os.path.join(workdir, "train.log"), verbose=_VERBOSE.value)
+    paths.makedirs(workdir)
+    console.setup(paths.Staging(workdir).path("train.log"), verbose=_VERBOSE.value)  # synced up with metrics
     console.phase(f"image tokenizer: training MAGVIT-v2 ({config.train.steps} steps) -> {workdir}")
     folder = tokenizer_trainer.train_tokenizer(config, workdir)
     print(f"tokenizer checkpoint: {folder}")
 
   from showo_jax.common import checkpointing  # pylint: disable=g-import-not-at-top
   from showo_jax.common import metrics  # pylint: disable=g-import-not-at-top
+  from showo_jax.common import workdir_lock  # pylint: disable=g-import-not-at-top
   return cli.run(work, bad_input=(config_base.ConfigError, checkpointing.CheckpointMismatchError),
-                 failures=(metrics.NonFiniteLossError,))
+                 failures=(metrics.NonFiniteLossError, checkpointing.NonFiniteStateError,
+                           workdir_lock.WorkdirInUseError))
 
 
 if __name__ == "__main__":

@@ -2,33 +2,69 @@
 
 One CheckpointManager per run directory, with named items: `state` (the sharded train state), `data_iter`
 (the input pipeline's position, via grain's handler) and `config` (JSON). Saves are asynchronous and atomic
-(Orbax writes to a temporary folder and renames it when complete), so a run killed at any moment resumes from
-its last complete checkpoint. Signals (Ctrl-C, SIGTERM) are common/interrupts.py.
+(Orbax writes to a temporary folder and renames it when complete, or commits it with a marker in the cloud).
+When a save has completed, a background thread writes the step's manifest of file digests
+(common/checkpoint_integrity.py) and only then drops steps beyond `max_to_keep`: an older step is deleted only
+once a newer one is known whole. `restore_newest_intact` verifies digests, moves a corrupt or partial step
+aside with one warning and falls back to the newest intact one. Signals (Ctrl-C, SIGTERM) are
+common/interrupts.py.
 """
 
 import json
-import os
+import logging
+import threading
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from showo_jax.common import checkpoint_integrity as integrity
+from showo_jax.common import paths
+
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint was written by an incompatible config; the message names the field."""
 
 
-class Checkpointer:
-  """Save / restore of (state, data iterator, config) under `directory`, keeping the last `max_to_keep`."""
+class NonFiniteStateError(RuntimeError):
+  """The state about to be saved holds a NaN or an infinity: it is not saved."""
 
-  def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True, save_concurrent_gb=None):
+
+@jax.jit
+def _all_finite(tree):
+  leaves = [x for x in jax.tree.leaves(tree) if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
+  return jax.numpy.all(jax.numpy.stack([jax.numpy.all(jax.numpy.isfinite(x)) for x in leaves] or [True]))
+
+
+def check_finite(state, step: int, ckpt=None):
+  """Raises NonFiniteStateError unless every float in `state` (params, optimizer state, EMA) is finite: the
+  check before each save, so the newest saved checkpoint is always finite."""
+  if not bool(jax.device_get(_all_finite(state))):
+    newest = ckpt.latest_step() if ckpt is not None else None
+    raise NonFiniteStateError(
+        f"the parameters or optimizer state became non-finite at step {step}: not saved"
+        + (f"; the newest saved checkpoint, step {newest}, is finite" if newest is not None else "")
+        + " (lower --config.optimizer.lr or lengthen the warmup)")
+
+
+class Checkpointer:
+  """Save / restore of (state, data iterator, config) under `directory`, keeping the last `max_to_keep` (None:
+  all)."""
+
+  def __init__(self, directory: str, *, max_to_keep=3, async_save: bool = True, save_concurrent_gb=None):
     """`save_concurrent_gb` (the checkpoint converter's mode; state + config items only) writes numpy leaves in
     place, at most that many GB at once: Orbax's default numpy handler deep-copies every leaf first, and its
     jax.Array handler copies every array to host before writing (on CPU too), either a second copy of the
     state. The caller must leave the arrays unchanged until save() returns."""
-    self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+    if max_to_keep is not None and (isinstance(max_to_keep, bool) or int(max_to_keep) < 1):
+      raise ValueError(f"keep_checkpoints={max_to_keep!r}: keep at least 1 checkpoint (0 would delete them all)")
+    self.directory = paths.resolve(directory)
+    self.max_to_keep = None if max_to_keep is None else int(max_to_keep)
+    self._finisher = None  # the thread writing the last save's manifest
+    self._finisher_error = None
+    # Orbax keeps everything; `_finish` drops old steps once the new one has its manifest.
+    options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
                                            enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     handlers = None
     self._in_place = save_concurrent_gb is not None
@@ -50,13 +86,79 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   # -- save / restore ----------------------------------------------------------------------------------------
+  def step_dir(self, step: int) -> str:
+    return paths.join(self.directory, str(int(step)))
+
   def save(self, step: int, state, *, data_iter=None, config=None) -> bool:
+    self._join_finisher()
     items = {"state": ocp.args.PyTreeSave(state) if self._in_place else ocp.args.StandardSave(state)}
     if data_iter is not None:
       items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
     if config is not None:
       items["config"] = ocp.args.JsonSave(json.loads(config.to_json()))
-    return self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+    saved = self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+    if saved:
+      self._finisher = threading.Thread(target=self._finish, args=(int(step),), daemon=True,
+                                        name="checkpoint-manifest")
+      self._finisher.start()
+    return saved
+
+  def _finish(self, step: int):
+    """After Orbax committed `step`: its manifest (the mark of a whole checkpoint), then the retention."""
+    try:
+      self._manager.wait_until_finished()
+      if jax.process_index() != 0:
+        return
+      integrity.write_manifest(self.step_dir(step))
+      if self.max_to_keep is not None:
+        for old in sorted(s for s in self._manager.all_steps() if s < step)[:-self.max_to_keep + 1 or None]:
+          self._manager.delete(old)
+    except BaseException as e:  # pylint: disable=broad-except
+      self._finisher_error = e  # re-raised in the main thread by the next save / wait / close
+
+  def _join_finisher(self):
+    if self._finisher is not None:
+      self._finisher.join()
+      self._finisher = None
+    if self._finisher_error is not None:
+      error, self._finisher_error = self._finisher_error, None
+      raise error
+
+  def discard(self, step: int, reason: str):
+    """Moves a saved step aside (never deletes it), e.g. one whose parameters gave a non-finite loss."""
+    self.wait()
+    if int(step) in self.all_steps():
+      integrity.quarantine(self.directory, int(step), reason)
+      self._manager.reload()
+
+  def restore_newest_intact(self, restore_fn):
+    """(step, restore_fn(step)) for the newest step that passes its digests and restores; (None, None) when
+    none does. A step whose files are damaged (a failed digest, a missing file, an empty folder, or, without a
+    manifest, a restore that fails on the data) is moved aside with one warning. A whole step that does not fit
+    this run (CheckpointMismatchError, or a state tree of another structure) is the caller's: it raises."""
+    for step in sorted(self.all_steps(), reverse=True):
+      step_dir = self.step_dir(step)
+      problem = integrity.verify(step_dir)
+      if problem is None:
+        verified = integrity.has_manifest(step_dir)
+        if not verified:
+          logging.warning("checkpoint step %d in %s has no %s (written by an older version, or killed before "
+                          "it): its content cannot be verified", step, self.directory, integrity.MANIFEST)
+        try:
+          return step, restore_fn(step)
+        except CheckpointMismatchError:
+          raise
+        except Exception as e:  # pylint: disable=broad-except
+          reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+          if verified or "structure" in reason:  # whole files: the run's state differs from the saved one
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self.directory} is intact but does not fit this run's state "
+                f"({type(e).__name__}: {reason}): was the model or optimizer config changed? (use a new "
+                "--workdir)") from None
+          problem = f"it does not restore: {type(e).__name__}: {reason}"
+      integrity.quarantine(self.directory, step, problem)
+      self._manager.reload()
+    return None, None
 
   def restore(self, step: int, abstract_state, *, data_iter=None):
     """Restores `state` shaped and sharded like `abstract_state` (ShapeDtypeStructs with .sharding)."""
@@ -110,8 +212,7 @@ class Checkpointer:
     return out
 
   def _item_path(self, step: int, item: str):
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    return epath.Path(self.directory) / str(int(step)) / item
+    return paths.Path(self.step_dir(step)) / item
 
   def saved_config(self, step: int) -> dict:
     restored = self._manager.restore(int(step), args=ocp.args.Composite(config=ocp.args.JsonRestore()))
@@ -119,10 +220,13 @@ class Checkpointer:
 
   def wait(self):
     self._manager.wait_until_finished()
+    self._join_finisher()
 
   def close(self):
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
 
 
 def abstract_with_shardings(abstract_tree, shardings):

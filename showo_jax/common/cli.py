@@ -7,6 +7,7 @@ the bad thing; 130 stopped by Ctrl-C after saving what the phase allows.
 """
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -51,6 +52,7 @@ def run(fn, *, bad_input=(), failures=()) -> int:
 
   `bad_input`: exception types that mean bad input (ValueError, OSError and KeyError always do); `failures`:
   types that mean a failure while running, reported in one line without a traceback."""
+  _library_tracebacks_to_log()
   try:
     result = fn()
     return result if isinstance(result, int) else OK
@@ -60,18 +62,57 @@ def run(fn, *, bad_input=(), failures=()) -> int:
   except KeyboardInterrupt:  # Ctrl-C before the handlers were installed: nothing had been written yet
     print("interrupted (Ctrl-C) before any work was saved", file=sys.stderr)
     return CTRL_C
-  except tuple(failures) as e:
-    print(f"error: {one_line(e)}", file=sys.stderr)
-    return FAILURE
-  except (ValueError, OSError, KeyError, *bad_input) as e:
-    print(f"error: {one_line(e)}", file=sys.stderr)
-    return BAD_INPUT
   except Exception as e:  # pylint: disable=broad-except
+    if _disk_full(e):
+      where = getattr(e, "filename", None) or _quoted_path(e) or "the output path"
+      print(f"error: no space left on the device (or quota exceeded) writing {where}: nothing written before is "
+            "lost (the last complete checkpoint is intact); free space and rerun the same command", file=sys.stderr)
+      return FAILURE
+    if isinstance(e, tuple(failures)):
+      print(f"error: {one_line(e)}", file=sys.stderr)
+      return FAILURE
+    if isinstance(e, (ValueError, OSError, KeyError, *bad_input)):
+      print(f"error: {one_line(e)}", file=sys.stderr)
+      return BAD_INPUT
     if os.environ.get("SHOWO_JAX_TRACEBACK"):
       raise
     print(f"error: unexpected {type(e).__name__}: {one_line(e)} (SHOWO_JAX_TRACEBACK=1 shows the traceback)",
           file=sys.stderr)
     return FAILURE
+
+
+def _library_tracebacks_to_log():
+  """Tracebacks that libraries print from their own threads (TensorStore's callbacks after a failed save, an
+  exception in a worker thread) go to the log file (INFO), not the terminal: the tool reports the failure in
+  one line."""
+  import logging  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  log = logging.getLogger("showo_jax.background")
+  sys.excepthook = lambda *exc: log.info("exception outside the main flow", exc_info=exc)
+  threading.excepthook = lambda a: log.info("exception in thread %s", a.thread and a.thread.name,
+                                            exc_info=(a.exc_type, a.exc_value, a.exc_traceback))
+  sys.unraisablehook = lambda u: log.info("unraisable exception in %r", u.object,
+                                          exc_info=(u.exc_type, u.exc_value, u.exc_traceback))
+
+
+def _disk_full(error: BaseException) -> bool:
+  """ENOSPC / EDQUOT, raised directly or wrapped by a library (Orbax, TensorStore) in its message."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _quoted_path(error: BaseException):
+  """The first quoted path in a library's message (TensorStore names the file it failed to write)."""
+  import re  # pylint: disable=g-import-not-at-top
+  found = re.search(r'"((?:/|gs://|s3://)[^"]+)"', str(error))
+  return found.group(1) if found else None
 
 
 def parse_and_run(parser: argparse.ArgumentParser, argv, work, **kwargs) -> int:

@@ -18,6 +18,7 @@ def setup(log_file: str = "", *, verbose: bool = False):
   """Terminal: WARNING and above (INFO with `verbose`); `log_file`: every record from INFO up (appended)."""
   root = logging.getLogger()
   root.setLevel(logging.INFO)
+  logging.raiseExceptions = False  # a full disk must not turn each log record into a traceback
   try:
     from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
     absl_logging.set_verbosity(absl_logging.INFO)  # records reach the file handler; the terminal filters
@@ -35,14 +36,26 @@ def setup(log_file: str = "", *, verbose: bool = False):
     stream.setLevel(logging.INFO if verbose else logging.WARNING)
     stream.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     root.addHandler(stream)
+    terminal.append(stream)
+  for handler in terminal:
+    if not any(isinstance(f, _NoLibraryTracebacks) for f in handler.filters):
+      handler.addFilter(_NoLibraryTracebacks())
   if log_file:
-    os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)  # local: paths.Staging gives it
     if not any(isinstance(h, logging.FileHandler) and h.baseFilename == os.path.abspath(log_file)
                for h in root.handlers):
       handler = logging.FileHandler(log_file)
       handler.setLevel(logging.INFO)
       handler.setFormatter(logging.Formatter(_FORMAT))
       root.addHandler(handler)
+
+
+class _NoLibraryTracebacks(logging.Filter):
+  """Keeps a library's tracebacks (Orbax logs one per failed thread of a save) off the terminal: the tool
+  reports the failure in one line and the log file keeps the records whole."""
+
+  def filter(self, record):
+    return not (record.exc_info and "showo_jax" not in record.pathname)
 
 
 def phase(text: str):

@@ -11,27 +11,31 @@ import time
 import jax
 import numpy as np
 
+from showo_jax.common import paths
+
 
 class MetricWriter:
   """Writes scalars to TensorBoard and to one JSON object per line in metrics.jsonl (process 0 only)."""
 
-  def __init__(self, workdir: str, *, filename: str = "metrics.jsonl", tensorboard: bool = True,
+  def __init__(self, workdir, *, filename: str = "metrics.jsonl", tensorboard: bool = True,
                resume_step: int = None):
-    """`resume_step`: the step the run resumes at; rows of later steps (written after the last checkpoint by a
+    """`workdir`: a path or a `paths.Staging` (a cloud workdir's files are written locally and synced up).
+    `resume_step`: the step the run resumes at; rows of later steps (written after the last checkpoint by a
     run that was killed) are dropped first, so every step appears once."""
     self.active = jax.process_index() == 0
     self._jsonl = None
     self._tb = None
     if not self.active:
       return
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, filename)
-    if resume_step is not None and os.path.exists(path):
-      _drop_rows_after(path, resume_step)
-    self._jsonl = open(path, "a", buffering=1)
+    staging = workdir if isinstance(workdir, paths.Staging) else paths.Staging(workdir)
+    staging.fetch(filename)
+    path = staging.path(filename)
+    if os.path.exists(path):
+      _drop_rows_after(path, -1 if resume_step is None else resume_step, keep_all=resume_step is None)
+    self._jsonl = paths.open_local(path, "a")
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(os.path.dirname(staging.path("tensorboard", "x")))
 
   def write(self, step: int, scalars: dict):
     if not self.active:
@@ -43,6 +47,7 @@ class MetricWriter:
       if self._tb is not None:
         self._tb.add_scalar(k, v, int(step))
     self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
 
   def write_text(self, step: int, tag: str, text: str):
     if self.active and self._tb is not None:
@@ -59,21 +64,20 @@ class MetricWriter:
       self._tb.close()
 
 
-def _drop_rows_after(path: str, step: int):
-  """Rewrites the metrics file without rows past `step` (a temporary file renamed over it: never half-written)."""
-  with open(path) as f:
+def _drop_rows_after(path: str, step: int, keep_all: bool = False):
+  """Rewrites the local metrics file without rows past `step` and without lines cut short by a kill (atomic:
+  never half-written)."""
+  with paths.open_local(path, "r") as f:
     lines = f.readlines()
   keep = []
   for line in lines:
     try:
-      if int(json.loads(line)["step"]) <= step:
+      if keep_all or int(json.loads(line)["step"]) <= step:
         keep.append(line if line.endswith("\n") else line + "\n")
     except (ValueError, KeyError, TypeError):
       pass  # a line cut short by a kill
-  if len(keep) != len(lines):
-    with open(path + ".tmp", "w") as f:
-      f.writelines(keep)
-    os.replace(path + ".tmp", path)
+  if keep != lines:
+    paths.write_text(path, "".join(keep))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -100,9 +104,10 @@ class BufferedLogger:
     step, metrics, _ = self._pending
     self._pending = None
     host = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
-    if not math.isfinite(host.get("loss", 0.0)):
-      raise NonFiniteLossError(f"loss became {host['loss']} at step {step}: stopping (the last good checkpoint "
-                               "is kept)")
+    for name in ("loss", "grad_norm"):
+      if not math.isfinite(host.get(name, 0.0)):
+        raise NonFiniteLossError(f"{name.replace('_', ' ')} became {host[name]} at step {step}: stopping, nothing "
+                                 "of this step saved (the last good checkpoint is kept; lower the learning rate)")
     if self._extra_fn is not None:
       host.update(self._extra_fn(step, host))
     self._writer.write(step, host)

@@ -180,6 +180,8 @@ def validate(config) -> ConfigDict:
     t = config.train
     for name in ("steps", "grad_accum_steps", "log_every"):
       _check(t[name] > 0, f"config.train.{name}={t[name]} must be positive")
+    _check(t.keep_checkpoints >= 1, f"config.train.keep_checkpoints={t.keep_checkpoints} must be >= 1 (0 would "
+                                    "delete every checkpoint, the previous run's included)")
     for name in ("batch_t2i", "batch_lm", "batch_mmu", "checkpoint_every", "sample_every"):
       _check(t[name] >= 0, f"config.train.{name}={t[name]} must be >= 0")
     _check(0 <= t.get("ema_decay", 0.0) < 1, f"config.train.ema_decay={t.get('ema_decay')} must be in [0, 1)")

@@ -5,15 +5,15 @@ Accepted: a training workdir (or its `checkpoints/` folder, or one step folder i
 the returned params (per-layer or scanned) follows the requested config.
 """
 
-import os
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from showo_jax.common import checkpoint_integrity as integrity
 from showo_jax.common import checkpointing
+from showo_jax.common import paths
 from showo_jax.config import showo as showo_config
 from showo_jax.interop import magvit_keys
 from showo_jax.interop import reader
@@ -24,32 +24,43 @@ from showo_jax.tokenizer import trainer as tokenizer_trainer
 
 def _checkpoint_dir(path: str):
   """(checkpoints folder, step) for a workdir / checkpoints folder / step folder; None if not ours."""
-  path = os.path.abspath(path)
-  for candidate in (os.path.join(path, "checkpoints"), path):
-    if os.path.isdir(candidate):
-      steps = sorted(int(d) for d in os.listdir(candidate) if d.isdigit())
-      if steps:
-        return candidate, steps[-1]
-  parent, name = os.path.split(path)
-  if name.isdigit() and os.path.isdir(os.path.join(path, "state")):
-    return parent, int(name)
+  path = paths.resolve(path)
+  for candidate in (paths.join(path, "checkpoints"), path):
+    steps = sorted(int(d) for d in paths.listdir(candidate) if d.isdigit())
+    if steps:
+      return candidate, steps[-1]
+  name = paths.basename(path)
+  if name.isdigit() and paths.isdir(paths.join(path, "state")):
+    return paths.parent(path), int(name)
   return None
 
 
 def load_checkpoint(path: str, step=None):
-  """(params as numpy, config) from one of our training checkpoints; the latest step unless given. A run that
-  kept an EMA (config.train.ema_decay > 0) gives its EMA params: those are the ones it samples and evaluates with."""
+  """(params as numpy, config) from one of our training checkpoints: the newest intact step unless given (a
+  damaged newer step is moved aside with a warning). A run that kept an EMA (config.train.ema_decay > 0) gives
+  its EMA params: those are the ones it samples and evaluates with."""
   found = _checkpoint_dir(path)
   if found is None:
     raise reader.CheckpointError(f"{path}: no showo_jax training checkpoint here (expected DIR/checkpoints/STEP)")
-  folder, latest = found
+  folder, _ = found
   ckpt = checkpointing.Checkpointer(folder, async_save=False)
+
+  def restore(s):
+    return ckpt.restore_raw(s), ml_collections.ConfigDict(ckpt.saved_config(s))
   try:
-    step = latest if step is None else step
-    config = ml_collections.ConfigDict(ckpt.saved_config(step))
-    state = ckpt.restore_raw(step)
+    if step is None:
+      step, restored = ckpt.restore_newest_intact(restore)
+      if step is None:
+        raise reader.CheckpointError(f"{path}: no intact checkpoint left (the damaged ones were moved to "
+                                     f"{folder}.quarantine)")
+    else:
+      problem = integrity.verify(ckpt.step_dir(step))
+      if problem is not None:
+        raise reader.CheckpointError(f"{path}: checkpoint step {step} is damaged: {problem}")
+      restored = restore(step)
   finally:
     ckpt.close()
+  state, config = restored
   params = state.get("ema_params") or state["params"]
   return jax.tree.map(np.asarray, params), config
 
@@ -85,8 +96,8 @@ def _check_like(params, config, source):
 def load_tokenizer(path: str):
   """(params, config) of an image tokenizer: our checkpoint folder (or its workdir; EMA params when present) or
   an official MAGVIT-v2 file / folder (.npz, .safetensors, .bin, hub folder)."""
-  path = os.fspath(path)
-  if not os.path.exists(path) or tokenizer_trainer.checkpoint_folder(path) is not None:
+  path = paths.resolve(path)
+  if not paths.exists(path) or tokenizer_trainer.checkpoint_folder(path) is not None:
     return tokenizer_trainer.load_tokenizer(path)  # ours, or the "no such checkpoint" error
   params, config = magvit_keys.load_official_magvit(path)
   config.data.resolution = config.resolution  # the image size of the released model (256 for the official)

@@ -221,8 +221,10 @@ def validate_training(config) -> ConfigDict:
   t, o, loss, d = config.train, config.optimizer, config.loss, config.disc
   for name in ("steps", "batch_size", "log_every", "num_samples"):
     _check(t[name] > 0, f"config.train.{name}={t[name]} must be positive")
-  for name in ("checkpoint_every", "sample_every", "eval_every", "keep_checkpoints"):
+  for name in ("checkpoint_every", "sample_every", "eval_every"):
     _check(t[name] >= 0, f"config.train.{name}={t[name]} must be >= 0")
+  _check(t.keep_checkpoints >= 1, f"config.train.keep_checkpoints={t.keep_checkpoints} must be >= 1 (0 would "
+                                  "delete every checkpoint, the previous run's included)")
   _check(0 <= t.ema_decay < 1, f"config.train.ema_decay={t.ema_decay} must be in [0, 1)")
   _check(o.lr > 0, f"config.optimizer.lr={o.lr} must be positive")
   _check(o.warmup_steps >= 0, f"config.optimizer.warmup_steps={o.warmup_steps} must be >= 0")

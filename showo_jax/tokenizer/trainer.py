@@ -12,9 +12,7 @@ seeded permutation every epoch, so it is a pure function of (seed, step): resumi
 is bit-exact. Each process loads its own rows (data/images.py collections).
 """
 
-import json
 import logging
-import os
 import time
 from typing import Any
 
@@ -26,17 +24,19 @@ import numpy as np
 import optax
 
 from showo_jax.common import checkpointing
-from showo_jax.common import console
 from showo_jax.common import interrupts
 from showo_jax.common import metrics as metrics_lib
 from showo_jax.common import optimizer as optimizer_lib
+from showo_jax.common import paths
 from showo_jax.common import sharding
+from showo_jax.common import workdir_lock
 from showo_jax.common import xla_options
 from showo_jax.data import images as images_lib
 from showo_jax.tokenizer import config as tokenizer_config
 from showo_jax.tokenizer import lfq
 from showo_jax.tokenizer import losses as tl
 from showo_jax.tokenizer import magvit
+from showo_jax.tokenizer import reports
 
 CHECKPOINTS = "checkpoints"
 EVAL_FILE = "eval.json"
@@ -232,88 +232,48 @@ class TokenizerRun:
     return tuple(np.concatenate(parts) for parts in zip(*outs))
 
 
-def evaluate(run: TokenizerRun, params, images_u8: np.ndarray, batch_size: int) -> dict:
-  """Test-split metrics: mean PSNR (dB), codebook usage (share of codes used), mean per-batch code entropy."""
-  _, indices, psnr = run.reconstruct(params, images_u8, batch_size)
-  entropies = [float(tl.code_entropy_bits(indices[i:i + batch_size], run.codebook_size))
-               for i in range(0, len(indices) - batch_size + 1, batch_size)] or [
-                   float(tl.code_entropy_bits(indices, run.codebook_size))]
-  return {"psnr": float(np.mean(psnr)), "codebook_usage": tl.codebook_usage(indices, run.codebook_size),
-          "code_entropy_bits": float(np.mean(entropies)), "num_images": int(len(indices))}
-
-
-def _eval_images(config, factor):
-  spec, n = config.data.eval_source, config.data.eval_images
-  if not spec:
-    return None
-  coll = images_lib.open_collection(spec, config.data.resolution, resize=config.data.resize, factor=factor,
-                                    image_field=config.data.image_field)
-  count = len(coll) if not n else min(n, len(coll))
-  loader = images_lib.StepBatches(coll, 1, 0)
-  return coll.load_array(np.arange(count)) if coll.in_memory else np.stack([loader.load(i) for i in range(count)])
-
-
-def _write_eval(run, params, config, eval_images, workdir, step, writer):
-  result = dict(evaluate(run, params, eval_images, config.train.batch_size), step=int(step))
-  writer.write(step, {f"eval_{k}": v for k, v in result.items() if k != "step"})
-  with open(os.path.join(workdir, EVAL_FILE), "w") as f:
-    json.dump(result, f, indent=1)
-  logging.info("tokenizer eval at step %d: %s", step, result)
-  if step == config.train.steps:
-    console.phase(f"image tokenizer: step {step}, {config.data.eval_source} PSNR {result['psnr']:.1f} dB, "
-                  f"codebook usage {100 * result['codebook_usage']:.0f} % ({result['num_images']} images)")
-  return result
-
-
-def _write_samples(run, params, config, originals, workdir, step):
-  pick = np.linspace(0, len(originals) - 1, min(config.train.num_samples, len(originals))).astype(int)
-  originals = originals[pick]  # spread over the split (the embedded digits are sorted by label)
-  recon = run.reconstruct(params, originals, config.train.batch_size)[0]
-  path = os.path.join(workdir, "samples", f"step_{int(step):06d}.png")
-  if jax.process_index() == 0:
-    images_lib.save_png(images_lib.pair_grid(originals, images_lib.to_uint8(recon)), path)
-  return path
-
-
 def _export_params(state):
   return state.ema_params if state.ema_params is not None else state.params
 
 
 def train_tokenizer(config, workdir: str) -> str:
   """Trains (or resumes) the tokenizer in `workdir`; returns its checkpoint folder (load_tokenizer reads it)."""
-  with interrupts.handling():  # Ctrl-C / SIGTERM: save at the next step, then stop (interrupts.Interrupted)
+  tokenizer_config.validate_training(config)
+  workdir = paths.resolve(workdir)
+  paths.makedirs(workdir)
+  # One writer per workdir; Ctrl-C / SIGTERM: save at the next step, then stop (interrupts.Interrupted).
+  with workdir_lock.WorkdirLock(workdir, "the tokenizer trainer"), interrupts.handling():
     return _train_tokenizer(config, workdir)
 
 
 def _train_tokenizer(config, workdir: str):
-  tokenizer_config.validate_training(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   sharding.maybe_initialize_distributed(config.train.distributed)
   t = config.train
   run = TokenizerRun(config)
   sharding.check_batch(t.batch_size, run.mesh, "config.train.batch_size")
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINTS), max_to_keep=t.keep_checkpoints or None)
-  latest = ckpt.latest_step()
-  eval_path = os.path.join(workdir, EVAL_FILE)
+  ckpt = checkpointing.Checkpointer(paths.join(workdir, CHECKPOINTS), max_to_keep=t.keep_checkpoints)
+
+  def restore(step):
+    checkpointing.check_compatible(ckpt.saved_config(step), config.to_dict(), _RESUME_FIELDS)
+    return ckpt.restore(step, run.abstract_state)[0]
+  latest, state = ckpt.restore_newest_intact(restore)
   if latest is not None:
-    checkpointing.check_compatible(ckpt.saved_config(latest), config.to_dict(), _RESUME_FIELDS)
-    if latest >= t.steps and (not config.data.eval_source or os.path.exists(eval_path)):
+    if latest >= t.steps and (not config.data.eval_source or paths.exists(paths.join(workdir, EVAL_FILE))):
       ckpt.close()
       return ckpt.directory  # already complete
   factor = tokenizer_config.downsample_factor(config)
   train_data = images_lib.StepBatches(images_lib.open_collection(
       config.data.source, config.data.resolution, resize=config.data.resize, factor=factor,
       image_field=config.data.image_field), t.batch_size, t.seed, jax.process_index(), jax.process_count())
-  eval_images = _eval_images(config, factor)
+  eval_images = reports.eval_images(config, factor)
   samples = eval_images if eval_images is not None else train_data.batch(0)
   if latest is not None:
-    state, _ = ckpt.restore(latest, run.abstract_state)
     logging.info("resumed the tokenizer from %s step %d", ckpt.directory, latest)
   else:
     state = run.init_state(t.seed)
   start = int(jax.device_get(state.step))
-  writer = metrics_lib.MetricWriter(workdir, resume_step=start)
+  staging = paths.Staging(workdir)  # metrics and TensorBoard (copied up at each save on a bucket)
+  writer = metrics_lib.MetricWriter(staging, resume_step=start)
   clock = {"t": time.perf_counter(), "step": start, "dt": {}}
 
   def host_metrics(step, host):  # step_time_s was measured when the step was pushed (see the loop)
@@ -342,22 +302,29 @@ def _train_tokenizer(config, workdir: str):
         if flushed:
           bar.set_postfix(loss=f"{flushed[1]['loss']:.4f}", psnr=f"{flushed[1]['psnr']:.1f}")
       if save:
+        checkpointing.check_finite(state, step, ckpt)
         ckpt.save(step, state, config=config)
+        staging.sync()
       if preempted:
         break
       if t.sample_every and step % t.sample_every == 0 and step < t.steps:
-        _write_samples(run, _export_params(state), config, samples, workdir, step)
+        reports.write_samples(run, _export_params(state), config, samples, workdir, step)
       if t.eval_every and step % t.eval_every == 0 and step < t.steps and eval_images is not None:
-        _write_eval(run, _export_params(state), config, eval_images, workdir, step, writer)
+        reports.write_eval(run, _export_params(state), config, eval_images, paths.join(workdir, EVAL_FILE), step,
+                           writer)
     logger.flush()
     if not preempted:
-      _write_samples(run, _export_params(state), config, samples, workdir, step)
+      reports.write_samples(run, _export_params(state), config, samples, workdir, step)
       if eval_images is not None:
-        _write_eval(run, _export_params(state), config, eval_images, workdir, step, writer)
+        reports.write_eval(run, _export_params(state), config, eval_images, paths.join(workdir, EVAL_FILE), step,
+                           writer)
   finally:
     bar.close()
-    ckpt.close()
-    writer.close()
+    try:
+      ckpt.close()
+    finally:
+      writer.close()
+      staging.sync()
   if preempted:
     interrupts.stop(f"saved tokenizer step {step} in {ckpt.directory}")
   return ckpt.directory
@@ -365,31 +332,34 @@ def _train_tokenizer(config, workdir: str):
 
 def checkpoint_folder(path: str):
   """Our Orbax folder for `path` (a workdir or its checkpoints/ folder), or None (then: an official file)."""
-  for folder in (os.path.join(path, CHECKPOINTS), path):
-    if os.path.isdir(folder) and any(d.isdigit() and os.path.isdir(os.path.join(folder, d))
-                                     for d in os.listdir(folder)):
-      return folder
+  for folder in (paths.join(path, CHECKPOINTS), path):
+    if any(d.isdigit() and paths.isdir(paths.join(folder, d)) for d in paths.listdir(folder)):
+      return paths.resolve(folder)
   return None
 
 
 def load_tokenizer(path: str):
   """(params, config) of one of our tokenizer checkpoints: a train_tokenizer workdir or its checkpoints folder
   (EMA params when present). Official MAGVIT-v2 weights load through interop/checkpoints.py `load_tokenizer`."""
-  path = os.fspath(path)
-  if not os.path.exists(path):
+  path = paths.resolve(path)
+  if not paths.exists(path):
     raise FileNotFoundError(f"{path}: no such tokenizer checkpoint (a train_tokenizer workdir or checkpoints "
                             "folder, or an official MAGVIT-v2 file/folder)")
   folder = checkpoint_folder(path)
   if folder is None:
     raise FileNotFoundError(f"{path}: not a train_tokenizer workdir or checkpoints folder")
   ckpt = checkpointing.Checkpointer(folder, async_save=False)
-  try:
-    step = ckpt.latest_step()
+
+  def restore(step):
     config = ml_collections.ConfigDict(ckpt.saved_config(step))
     mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
-    run = TokenizerRun(config, mesh, with_feature_net=False)
-    state, _ = ckpt.restore(step, run.abstract_state)
+    return ckpt.restore(step, TokenizerRun(config, mesh, with_feature_net=False).abstract_state)[0], config
+  try:
+    step, restored = ckpt.restore_newest_intact(restore)
   finally:
     ckpt.close()
-  return _export_params(state), config
+  if step is None:
+    raise FileNotFoundError(f"{path}: no intact tokenizer checkpoint left (the bad ones were moved to "
+                            f"{ckpt.directory}.quarantine)")
+  return _export_params(restored[0]), restored[1]
 

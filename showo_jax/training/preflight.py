@@ -8,11 +8,11 @@ model's vocabulary and image-token count.
 """
 
 import math
-import os
 
 import ml_collections
 
 from showo_jax.common import checkpointing
+from showo_jax.common import paths
 from showo_jax.common import sharding
 from showo_jax.config import base as config_base
 from showo_jax.data import records
@@ -20,15 +20,8 @@ from showo_jax.tokenizer import config as tokenizer_config
 from showo_jax.tokenizer import trainer as tokenizer_trainer
 
 
-def _exists(path: str) -> bool:
-  if "://" in path:
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    return epath.Path(path).exists()
-  return os.path.exists(path)
-
-
 def _require(path: str, field: str):
-  if path and not _exists(path):
+  if path and not paths.exists(path):
     raise FileNotFoundError(f"{field}={path}: no such file or folder")
 
 
@@ -59,13 +52,12 @@ def _check_records(spec: str, field: str, config):
 def _check_tokenizer_checkpoint(path: str, config):
   """One of our tokenizer checkpoints: its codes and tokens per image must match the model (official weights are
   checked when they load)."""
-  folder = tokenizer_trainer.checkpoint_folder(path) if os.path.exists(path) else None
+  folder = tokenizer_trainer.checkpoint_folder(path) if paths.exists(path) else None
   if folder is None:
     return
   ckpt = checkpointing.Checkpointer(folder, async_save=False)
   try:
-    step = ckpt.latest_step()
-    saved = ml_collections.ConfigDict(ckpt.saved_config(step)) if step is not None else None
+    _, saved = ckpt.restore_newest_intact(lambda step: ml_collections.ConfigDict(ckpt.saved_config(step)))
   finally:
     ckpt.close()
   if saved is None:

@@ -6,7 +6,6 @@ Resume order (first that applies): 1. the workdir's latest checkpoint (state + d
 
 import functools
 import logging
-import os
 import time
 
 import flax.linen as nn
@@ -18,7 +17,9 @@ from showo_jax.common import console
 from showo_jax.common import interrupts
 from showo_jax.common import metrics as metrics_lib
 from showo_jax.common import optimizer as optimizer_lib
+from showo_jax.common import paths
 from showo_jax.common import sharding
+from showo_jax.common import workdir_lock
 from showo_jax.config import showo as showo_config
 from showo_jax.data import pipeline
 from showo_jax.interop import checkpoints
@@ -105,6 +106,17 @@ def _init_from(run: Run, state, source: str):
   return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params) if state.ema_params is not None else None)
 
 
+def _check_saved_step(ckpt, saved_step: int, device_metrics):
+  """Finite params can still be unusable (a huge lr gives 1e29 weights, then a NaN loss): when the step after a
+  save has a non-finite loss, that checkpoint is moved aside, so no resume starts from it."""
+  loss = float(jax.device_get(device_metrics["loss"]))
+  if not jnp.isfinite(loss):
+    ckpt.discard(saved_step, f"its parameters gave loss {loss} at the next step")
+    raise metrics_lib.NonFiniteLossError(
+        f"loss became {loss} at step {saved_step + 1}: stopping; checkpoint step {saved_step}, whose parameters "
+        f"gave it, was moved aside, the newest kept is step {ckpt.latest_step()} (lower the learning rate)")
+
+
 def _peak_flops(config) -> float:
   peak = float(config.train.peak_tflops_per_device) * 1e12
   if peak > 0:
@@ -117,10 +129,19 @@ def train_and_evaluate(config, workdir: str):
   showo_config.validate(config)
   run = Run(config)  # the mesh, the batch divisibility and the parameter shardings, before any work
   preflight.check_before_work(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  with interrupts.handling():  # from here on Ctrl-C / SIGTERM save what the running phase allows
+  workdir = paths.resolve(workdir)
+  paths.makedirs(workdir)
+  # One writer per workdir; from here on Ctrl-C / SIGTERM save what the running phase allows.
+  with workdir_lock.WorkdirLock(workdir, "python -m showo_jax.train"), interrupts.handling():
     return _train(run, config, workdir)
+
+
+def _restore(ckpt, run: Run, config, data_iter):
+  """The newest intact checkpoint's step and state (None, None when there is none)."""
+  def restore(step):
+    checkpointing.check_compatible(ckpt.saved_config(step), config.to_dict(), _RESUME_FIELDS)
+    return ckpt.restore(step, run.abstract_state, data_iter=data_iter)[0]
+  return ckpt.restore_newest_intact(restore)
 
 
 def _train(run: Run, config, workdir: str):
@@ -135,16 +156,14 @@ def _train(run: Run, config, workdir: str):
                                     seed=config.train.seed, process_index=jax.process_index(),
                                     process_count=jax.process_count())
   data_iter = pipeline.MultiTaskIterator(datasets)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints)
-  state = run.init_state(config.train.seed)
-  latest = ckpt.latest_step()
+  ckpt = checkpointing.Checkpointer(paths.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints)
+  latest, state = _restore(ckpt, run, config, data_iter)
   if latest is not None:
-    saved = ckpt.saved_config(latest)
-    checkpointing.check_compatible(saved, config.to_dict(), _RESUME_FIELDS)
-    state, _ = ckpt.restore(latest, run.abstract_state, data_iter=data_iter)
     logging.info("resumed from %s step %d", ckpt.directory, latest)  # the phase line says so too
-  elif config.train.init_from:
-    state = _init_from(run, state, config.train.init_from)
+  else:
+    state = run.init_state(config.train.seed)
+    if config.train.init_from:
+      state = _init_from(run, state, config.train.init_from)
   start = int(jax.device_get(state.step))
   rows = ", ".join(f"{task} {n}" for task, n in _batch_sizes(config).items() if n)
   if start >= config.train.steps:
@@ -154,7 +173,8 @@ def _train(run: Run, config, workdir: str):
     console.phase(f"Show-o: {'resuming at step %d of' % start if start else 'training'} {config.train.steps} steps "
                   f"(rows per step: {rows}) -> {ckpt.directory}")
 
-  writer = metrics_lib.MetricWriter(workdir, resume_step=start)
+  staging = paths.Staging(workdir)  # metrics, TensorBoard and train.log (copied up at each save on a bucket)
+  writer = metrics_lib.MetricWriter(staging, resume_step=start)
   last = {"time": time.perf_counter(), "step": start}
 
   def host_metrics(step, host):
@@ -171,7 +191,7 @@ def _train(run: Run, config, workdir: str):
     sampler = samples.SampleWriter(config, data, workdir)
   bar = metrics_lib.progress_bar(config.train.steps, initial=start)
   rng = jax.random.key(config.train.seed)
-  final, step, preempted = None, start, False
+  final, step, preempted, just_saved = None, start, False, None
   end = config.train.steps
   if config.train.get("stop_after", 0):  # a time-limited job: run this many steps, checkpoint, exit
     end = min(end, start + config.train.stop_after)
@@ -182,6 +202,9 @@ def _train(run: Run, config, workdir: str):
         state, device_metrics = run.step(state, batch, rng)
       step += 1
       bar.update(1)
+      if just_saved is not None:  # this step's loss shows whether the params just saved are usable
+        _check_saved_step(ckpt, just_saved, device_metrics)
+        just_saved = None
       preempted = interrupts.requested()
       save = preempted or step == end or (
           config.train.checkpoint_every and step % config.train.checkpoint_every == 0)
@@ -193,7 +216,11 @@ def _train(run: Run, config, workdir: str):
           final = dict(flushed[1], step=flushed[0])
           bar.set_postfix(loss=f"{final['loss']:.3f}")
       if save:
+        checkpointing.check_finite(state, step, ckpt)  # the loss and grad norm were checked by the flush
         ckpt.save(step, state, data_iter=data_iter, config=config)
+        just_saved = step
+        writer.flush()
+        staging.sync()
       if sampler is not None and step % config.train.sample_every == 0:
         sampler.write(step, step_lib.inference_params(state), writer)
       if preempted:
@@ -202,8 +229,11 @@ def _train(run: Run, config, workdir: str):
     final = dict(flushed[1], step=flushed[0]) if flushed else final
   finally:
     bar.close()
-    ckpt.close()
-    writer.close()
+    try:
+      ckpt.close()
+    finally:
+      writer.close()
+      staging.sync()
   if preempted:
     interrupts.stop(f"saved step {step} in {ckpt.directory}")
   return final

@@ -108,22 +108,32 @@ def test_the_terminal_shows_phases_and_the_log_file_keeps_the_library_records(tm
   assert r.stdout.startswith("done: Show-o at step 4 of 4")
 
 
-def test_non_finite_loss_stops_before_it_is_saved(tmp_path):
-  config = train_fixtures.tiny_config(str(tmp_path / "data"), steps=8)
-  config.train.checkpoint_every = 1
-  config.optimizer.update(lr=1e30, warmup_steps=0, grad_clip_norm=0.0)  # the second step's loss overflows
-  workdir = str(tmp_path / "run")
-  with pytest.raises(metrics_lib.NonFiniteLossError, match=r"^loss became (nan|inf) at step \d+: stopping"):
+def test_non_finite_step_stops_and_leaves_only_usable_checkpoints(tmp_path):
+  """Steps 1-4 at a sane lr, then lr 1e30 from the resume: step 5's update gives finite but huge params (~1e30,
+  its loss, computed before the update, is finite) and is saved; step 6's loss overflows. That checkpoint is
+  moved aside, so the newest kept is step 4, and a resume at a sane lr from it trains to the end."""
+  data, workdir = str(tmp_path / "data"), str(tmp_path / "run")
+  config = train_fixtures.tiny_config(data, steps=4)
+  config.train.update(checkpoint_every=1, keep_checkpoints=8)
+  trainer.train_and_evaluate(config, workdir)
+  config.train.steps = 8
+  config.optimizer.update(lr=1e30, warmup_steps=0)
+  with pytest.raises((metrics_lib.NonFiniteLossError, checkpointing.NonFiniteStateError),
+                     match=r"^(loss became (nan|inf) at step \d+: stopping|the parameters or optimizer state became)"):
     trainer.train_and_evaluate(config, workdir)
   saved = _saved_steps(workdir)
-  assert saved and saved[-1] < 8
+  assert saved == [1, 2, 3, 4], saved
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
   try:
     for step in saved:
       state = ckpt.restore_raw(step)
-      assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"])), step
+      assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state)), step
   finally:
     ckpt.close()
+  config.optimizer.update(lr=1e-3, warmup_steps=1)
+  final = trainer.train_and_evaluate(config, workdir)
+  assert final["step"] == 8 and np.isfinite(final["loss"])
+  assert [p.name.split("-")[0] for p in pathlib.Path(workdir, "checkpoints.quarantine").iterdir()] == ["5"]
   # The CLI says it in one line and exits non-zero.
   data = str(tmp_path / "data")
   cfg = train_fixtures.cli_config_file(tmp_path / "cfg.py", data, 8,
