@@ -82,8 +82,8 @@ def main(argv=None) -> int:
 
   def work(args):
     if args.kind == "digits":
-      paths = embedded.write_digit_folder(args.output, args.split, args.num)
-      print(f"{args.output}: {len(paths)} digits of the {args.split} split, e.g. {paths[0]}")
+      written = embedded.write_digit_folder(args.output, args.split, args.num)
+      print(f"{args.output}: {len(written)} digits of the {args.split} split, e.g. {written[0]}")
       return
     if (args.process_index is None) != (args.process_count is None):
       raise ValueError("give both --process-index and --process-count, or neither")

@@ -17,10 +17,10 @@ Exit status: 0 done, 2 bad input or usage (one line `error: ...` naming it), 1 a
 (SHOWO_JAX_TRACEBACK=1 shows its traceback).
 """
 
-import os
 import sys
 
 from showo_jax.common import cli
+from showo_jax.common import paths
 from showo_jax.inference import commands
 from showo_jax.models import mask_schedule
 
@@ -111,7 +111,7 @@ def check_args(args):
     raise ValueError(f"--direction must be one of {', '.join(commands.DIRECTIONS)}, got {args.direction!r}")
   if getattr(args, "schedule", None):
     mask_schedule.get(args.schedule)  # ValueError naming the schedule
-  if not os.path.exists(args.checkpoint):
+  if not paths.exists(args.checkpoint):
     raise ValueError(f"--checkpoint {args.checkpoint}: no such folder")
 
 

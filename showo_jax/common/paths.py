@@ -112,7 +112,7 @@ def open(path, mode: str = "r"):  # pylint: disable=redefined-builtin
 
 
 def read_text(path) -> str:
-  return Path(path).read_text()
+  return Path(path).read_bytes().decode("utf-8")
 
 
 def read_bytes(path) -> bytes:

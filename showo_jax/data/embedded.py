@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 
+from showo_jax.common import paths
 from showo_jax.data import images as images_lib
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -130,8 +131,7 @@ def train_text_tokenizer(path: str, vocab_size: int = 1024) -> str:
   prompts = [caption(d) for d in range(10)] + [f"USER: \n {QUESTION} ASSISTANT: {n}" for n in DIGITS]
   # The prompt texts are repeated so that their words become single tokens.
   tok.train_from_iterator(load_text("train") + prompts * 50, trainer=trainer)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tok.save(path)
+  paths.write_text(path, tok.to_str(pretty=True))
   return path
 
 
@@ -144,11 +144,10 @@ def write_digit_folder(folder: str, split: str = "test", num: int = 10) -> list:
   idx = split_indices(len(images), split)
   if not 1 <= num <= len(idx):
     raise ValueError(f"--num must be in [1, {len(idx)}] for the {split} split, got {num}")
-  paths = []
+  written = []
   for i in idx[np.unique(np.linspace(0, len(idx) - 1, num).astype(int))]:
-    stem = os.path.join(folder, f"{split}_{i:04d}_{DIGITS[labels[i]]}")
+    stem = paths.join(folder, f"{split}_{i:04d}_{DIGITS[labels[i]]}")
     images_lib.save_png(images[i], stem + ".png")
-    with open(stem + ".txt", "w") as f:
-      f.write(caption(labels[i]) + "\n")
-    paths.append(stem + ".png")
-  return paths
+    paths.write_text(stem + ".txt", caption(labels[i]) + "\n")
+    written.append(stem + ".png")
+  return written

@@ -28,6 +28,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from showo_jax.common import paths
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 CAPTIONS_FILE = "captions.jsonl"  # sidecar of an image folder: {"file": "a/b.png", "caption": ..., "label": ...}
 
@@ -48,6 +50,8 @@ def open_image(source, name: str = None) -> Image.Image:
                        f"{list(array.shape)}")
     return Image.fromarray(array)
   try:
+    if isinstance(source, (str, os.PathLike)):
+      source = paths.read_bytes(source)  # a local path or a cloud URL
     image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     image.load()  # decode now: truncated or corrupt data fails here, not later
   except FileNotFoundError:
@@ -152,41 +156,36 @@ def pair_grid(originals: np.ndarray, reconstructions: np.ndarray, *, pairs_per_r
 
 
 def save_png(array: np.ndarray, path: str):
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(array).save(path)
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format="PNG")
+  paths.write_bytes(path, buffer.getvalue())
 
 
 ###########################  Collections  ###########################
 
 def list_images(folder: str) -> list[str]:
   """Image files under `folder` (recursive, by extension, case-insensitive), as sorted relative paths."""
-  if not os.path.isdir(folder):
+  if not paths.isdir(folder):
     raise FileNotFoundError(f"{folder}: no such image folder")
-  found = []
-  for root, dirs, files in os.walk(folder):
-    dirs.sort()
-    for f in files:
-      if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
-        found.append(os.path.relpath(os.path.join(root, f), folder))
-  return sorted(found)
+  return [rel for rel in paths.walk_files(folder)
+          if rel.lower().endswith(IMAGE_EXTENSIONS) and not paths.basename(rel).startswith(".")]
 
 
 def _folder_annotations(folder: str) -> dict:
   """{relative path: {"caption": ..., "label": ...}} from captions.jsonl, if present."""
-  path = os.path.join(folder, CAPTIONS_FILE)
-  if not os.path.exists(path):
+  path = paths.join(folder, CAPTIONS_FILE)
+  if not paths.exists(path):
     return {}
   out = {}
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-        key = next(row[k] for k in ("file", "image", "file_name") if k in row)
-      except (ValueError, StopIteration):
-        raise ValueError(f"{path}:{n}: expected a JSON object with a 'file' and a 'caption'") from None
-      out[os.path.normpath(key)] = {k: row[k] for k in ("caption", "label") if k in row}
+  for n, line in enumerate(paths.read_text(path).splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+      key = next(row[k] for k in ("file", "image", "file_name") if k in row)
+    except (ValueError, StopIteration):
+      raise ValueError(f"{path}:{n}: expected a JSON object with a 'file' and a 'caption'") from None
+    out[os.path.normpath(key)] = {k: row[k] for k in ("caption", "label") if k in row}
   return out
 
 
@@ -203,10 +202,10 @@ class ImageCollection:
     self._records = None
     if spec.startswith("embedded:"):
       self._open_embedded(spec.partition(":")[2])
-    elif spec.startswith(("records:", "tfds:")) or os.path.exists(os.path.join(spec, "meta.json")):
+    elif spec.startswith(("records:", "tfds:")) or paths.exists(paths.join(spec, "meta.json")):
       from showo_jax.data import records  # pylint: disable=g-import-not-at-top
       self._records = records.open_source(spec[len("records:"):] if spec.startswith("records:") else spec)
-    elif os.path.isdir(spec):
+    elif paths.isdir(spec):
       self._open_folder(spec)
     else:
       raise ValueError(f"image source {spec!r}: not an image folder, records:FOLDER, tfds:NAME[:SPLIT]@DIR, "
@@ -240,10 +239,9 @@ class ImageCollection:
     self._fields = []
     for rel in self._files:
       fields = dict(notes.get(os.path.normpath(rel), {}))
-      txt = os.path.join(folder, os.path.splitext(rel)[0] + ".txt")
-      if "caption" not in fields and os.path.exists(txt):
-        with open(txt, encoding="utf-8") as f:
-          fields["caption"] = f.read().strip()
+      txt = paths.join(folder, os.path.splitext(rel)[0] + ".txt")
+      if "caption" not in fields and paths.exists(txt):
+        fields["caption"] = paths.read_text(txt).strip()
       self._fields.append(fields)
 
   def __len__(self) -> int:
@@ -257,7 +255,7 @@ class ImageCollection:
 
   def name(self, index: int) -> str:
     if self._files is not None:
-      return os.path.join(self.spec, self._files[index])
+      return paths.join(self.spec, self._files[index])
     return f"{self.spec}[{index}]"
 
   def load(self, index: int):
@@ -266,7 +264,7 @@ class ImageCollection:
       return self._array[index], dict(self._fields[index])
     kw = dict(resize=self.resize, factor=self.factor, name=self.name(index), exact=self.exact)
     if self._files is not None:
-      return load_image(os.path.join(self.spec, self._files[index]), self.resolution, **kw), dict(
+      return load_image(paths.join(self.spec, self._files[index]), self.resolution, **kw), dict(
           self._fields[index])
     try:
       record = self._records[index]

@@ -8,13 +8,15 @@ random-access source. tfds datasets prepared in `array_record` format are read w
 a download.
 """
 
-import glob
 import json
 import logging
 import os
+import tempfile
 
 import numpy as np
 from flax import serialization
+
+from showo_jax.common import paths
 
 META = "meta.json"
 
@@ -31,24 +33,29 @@ class SkipExample(ValueError):
 def write_records(folder: str, examples, *, name: str = "data", num_shards: int = 1, meta=None) -> int:
   """Writes an iterable of dicts round-robin into `num_shards` shards; returns the record count.
 
-  Files are written under temporary names and renamed at the end, so a folder with meta.json is complete.
+  Files are written under temporary names and renamed at the end (a cloud folder: written locally, then
+  uploaded), and meta.json comes last, so a folder with meta.json is complete.
   """
   from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=g-import-not-at-top
-  os.makedirs(folder, exist_ok=True)
-  final = [os.path.join(folder, f"{name}-{i:05d}-of-{num_shards:05d}.array_record") for i in range(num_shards)]
-  writers = [ArrayRecordWriter(p + ".tmp", "group_size:1") for p in final]
-  count = 0
-  for example in examples:
-    writers[count % num_shards].write(serialization.msgpack_serialize(_to_serializable(example)))
-    count += 1
-  for w in writers:
-    w.close()
-  for p in final:
-    os.replace(p + ".tmp", p)
+  paths.makedirs(folder)
+  names = [f"{name}-{i:05d}-of-{num_shards:05d}.array_record" for i in range(num_shards)]
+  with tempfile.TemporaryDirectory(prefix="showo_records_") as scratch:
+    local = paths.resolve(folder) if not paths.is_cloud(folder) else scratch
+    writers = [ArrayRecordWriter(os.path.join(local, n + ".tmp"), "group_size:1") for n in names]
+    count = 0
+    for example in examples:
+      writers[count % num_shards].write(serialization.msgpack_serialize(_to_serializable(example)))
+      count += 1
+    for w in writers:
+      w.close()
+    for n in names:
+      if local == scratch:
+        with paths.open_local(os.path.join(local, n + ".tmp"), "rb") as f:
+          paths.write_bytes(paths.join(folder, n), f.read())
+      else:
+        os.replace(os.path.join(local, n + ".tmp"), os.path.join(local, n))
   info = dict(meta or {}, num_records=count, name=name, num_shards=num_shards)
-  with open(os.path.join(folder, META + ".tmp"), "w") as f:
-    json.dump(info, f, indent=1)
-  os.replace(os.path.join(folder, META + ".tmp"), os.path.join(folder, META))
+  paths.write_text(paths.join(folder, META), json.dumps(info, indent=1))
   return count
 
 
@@ -63,11 +70,10 @@ def _to_serializable(example: dict) -> dict:
 
 
 def read_meta(folder: str) -> dict:
-  path = os.path.join(folder, META)
-  if not os.path.exists(path):
+  path = paths.join(folder, META)
+  if not paths.exists(path):
     raise FileNotFoundError(f"{folder}: not a complete record dataset (no {META})")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(paths.read_text(path))
 
 
 class RecordSource:
@@ -76,10 +82,11 @@ class RecordSource:
   def __init__(self, folder: str):
     import grain  # pylint: disable=g-import-not-at-top
     self.meta = read_meta(folder)
-    paths = sorted(glob.glob(os.path.join(folder, f"{self.meta['name']}-*-of-*.array_record")))
-    if len(paths) != self.meta["num_shards"]:
-      raise FileNotFoundError(f"{folder}: expected {self.meta['num_shards']} shards, found {len(paths)}")
-    self._source = grain.sources.ArrayRecordDataSource(paths)
+    shards = paths.glob(folder, f"{self.meta['name']}-*-of-*.array_record")
+    if len(shards) != self.meta["num_shards"]:
+      raise FileNotFoundError(f"{folder}: expected {self.meta['num_shards']} shards, found {len(shards)}")
+    # ArrayRecord reads local files: a cloud folder's shards are cached on this host's disk first.
+    self._source = grain.sources.ArrayRecordDataSource([paths.local_copy(p) for p in shards])
     self.num_corrupt = 0
 
   def __len__(self) -> int:

@@ -11,8 +11,6 @@ import concurrent.futures
 import json
 import logging
 import math
-import os
-import shutil
 import time
 
 import jax
@@ -20,6 +18,7 @@ import numpy as np
 
 from showo_jax.common import interrupts
 from showo_jax.common import metrics as metrics_lib
+from showo_jax.common import paths
 from showo_jax.data import images as images_lib
 from showo_jax.data import records
 
@@ -110,27 +109,22 @@ def _encode_shard(source, encoder, indices, resize, stats, bar):
 
 def _check_plan(output_folder: str, plan: dict):
   """Refuses a folder that holds another dataset; records this one's plan if it is new."""
-  path = os.path.join(output_folder, PLAN_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+  path = paths.join(output_folder, PLAN_FILE)
+  if paths.exists(path):
+    old = json.loads(paths.read_text(path))
     diff = [k for k in plan if k != "checkpoint" and old.get(k) != plan[k]]
     if diff:
       raise ValueError(f"{output_folder} holds a pre-tokenization with {diff[0]}={old.get(diff[0])!r}, not "
                        f"{plan[diff[0]]!r}: use a new --output folder")
     return
-  tmp = f"{path}.{os.getpid()}.tmp"  # each process writes the same plan; the rename is atomic
-  with open(tmp, "w") as f:
-    json.dump(plan, f, indent=1)
-  os.replace(tmp, path)
+  paths.write_text(path, json.dumps(plan, indent=1))  # each process writes the same plan, atomically
 
 
 def _merge_stats(done_files) -> tuple[dict, set]:
   totals = {"num_records": 0, "corrupt": 0, "corrupt_examples": [], "skipped": {}, "skipped_examples": {}}
   fields = set()
   for done in done_files:
-    with open(done) as f:
-      stats = json.load(f)
+    stats = json.loads(paths.read_text(done))
     totals["num_records"] += stats["num_records"]
     totals["corrupt"] += stats["corrupt"]
     totals["corrupt_examples"] += stats["corrupt_examples"][:_MAX_REPORTED - len(totals["corrupt_examples"])]
@@ -174,17 +168,17 @@ def write_sharded(source, output_folder: str, plan: dict, *, encoder=None, resiz
   n = len(source)
   num_shards = max(1, math.ceil(n / records_per_shard))
   plan = dict(plan, num_inputs=n, num_shards=num_shards, name=name)
-  os.makedirs(output_folder, exist_ok=True)
+  paths.makedirs(output_folder)
   _check_plan(output_folder, plan)
 
   bar = metrics_lib.progress_bar(n, desc=desc or f"build {output_folder}")
   bounds = np.linspace(0, n, num_shards + 1).astype(int)
   done_files, skipped = [], 0
   for i in range(num_shards):
-    final = os.path.join(output_folder, _shard_name(name, i, num_shards))
-    done = os.path.join(output_folder, f".{_shard_name(name, i, num_shards)}.done.json")
+    final = paths.join(output_folder, _shard_name(name, i, num_shards))
+    done = paths.join(output_folder, f".{_shard_name(name, i, num_shards)}.done.json")
     done_files.append(done)
-    if os.path.exists(done) and os.path.exists(final):
+    if paths.exists(done) and paths.exists(final):
       skipped += 1
       bar.update(int(bounds[i + 1] - bounds[i]))
       continue
@@ -192,28 +186,26 @@ def write_sharded(source, output_folder: str, plan: dict, *, encoder=None, resiz
       continue  # another process writes this shard
     stats = _new_stats()
     # A shard is written whole under a temporary name: an interrupted one is redone, never half-kept.
-    tmp = os.path.join(output_folder, f".tmp-{i:05d}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = paths.join(output_folder, f".tmp-{i:05d}")
+    paths.remove(tmp)
     examples = _encode_shard(source, encoder, range(bounds[i], bounds[i + 1]), resize, stats, bar)
     stats["num_records"] = records.write_records(tmp, examples, name="shard", num_shards=1)
-    os.replace(os.path.join(tmp, _shard_name("shard", 0, 1)), final)  # complete shards only, under final names
-    shutil.rmtree(tmp, ignore_errors=True)
-    with open(done + ".tmp", "w") as f:
-      json.dump(stats, f)
-    os.replace(done + ".tmp", done)
+    paths.move(paths.join(tmp, _shard_name("shard", 0, 1)), final)  # complete shards only, under final names
+    paths.remove(tmp)
+    paths.write_text(done, json.dumps(stats))
     if interrupts.received() and i + count < num_shards:  # finished shards are kept; a rerun skips them
       bar.close()
-      interrupts.stop(f"{output_folder}: {sum(os.path.exists(d) for d in done_files)} of {num_shards} shards "
+      interrupts.stop(f"{output_folder}: {sum(paths.exists(d) for d in done_files)} of {num_shards} shards "
                       "written")
   bar.close()
   if in_jax_group and count > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("write_sharded")
-  complete = all(os.path.exists(d) for d in done_files)
+  complete = all(paths.exists(d) for d in done_files)
   out = dict(num_shards=num_shards, shards_skipped=skipped, complete=complete, output=output_folder)
   if not complete:  # explicit process split: another process still writes; its end writes meta.json
     logging.info("%s: %d of %d shards done; meta.json follows when the last process finishes", output_folder,
-                 sum(os.path.exists(d) for d in done_files), num_shards)
+                 sum(paths.exists(d) for d in done_files), num_shards)
     return dict(out, num_records=0, corrupt=0, corrupt_examples=[], skipped={}, skipped_examples={},
                 seconds=time.perf_counter() - t0)
   totals, fields = _merge_stats(done_files)
@@ -221,10 +213,7 @@ def write_sharded(source, output_folder: str, plan: dict, *, encoder=None, resiz
               corrupt=totals["corrupt"], corrupt_examples=totals["corrupt_examples"], skipped=totals["skipped"],
               skipped_examples=totals["skipped_examples"])
   if not in_jax_group or index == 0:  # meta.json last: a folder holding it is complete (records.read_meta)
-    tmp = os.path.join(output_folder, f"{records.META}.{index}.tmp")
-    with open(tmp, "w") as f:
-      json.dump(info, f, indent=1)
-    os.replace(tmp, os.path.join(output_folder, records.META))
+    paths.write_text(paths.join(output_folder, records.META), json.dumps(info, indent=1))
   if totals["corrupt"]:
     logging.warning("%s: skipped %d unusable inputs (%s)", output_folder, totals["corrupt"],
                     ", ".join(f"{r}: {c}" for r, c in sorted(totals["skipped"].items())))

@@ -5,12 +5,12 @@ Show-o uses phi-1.5's BPE tokenizer (SPEC §2). The file is never downloaded her
 added); the prompt builders in `showo_jax.data.prompting` add BOS/EOS and the Show-o special tokens themselves.
 """
 
-import os
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import tokenizers
 
+from showo_jax.common import paths
 from showo_jax.models import vocab as vocab_lib
 
 _ENDOFTEXT = "<|endoftext|>"
@@ -23,18 +23,18 @@ class TextTokenizer:
     """Loads `path` (a tokenizer.json file).
 
     Args:
-      path: local tokenizer.json.
+      path: a tokenizer.json (local or a cloud URL).
       layout: the unified vocabulary. It decides which ids are text (< llm_vocab_size) and which are BOS/EOS.
         Without it, every id the tokenizer knows is text and BOS/EOS is `<|endoftext|>` if present.
 
     Raises:
       ValueError: the file is missing or is not a `tokenizers` tokenizer.json.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-      raise ValueError(f"text tokenizer file {path!r} does not exist (give a local tokenizer.json)")
+    path = paths.resolve(path)
+    if not paths.isfile(path):
+      raise ValueError(f"text tokenizer file {path!r} does not exist (give a tokenizer.json)")
     try:
-      self._tok = tokenizers.Tokenizer.from_file(path)
+      self._tok = tokenizers.Tokenizer.from_str(paths.read_text(path))
     except Exception as e:  # pylint: disable=broad-except  # the library raises a bare Exception
       msg = str(e).splitlines()[0] if str(e) else type(e).__name__
       raise ValueError(f"text tokenizer file {path!r} is not a tokenizer.json: {msg}") from None

@@ -5,12 +5,12 @@ PSNR and codebook usage, lm perplexity on held-out text.
 """
 
 import json
-import os
 import sys
 import time
 
 import numpy as np
 
+from showo_jax.common import paths
 from showo_jax.config import showo as showo_config
 from showo_jax.data import embedded
 from showo_jax.data import images as images_lib
@@ -39,7 +39,7 @@ def evaluate(workdir: str, checkpoint: str = "", *, per_class: int = 20, seed: i
   images, labels = embedded.load_mnist()
   train_idx = embedded.split_indices(len(images), "train")
   classifier = measures.PixelClassifier(images[train_idx], labels[train_idx])
-  report = {"checkpoint": os.path.abspath(checkpoint or workdir), "sampling": settings,
+  report = {"checkpoint": paths.resolve(checkpoint or workdir), "sampling": settings,
             "maskgit_steps": settings["steps"], "guidance": settings["guidance"]}
   for split in SPLITS:
     idx = embedded.split_indices(len(images), split)
@@ -47,10 +47,9 @@ def evaluate(workdir: str, checkpoint: str = "", *, per_class: int = 20, seed: i
         pipe, classifier, images[idx], labels[idx], images[train_idx], embedded.load_text(split),
         settings, per_class=per_class, seed=seed + _SPLIT_SEED[split])
   report["seconds"] = time.time() - t0
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(report, f, indent=1)
+  paths.write_text(paths.join(workdir, "eval.json"), json.dumps(report, indent=1))
   test = images[embedded.split_indices(len(images), "test")]
-  _summary_png(generated, per_class, test[:10], recon[:10], os.path.join(workdir, "eval.png"))
+  _summary_png(generated, per_class, test[:10], recon[:10], paths.join(workdir, "eval.png"))
   return report
 
 

@@ -3,11 +3,11 @@ load a checkpoint into a `Pipeline`, preprocess images and masks exactly as in t
 """
 
 import json
-import os
 import sys
 
 import numpy as np
 
+from showo_jax.common import paths
 from showo_jax.data import images as images_lib
 from showo_jax.inference import pipeline
 from showo_jax.sampling import editing
@@ -15,9 +15,9 @@ from showo_jax.sampling import editing
 DIRECTIONS = editing.DIRECTIONS
 
 
-def load_images(paths, resolution: int) -> np.ndarray:
+def load_images(files, resolution: int) -> np.ndarray:
   """uint8 [B, res, res, 3]: each file as in training (RGB, resize the shorter side, center-crop)."""
-  return np.stack([images_lib.load_image(p, resolution) for p in paths])
+  return np.stack([images_lib.load_image(p, resolution) for p in files])
 
 
 MASK_REGIONS = ("left", "right", "top", "bottom", "center")
@@ -60,9 +60,8 @@ def run(args) -> int:
     prompts = [p for p in args.prompt for _ in range(args.num)]
     images = pipe.t2i(prompts, seed=args.seed, **maskgit_settings(pipe, args))
     if args.out_dir:
-      os.makedirs(args.out_dir, exist_ok=True)
       for i, img in enumerate(images):
-        images_lib.save_png(img, os.path.join(args.out_dir, f"{i:03d}.png"))
+        images_lib.save_png(img, paths.join(args.out_dir, f"{i:03d}.png"))
     if args.out:
       images_lib.save_png(images_lib.image_grid(images, cols=min(len(images), 8)), args.out)
   elif args.mode == "mmu":
@@ -84,15 +83,13 @@ def run(args) -> int:
   elif args.mode == "mixed":
     segments = pipe.mixed(args.prompt, max_text_tokens=args.max_text_tokens, text_temperature=args.text_temperature,
                           seed=args.seed, **maskgit_settings(pipe, args))
-    os.makedirs(args.out, exist_ok=True)
     texts, k = [], 0
     for kind, value in segments:
       if kind == "text":
         texts.append(value)
       else:
-        images_lib.save_png(value, os.path.join(args.out, f"image_{k}.png"))
+        images_lib.save_png(value, paths.join(args.out, f"image_{k}.png"))
         texts.append(f"[image_{k}.png]")
         k += 1
-    with open(os.path.join(args.out, "text.txt"), "w") as f:
-      f.write(" ".join(texts) + "\n")
+    paths.write_text(paths.join(args.out, "text.txt"), " ".join(texts) + "\n")
   return 0

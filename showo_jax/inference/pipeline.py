@@ -8,12 +8,12 @@ module only builds prompts, calls them, and converts between images, codes and s
 
 import functools
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from showo_jax.common import paths
 from showo_jax.config import showo as showo_config
 from showo_jax.data import images as images_lib
 from showo_jax.data import prompting
@@ -38,9 +38,9 @@ def apply_fn(cfg: transformer.TransformerConfig):
 
 
 def _workdir_of(path: str) -> str:
-  path = os.path.abspath(path)
+  path = paths.resolve(path)
   found = checkpoints._checkpoint_dir(path)  # pylint: disable=protected-access
-  return os.path.dirname(found[0]) if found else path
+  return paths.parent(found[0]) if found else path
 
 
 class Pipeline:
@@ -59,12 +59,12 @@ class Pipeline:
   def from_checkpoint(cls, path: str, *, step=None, tokenizer: str = "", text_tokenizer: str = ""):
     params, config = checkpoints.load_checkpoint(path, step)
     workdir = _workdir_of(path)
-    text_path = text_tokenizer or config.text_tokenizer.path or os.path.join(workdir, "text_tokenizer.json")
+    text_path = text_tokenizer or config.text_tokenizer.path or paths.join(workdir, "text_tokenizer.json")
     layout = showo_config.vocab_layout(config)
     tok = text_tokenizer_lib.TextTokenizer(text_path, layout)
-    image_path = tokenizer or config.tokenizer.checkpoint or os.path.join(workdir, "tokenizer")
+    image_path = tokenizer or config.tokenizer.checkpoint or paths.join(workdir, "tokenizer")
     image_tok = None
-    if os.path.exists(image_path):
+    if paths.exists(image_path):
       image_tok = checkpoints.load_tokenizer(image_path)
     return cls(params, config, tok, image_tok)
 

@@ -11,11 +11,11 @@ Only process 0 writes; the others wait for it.
 """
 
 import dataclasses
-import os
 
 import jax
 
 from showo_jax.common import console
+from showo_jax.common import paths
 from showo_jax.config import showo as showo_config
 from showo_jax.data import embedded
 from showo_jax.data import pipeline
@@ -46,9 +46,9 @@ def _text_tokenizer(config, workdir: str, layout) -> text_tokenizer_lib.TextToke
   path = config.text_tokenizer.path
   if not path:
     if config.data.source != "embedded":
-      raise ValueError("config.text_tokenizer.path is empty: point it at a local tokenizer.json")
-    path = os.path.join(workdir, "text_tokenizer.json")
-    if os.path.exists(path):
+      raise ValueError("config.text_tokenizer.path is empty: point it at a tokenizer.json")
+    path = paths.join(workdir, "text_tokenizer.json")
+    if paths.exists(path):
       console.phase(f"text BPE: {path} (already trained)")
     else:
       console.phase(f"text BPE: training {layout.llm_vocab_size} tokens on the embedded text -> {path}")
@@ -70,12 +70,12 @@ def _embedded_records(config, workdir: str):
   splits = {"train": "train", "validation": "validation", "test": "test"}
   if copies > 1:
     splits["mmu"] = f"train*{copies}"
-  folders = {name: os.path.join(workdir, "data", f"mnist_{spec.replace('*', '_x')}") for name, spec in splits.items()}
+  folders = {name: paths.join(workdir, "data", f"mnist_{spec.replace('*', '_x')}") for name, spec in splits.items()}
   if jax.process_index() == 0:
     if not checkpoint:
-      folder = os.path.join(workdir, "tokenizer")
+      folder = paths.join(workdir, "tokenizer")
       magvit = config.tokenizer.magvit
-      if os.path.exists(os.path.join(folder, tokenizer_trainer.EVAL_FILE)):
+      if paths.exists(paths.join(folder, tokenizer_trainer.EVAL_FILE)):
         console.phase(f"image tokenizer: {folder} (already trained)")
       else:
         console.phase(f"image tokenizer: training MAGVIT-v2 ({magvit.train.steps} steps, "
@@ -83,14 +83,14 @@ def _embedded_records(config, workdir: str):
       checkpoint = tokenizer_trainer.train_tokenizer(magvit, folder)
     else:
       console.phase(f"image tokenizer: {checkpoint}")
-    todo = {name: spec for name, spec in splits.items() if not os.path.exists(os.path.join(folders[name], records.META))}
+    todo = {name: spec for name, spec in splits.items() if not paths.exists(paths.join(folders[name], records.META))}
     if todo:
-      console.phase(f"pre-tokenizing the digits ({', '.join(todo.values())}) -> {os.path.join(workdir, 'data')}")
+      console.phase(f"pre-tokenizing the digits ({', '.join(todo.values())}) -> {paths.join(workdir, 'data')}")
     tokenizer = checkpoints.load_tokenizer(checkpoint) if todo else None  # ours or official weights
     for name, spec in todo.items():
       pretokenize.pretokenize(tokenizer, f"embedded:{spec}", folders[name], checkpoint_name=checkpoint)
   _barrier("pretokenize")
-  checkpoint = checkpoint or os.path.join(workdir, "tokenizer")
+  checkpoint = checkpoint or paths.join(workdir, "tokenizer")
   return folders, checkpoint
 
 

@@ -3,11 +3,11 @@
 Written to WORKDIR/samples/step_XXXXXXX.png and .txt (and TensorBoard text), on process 0.
 """
 
-import os
 
 import jax
 import numpy as np
 
+from showo_jax.common import paths
 from showo_jax.data import embedded
 from showo_jax.data import images as images_lib
 from showo_jax.inference.pipeline import Pipeline
@@ -19,10 +19,10 @@ class SampleWriter:
 
   def __init__(self, config, data, workdir: str):
     self.config = config
-    self.folder = os.path.join(workdir, "samples")
+    self.folder = paths.join(workdir, "samples")
     self.text_tokenizer = data.text_tokenizer
     self.image_tokenizer = None
-    if data.image_tokenizer and os.path.exists(data.image_tokenizer):
+    if data.image_tokenizer and paths.exists(data.image_tokenizer):
       self.image_tokenizer = checkpoints.load_tokenizer(data.image_tokenizer)
     self.prompts = list(config.train.get("sample_prompts", None) or [embedded.caption(d) for d in range(10)])
     self.question = config.train.get("sample_question", embedded.QUESTION)
@@ -34,18 +34,18 @@ class SampleWriter:
   def write(self, step: int, params, writer=None):
     if jax.process_index() != 0:
       return
-    os.makedirs(self.folder, exist_ok=True)
     pipe = Pipeline(params, self.config, self.text_tokenizer, self.image_tokenizer)
     lines = []
     if self.image_tokenizer is not None:
       images = pipe.t2i(self.prompts, seed=step, **pipe.sampling_defaults())
-      images_lib.save_png(images_lib.image_grid(images), os.path.join(self.folder, f"step_{step:07d}.png"))
+      images_lib.save_png(images_lib.image_grid(images), paths.join(self.folder, f"step_{step:07d}.png"))
     if self.mmu_records:
       codes = np.stack([np.asarray(r["image_tokens"], np.int32) for r in self.mmu_records])
       answers = pipe.mmu(codes, self.question, max_new_tokens=8)
       for r, a in zip(self.mmu_records, answers):
         lines.append(f"{r.get('caption', '')!s} | {self.question} -> {a}")
-    with open(os.path.join(self.folder, f"step_{step:07d}.txt"), "w") as f:
-      f.write("\n".join(f"t2i prompt {i}: {p}" for i, p in enumerate(self.prompts)) + "\n" + "\n".join(lines) + "\n")
+    paths.write_text(paths.join(self.folder, f"step_{step:07d}.txt"),
+                     "\n".join(f"t2i prompt {i}: {p}" for i, p in enumerate(self.prompts)) + "\n" + "\n".join(lines)
+                     + "\n")
     if writer is not None and lines:
       writer.write_text(step, "mmu", "\n\n".join(lines))

@@ -4,7 +4,6 @@ Every bad input is raised as `records.SkipExample(reason, message)`: the writer 
 counts it under its reason, names a few in the stats, and goes on.
 """
 
-import glob
 import json
 import os
 import tarfile
@@ -12,6 +11,7 @@ import threading
 
 import numpy as np
 
+from showo_jax.common import paths
 from showo_jax.data import images as images_lib
 from showo_jax.data import records
 
@@ -19,19 +19,21 @@ SkipExample = records.SkipExample
 
 
 def expand_inputs(inputs, extensions: tuple, what: str) -> list[str]:
-  """Files named by `inputs` (paths, globs, or folders searched recursively for `extensions`), sorted per input."""
+  """Files named by `inputs` (paths, globs, or folders searched recursively for `extensions`; local or cloud),
+  sorted per input."""
   files = []
   for spec in inputs:
-    if os.path.isdir(spec):
-      found = sorted(os.path.join(root, f) for root, _, names in os.walk(spec) for f in names
-                     if f.lower().endswith(extensions) and not f.startswith("."))
+    if paths.isdir(spec):
+      found = [paths.join(spec, rel) for rel in paths.walk_files(spec)
+               if rel.lower().endswith(extensions) and not paths.basename(rel).startswith(".")]
       if not found:
         raise FileNotFoundError(f"{spec}: no {what} files ({', '.join(extensions)}) in this folder")
       files += found
-    elif os.path.exists(spec):
+    elif paths.exists(spec):
       files.append(spec)
     else:
-      found = sorted(glob.glob(spec))
+      folder, _, pattern = spec.rpartition("/")
+      found = paths.glob(folder or ".", pattern) if paths.isdir(folder or ".") else []
       if not found:
         raise FileNotFoundError(f"{spec}: no such file, folder or matching {what} files")
       files += found
@@ -41,13 +43,13 @@ def expand_inputs(inputs, extensions: tuple, what: str) -> list[str]:
 class JsonlIndex:
   """Random access to the non-blank lines of JSONL files by byte offset (nothing but offsets held in memory)."""
 
-  def __init__(self, paths):
-    self.paths = list(paths)
+  def __init__(self, files):
+    self.paths = list(files)
     starts, lengths, lines, counts = [], [], [], []
     for path in self.paths:
       s, l, n = [], [], []
       offset = 0
-      with open(path, "rb") as f:
+      with paths.open_local(paths.local_copy(path), "rb") as f:
         for number, line in enumerate(f, 1):
           if line.strip():
             s.append(offset)
@@ -89,7 +91,8 @@ class JsonlIndex:
 
 
 class RawFiles:
-  """Byte ranges of files, read with pread from descriptors opened once (safe from several threads)."""
+  """Byte ranges of files, read with pread from descriptors opened once (safe from several threads); a cloud
+  file is read from its local cached copy (paths.local_copy)."""
 
   def __init__(self):
     self._fds, self._lock = {}, threading.Lock()
@@ -98,7 +101,7 @@ class RawFiles:
     with self._lock:
       fd = self._fds.get(path)
       if fd is None:
-        fd = self._fds[path] = os.open(path, os.O_RDONLY)
+        fd = self._fds[path] = os.open(paths.local_copy(path), os.O_RDONLY)
     return os.pread(fd, size, offset)
 
   def __del__(self):
@@ -130,7 +133,7 @@ def first_field(row: dict, names: tuple, kind: str, where: str):
 
 def image_file(path: str, resolution: int) -> np.ndarray:
   """uint8 [res, res, 3] of an image file; SkipExample("missing file" | "corrupt image") naming it."""
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise SkipExample("missing file", f"{path}: no such file")
   try:
     return images_lib.load_image(path, resolution)
@@ -152,14 +155,15 @@ def tar_members(path: str, fileobj=None, base: int = 0) -> tuple[list, str]:
   `fileobj`/`base`: a tar stored inside another one, at byte `base` of `path`. Members up to a damaged or
   truncated part are kept (a member cut short is caught when it is read).
   """
+  local = paths.local_copy(path) if fileobj is None else None
   if fileobj is None:
-    with open(path, "rb") as f:
+    with paths.open_local(local, "rb") as f:
       magic = f.read(6)
     if magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic == b"\xfd7zXZ\x00":
       raise ValueError(f"{path}: a compressed tar cannot be read by offset; decompress it first")
   members = []
   try:
-    with tarfile.open(path if fileobj is None else None, mode="r:", fileobj=fileobj) as tar:
+    with tarfile.open(local, mode="r:", fileobj=fileobj) as tar:
       for member in iter(tar.next, None):
         if member.isfile():
           members.append((member.name, base + member.offset_data, member.size))

@@ -25,6 +25,7 @@ import os
 import re
 import tarfile
 
+from showo_jax.common import paths
 from showo_jax.data import images as images_lib
 from showo_jax.data.builders import common
 
@@ -37,7 +38,7 @@ def _tfds_file(name: str) -> str:
   spec = importlib.util.find_spec("tensorflow_datasets")
   if spec is None:
     raise ValueError(f"the ImageNet {name} list comes from tensorflow_datasets, which is not installed")
-  return os.path.join(spec.submodule_search_locations[0], "datasets", "imagenet2012", name)
+  return os.path.join(spec.submodule_search_locations[0], "datasets", "imagenet2012", name)  # package data
 
 
 def wnids() -> list[str]:
@@ -48,8 +49,7 @@ def wnids() -> list[str]:
 
 def read_class_names(path: str) -> dict:
   """{label index or WordNet id: the class name (the first of its names)} from any format above."""
-  with open(path, encoding="utf-8") as f:
-    content = f.read()
+  content = paths.read_text(path)
   first = lambda names: names.split(",")[0].strip()  # pylint: disable=unnecessary-lambda-assignment
   if content.lstrip().startswith(("{", "[")):
     data = json.loads(content)
@@ -83,7 +83,7 @@ class Source:
   threads = 8
 
   def __init__(self, inputs, resolution: int, class_names: str = "", split: str = "train"):
-    if len(inputs) != 1 or not os.path.isdir(inputs[0]):
+    if len(inputs) != 1 or not paths.isdir(inputs[0]):
       raise FileNotFoundError(f"{' '.join(inputs)}: give one folder (the tfds manual-download folder holding "
                               f"{TRAIN_TAR} / {VAL_TAR}, or a class-per-folder tree)")
     self.root, self.resolution, self.split = inputs[0], resolution, split
@@ -91,20 +91,20 @@ class Source:
     self._files = common.RawFiles()
     if split not in ("train", "validation"):
       raise ValueError(f"--split {split!r}: use train or validation")
-    tar = os.path.join(self.root, TRAIN_TAR if split == "train" else VAL_TAR)
+    tar = paths.join(self.root, TRAIN_TAR if split == "train" else VAL_TAR)
     self.items = []  # (name for messages, path, offset or -1 for a plain file, size, class key)
-    if os.path.exists(tar):
+    if paths.exists(tar):
       self.layout = "tfds"
       self._index_tar(tar)
       keys = wnids()
     else:
       self.layout = "folders"
-      classes = sorted(d for d in os.listdir(self.root) if os.path.isdir(os.path.join(self.root, d)))
+      classes = sorted(d for d in paths.listdir(self.root) if paths.isdir(paths.join(self.root, d)))
       if not classes:
         raise FileNotFoundError(f"{self.root}: neither {TRAIN_TAR} / {VAL_TAR} nor class folders")
       for c in classes:
-        for rel in images_lib.list_images(os.path.join(self.root, c)):
-          self.items.append((os.path.join(c, rel), os.path.join(self.root, c, rel), -1, 0, c))
+        for rel in images_lib.list_images(paths.join(self.root, c)):
+          self.items.append((paths.join(c, rel), paths.join(self.root, c, rel), -1, 0, c))
       is_wnid = all(_WNID.match(c) for c in classes)
       keys = wnids() if is_wnid else classes
     self.labels = {k: i for i, k in enumerate(keys)}
@@ -132,12 +132,12 @@ class Source:
     else:
       members, error = [], ""
       try:
-        with tarfile.open(path, mode="r:") as outer:
+        with tarfile.open(paths.local_copy(path), mode="r:") as outer:
           for member in iter(outer.next, None):
             if not member.isfile() or not member.name.endswith(".tar"):
               continue
             inner, inner_error = common.tar_members(path, outer.extractfile(member), base=member.offset_data)
-            wnid = os.path.basename(member.name)[:-4]
+            wnid = paths.basename(member.name)[:-4]
             members += [(f"{member.name}/{n}", o, s, wnid) for n, o, s in inner]
             error = error or inner_error
       except (tarfile.TarError, OSError, EOFError) as e:
@@ -147,8 +147,8 @@ class Source:
       self.items.append((error, path, -2, 0, None))
 
   def plan(self) -> dict:
-    return {"builder": self.kind, "inputs": [os.path.abspath(self.root)], "layout": self.layout,
-            "split": self.split, "class_names": os.path.abspath(self.class_names_file) if self.class_names_file
+    return {"builder": self.kind, "inputs": [paths.resolve(self.root)], "layout": self.layout,
+            "split": self.split, "class_names": paths.resolve(self.class_names_file) if self.class_names_file
             else "", "resolution": self.resolution}
 
   def __len__(self) -> int:

@@ -16,8 +16,8 @@ assistant turn, turns out of order, empty or non-text turns.
 """
 
 import json
-import os
 
+from showo_jax.common import paths
 from showo_jax.data.builders import common
 
 IMAGE_TOKEN = "<image>"
@@ -63,21 +63,20 @@ class Source:
   threads = 8
 
   def __init__(self, inputs, resolution: int, image_root: str = ""):
-    if len(inputs) != 1 or not os.path.isfile(inputs[0]):
+    if len(inputs) != 1 or not paths.isfile(inputs[0]):
       raise FileNotFoundError(f"{' '.join(inputs)}: give one LLaVA conversation JSON file")
     self.path, self.resolution = inputs[0], resolution
-    self.image_root = image_root or os.path.dirname(os.path.abspath(self.path))
-    with open(self.path, encoding="utf-8") as f:
-      try:
-        self.entries = json.load(f)
-      except ValueError as e:
-        raise ValueError(f"{self.path}: not JSON ({e})") from None
+    self.image_root = image_root or paths.parent(self.path)
+    try:
+      self.entries = json.loads(paths.read_text(self.path))
+    except ValueError as e:
+      raise ValueError(f"{self.path}: not JSON ({e})") from None
     if not isinstance(self.entries, list):
       raise ValueError(f"{self.path}: expected a JSON list of conversations, got a {type(self.entries).__name__}")
 
   def plan(self) -> dict:
-    return {"builder": self.kind, "inputs": [os.path.abspath(self.path)],
-            "image_root": os.path.abspath(self.image_root), "resolution": self.resolution}
+    return {"builder": self.kind, "inputs": [paths.resolve(self.path)],
+            "image_root": paths.resolve(self.image_root), "resolution": self.resolution}
 
   def __len__(self) -> int:
     return len(self.entries)
@@ -90,5 +89,5 @@ class Source:
     if not isinstance(entry.get("image"), str) or not entry["image"]:
       raise common.SkipExample("no image (text-only)", f"{where}: no image")
     pairs = conversation_pairs(entry.get("conversations"), where)
-    image = common.image_file(os.path.join(self.image_root, entry["image"]), self.resolution)
+    image = common.image_file(paths.join(self.image_root, entry["image"]), self.resolution)
     return image, {"conversation": json.dumps(pairs), "id": str(entry.get("id", index))}

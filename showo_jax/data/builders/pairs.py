@@ -18,6 +18,7 @@ import json
 import os
 import re
 
+from showo_jax.common import paths
 from showo_jax.data import images as images_lib
 from showo_jax.data.builders import common
 
@@ -43,7 +44,7 @@ class Source:
     self.items = []  # ("tar", path, key, {ext: (offset, size)}) | ("manifest", m, line) | ("file", path, caption)
     for spec in inputs:
       for path in self._expand(spec):
-        self.inputs.append(os.path.abspath(path))
+        self.inputs.append(paths.resolve(path))
         if path.lower().endswith(".tar"):
           self._add_tar(path)
         elif path.lower().endswith(".jsonl"):
@@ -55,9 +56,9 @@ class Source:
 
   @staticmethod
   def _expand(spec: str) -> list[str]:
-    if os.path.isdir(spec):
+    if paths.isdir(spec):
       tars = common.expand_inputs([spec], (".tar",), "tar") if any(
-          f.lower().endswith(".tar") for _, _, names in os.walk(spec) for f in names) else []
+          rel.lower().endswith(".tar") for rel in paths.walk_files(spec)) else []
       return tars or [spec]
     return common.expand_inputs([spec], (".tar", ".jsonl"), "tar / jsonl")
 
@@ -66,22 +67,22 @@ class Source:
     groups = {}
     for name, offset, size in members:
       match = _KEY_EXT.match(name)
-      if match and not os.path.basename(name).startswith("."):
+      if match and not paths.basename(name).startswith("."):
         groups.setdefault(match.group(1), {})[match.group(2).lower()] = (offset, size)
     self.items += [("tar", path, key, parts) for key, parts in groups.items()]
     if error:  # an input of its own, so it is counted and reported with the rest
       self.items.append(("error", "corrupt tar", error))
 
   def _add_manifest(self, path: str):
-    root = self.image_root or os.path.dirname(os.path.abspath(path))
+    root = self.image_root or paths.parent(path)
     self._manifests.append((common.JsonlIndex([path]), root))
     m = len(self._manifests) - 1
     self.items += [("manifest", m, line) for line in range(len(self._manifests[m][0]))]
 
   def _add_folder(self, folder: str):
     captions = {}
-    path = os.path.join(folder, images_lib.CAPTIONS_FILE)
-    if os.path.exists(path):
+    path = paths.join(folder, images_lib.CAPTIONS_FILE)
+    if paths.exists(path):
       index = common.JsonlIndex([path])
       for line in range(len(index)):
         try:
@@ -93,14 +94,13 @@ class Source:
           captions[os.path.normpath(key)] = row["caption"]
     for rel in images_lib.list_images(folder):
       caption = captions.get(os.path.normpath(rel))
-      txt = os.path.join(folder, os.path.splitext(rel)[0] + ".txt")
-      if caption is None and os.path.exists(txt):
-        with open(txt, "rb") as f:
-          caption = f.read()
-      self.items.append(("file", os.path.join(folder, rel), caption))
+      txt = paths.join(folder, os.path.splitext(rel)[0] + ".txt")
+      if caption is None and paths.exists(txt):
+        caption = paths.read_bytes(txt)
+      self.items.append(("file", paths.join(folder, rel), caption))
 
   def plan(self) -> dict:
-    return {"builder": self.kind, "inputs": self.inputs, "image_root": os.path.abspath(self.image_root)
+    return {"builder": self.kind, "inputs": self.inputs, "image_root": paths.resolve(self.image_root)
             if self.image_root else "", "resolution": self.resolution}
 
   def __len__(self) -> int:
@@ -149,4 +149,4 @@ class Source:
     if not isinstance(rel, str) or not rel:
       raise common.SkipExample("no image path", f"{where}: the image path is not a non-empty string")
     caption = common.text(common.first_field(row, JSON_CAPTION_FIELDS, "caption", where), "caption", where)
-    return common.image_file(os.path.join(root, rel), self.resolution), {"caption": caption}
+    return common.image_file(paths.join(root, rel), self.resolution), {"caption": caption}

@@ -9,10 +9,10 @@ The lm pipeline takes a random 8000-character window of each document when train
 whole here.
 """
 
-import os
 
 import numpy as np
 
+from showo_jax.common import paths
 from showo_jax.data.builders import common
 
 TEXT_FIELDS = ("content", "text")
@@ -74,7 +74,7 @@ class Source:
     self._ends = np.cumsum(ends)
 
   def plan(self) -> dict:
-    return {"builder": self.kind, "inputs": [os.path.abspath(p) for p in self.files], "field": self.field}
+    return {"builder": self.kind, "inputs": [paths.resolve(p) for p in self.files], "field": self.field}
 
   def __len__(self) -> int:
     return int(self._ends[-1]) if len(self._ends) else 0
