@@ -23,6 +23,7 @@ import json
 import sys
 
 from showo_jax.common import cli
+from showo_jax.common import paths
 from showo_jax.tools import bench
 
 
@@ -48,8 +49,7 @@ def _run(args):
   out = {"train": bench.cmd_train, "data": bench.cmd_data, "convert": bench.cmd_convert,
          "sample": bench.cmd_sample, "tokenizer": bench.cmd_tokenizer}[args.what](args)
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump(out, f, indent=1)
+    paths.write_text(args.json, json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

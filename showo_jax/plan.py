@@ -19,6 +19,7 @@ import sys
 from absl import flags
 
 from showo_jax.common import cli
+from showo_jax.common import paths
 from showo_jax.common import sharding
 from showo_jax.config import base as config_base
 from showo_jax.config import showo as showo_config
@@ -77,8 +78,7 @@ def _plan():
                 fits=planner.fits(result, _MEMORY.value))
   print(planner.report(result, _MEMORY.value))
   if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(result, f, indent=1)
+    paths.write_text(_JSON.value, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

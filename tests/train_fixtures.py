@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from showo_jax.common import paths
 from showo_jax.config import base as config_base
 from showo_jax.config import showo as showo_config
 from showo_jax.data import embedded
@@ -24,18 +25,18 @@ WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 def make_records(folder: str, num: int = 64, codebook: int = 64, tokens: int = 16, seed: int = 0):
   """Image-token records with captions and QA fields, plus a text corpus; returns (images, text) folders."""
   rng = np.random.default_rng(seed)
-  images = os.path.join(folder, "images")
-  if not os.path.exists(os.path.join(images, records.META)):
+  images = paths.join(folder, "images")
+  if not paths.exists(paths.join(images, records.META)):
     records.write_records(images, ({"image_tokens": rng.integers(0, codebook, tokens).astype(np.int16),
                                     "caption": embedded.caption(i % 10), "label": i % 10,
                                     "question": embedded.QUESTION, "answer": WORDS[i % 10]} for i in range(num)),
                           num_shards=2)
-  text = os.path.join(folder, "text")
-  if not os.path.exists(os.path.join(text, records.META)):
+  text = paths.join(folder, "text")
+  if not paths.exists(paths.join(text, records.META)):
     docs = [" ".join(rng.choice(WORDS, 40)) for _ in range(20)]
     records.write_records(text, ({"text": d} for d in docs))
-  tok = os.path.join(folder, "text_tokenizer.json")
-  if not os.path.exists(tok):
+  tok = paths.join(folder, "text_tokenizer.json")
+  if not paths.exists(tok):
     embedded.train_text_tokenizer(tok, vocab_size=300)
   return images, text, tok
 

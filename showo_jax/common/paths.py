@@ -30,21 +30,26 @@ def is_cloud(path) -> bool:
   return str(path).startswith(CLOUD_SCHEMES)
 
 
-def _configure_emulator():
+def _configure_cloud():
+  import fsspec  # pylint: disable=g-import-not-at-top
+  # No cached listings: Orbax writes array data through TensorStore, around gcsfs, so a cached listing of a
+  # step folder would miss files (and other hosts' writes).
+  fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
   host = os.environ.get("STORAGE_EMULATOR_HOST")
   if not host:
     return
   os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", host if "://" in host else "http://" + host)
   os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
-  import fsspec  # pylint: disable=g-import-not-at-top
-  fsspec.config.conf.setdefault("gcs", {}).setdefault("token", "anon")  # no credential lookup per call
+  # An emulator has no control plane: gcsfs's bucket-type probe (gRPC) would retry against it for minutes.
+  os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+  fsspec.config.conf["gcs"].setdefault("token", "anon")  # no credential lookup per call
 
 
 def resolve(path) -> str:
   """An absolute local path (`~` expanded) or the cloud URL as given (never `os.path.abspath`'d)."""
   path = os.fspath(path) if not isinstance(path, str) else path
   if is_cloud(path):
-    _configure_emulator()
+    _configure_cloud()
     return path.rstrip("/") if path.count("/") > 3 else path
   return os.path.abspath(os.path.expanduser(path))
 
@@ -98,13 +103,24 @@ def glob(folder, pattern: str) -> list:
 
 
 def walk_files(folder) -> list:
-  """Every file under `folder`, as paths relative to it (sorted, '/'-separated)."""
-  root = Path(folder)
+  """Every file under `folder`, as paths relative to it (sorted, '/'-separated); [] when it is missing."""
+  folder = resolve(folder)
+  if is_cloud(folder):
+    fs, root = _fs(folder)
+    if not fs.isdir(root):
+      return []
+    return sorted(f[len(root.rstrip("/")) + 1:] for f in fs.find(root))
   out = []
-  for dirpath, _, files in root.walk():
-    rel = str(dirpath)[len(str(root)):].strip("/")
-    out.extend(f"{rel}/{f}" if rel else f for f in files)
+  for dirpath, _, files in os.walk(folder):
+    rel = os.path.relpath(dirpath, folder).replace(os.sep, "/")
+    out.extend(f if rel == "." else f"{rel}/{f}" for f in files)
   return sorted(out)
+
+
+def _fs(path):
+  """(fsspec filesystem, its path) of a cloud URL."""
+  import fsspec  # pylint: disable=g-import-not-at-top
+  return fsspec.core.url_to_fs(resolve(path))
 
 
 def open(path, mode: str = "r"):  # pylint: disable=redefined-builtin
@@ -148,9 +164,7 @@ def create_exclusive(path, data: bytes) -> bool:
   """Creates `path` only if it does not exist (O_EXCL on disk, a generation-0 precondition in the cloud);
   False when it already exists. The primitive the workdir lock is built on."""
   if is_cloud(path):
-    import fsspec  # pylint: disable=g-import-not-at-top
-    makedirs(parent(path))
-    fs, fs_path = fsspec.core.url_to_fs(resolve(path))
+    fs, fs_path = _fs(path)
     try:
       fs.pipe_file(fs_path, data, mode="create")
     except (FileExistsError, OSError) as e:
@@ -173,8 +187,7 @@ def remove(path):
   """Removes a file or a folder tree; a missing path is no error."""
   p = Path(path)
   if is_cloud(path):
-    import fsspec  # pylint: disable=g-import-not-at-top
-    fs, fs_path = fsspec.core.url_to_fs(resolve(path))
+    fs, fs_path = _fs(path)
     with contextlib.suppress(FileNotFoundError):
       fs.rm(fs_path, recursive=True)
   elif p.is_dir():
@@ -184,20 +197,28 @@ def remove(path):
 
 
 def move(src, dst):
-  """Renames a file or a folder (the cloud: copy then delete, object by object)."""
+  """Renames a file or a folder (in the cloud: a server-side copy of each object, then the delete)."""
   if is_cloud(src) or is_cloud(dst):
-    import fsspec  # pylint: disable=g-import-not-at-top
-    fs, src_path = fsspec.core.url_to_fs(resolve(src))
-    _, dst_path = fsspec.core.url_to_fs(resolve(dst))
-    fs.mv(src_path, dst_path, recursive=True)
+    if not (is_cloud(src) and is_cloud(dst)):
+      raise ValueError(f"cannot move {src} to {dst}: between local disk and the cloud, copy instead")
+    fs, src_path = _fs(src)
+    _, dst_path = _fs(dst)
+    if fs.isdir(src_path):
+      for rel in walk_files(src):
+        fs.copy(f"{src_path}/{rel}", f"{dst_path}/{rel}")
+    else:
+      fs.copy(src_path, dst_path)
+    fs.rm(src_path, recursive=True)
     return
   os.makedirs(os.path.dirname(resolve(dst)), exist_ok=True)
   os.replace(resolve(src), resolve(dst))
 
 
-def copy_tree(src, dst):
-  """Copies every file under `src` to `dst` (either may be cloud)."""
-  for rel in walk_files(src):
+def copy_tree(src, dst, last=("showo_manifest.json", "meta.json")):
+  """Copies every file under `src` to `dst` (either may be cloud); files named in `last` (the marks of a whole
+  folder) go after all the others, so an interrupted copy is never taken for a complete one."""
+  files = walk_files(src)
+  for rel in sorted(files, key=lambda r: basename(r) in last):
     write_bytes(join(dst, rel), read_bytes(join(src, rel)))
 
 
@@ -259,7 +280,9 @@ class Staging:
         f.write(data)
 
   def sync(self):
-    if self.local == self.workdir:
+    """Copies changed files up (process 0 only: each host keeps its own log, one set lands in the bucket)."""
+    import jax  # pylint: disable=g-import-not-at-top
+    if self.local == self.workdir or jax.process_index() != 0:
       return
     for dirpath, _, files in os.walk(self.local):
       for name in files:

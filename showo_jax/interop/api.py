@@ -15,12 +15,12 @@ run the backbone at "highest" whatever the config they are given says.
 import dataclasses
 import functools
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from showo_jax.common import paths
 from showo_jax.config import showo as showo_config
 from showo_jax.interop import magvit_keys
 from showo_jax.interop import reader
@@ -40,16 +40,15 @@ def _official_config_json(source):
   """The config.json beside a checkpoint, if it describes a Show-o backbone (showo_keys.usable_config_json)."""
   if isinstance(source, dict):
     return {}
-  path = os.fspath(source)
-  folder = path if os.path.isdir(path) else os.path.dirname(path)
-  cfg_path = os.path.join(folder, "config.json")
-  if not os.path.exists(cfg_path):
+  path = paths.resolve(source)
+  folder = path if paths.isdir(path) else paths.parent(path)
+  cfg_path = paths.join(folder, "config.json")
+  if not paths.exists(cfg_path):
     return {}
-  with open(cfg_path) as f:
-    try:
-      data = json.load(f)
-    except ValueError as e:
-      raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
+  try:
+    data = json.loads(paths.read_text(cfg_path))
+  except ValueError as e:
+    raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
   return showo_keys.usable_config_json(data)
 
 

@@ -11,6 +11,7 @@ import tempfile
 import numpy as np
 
 from showo_jax.common import checkpointing
+from showo_jax.common import paths
 from showo_jax.interop import reader
 
 CheckpointError = reader.CheckpointError
@@ -18,9 +19,9 @@ CHECKPOINTS = "checkpoints"
 
 
 def _holds_checkpoint(folder: str) -> bool:
-  if not os.path.isdir(folder):
+  if not paths.isdir(folder):
     return False
-  names = set(os.listdir(folder))
+  names = set(paths.listdir(folder))
   if CHECKPOINTS in names or any(n.isdigit() for n in names):
     return True
   return any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names)
@@ -31,12 +32,20 @@ def staged_output(output: str, overwrite: bool):
   """Yields a temporary folder beside `output`; on success its entries replace those of `output`.
 
   Nothing is left behind when the body raises, and an existing checkpoint is only replaced with `overwrite`.
+  A cloud `output` is staged on local disk and uploaded at the end, its completion marks last.
   """
-  output = os.path.abspath(output)
-  if os.path.exists(output) and not os.path.isdir(output):
+  output = paths.resolve(output)
+  if paths.isfile(output):
     raise CheckpointError(f"{output}: exists and is not a folder")
   if _holds_checkpoint(output) and not overwrite:
     raise CheckpointError(f"{output}: already holds a checkpoint (pass --overwrite to replace it)")
+  if paths.is_cloud(output):
+    with tempfile.TemporaryDirectory(prefix="showo_convert_") as tmp:
+      yield tmp
+      for name in os.listdir(tmp):
+        paths.remove(paths.join(output, name))
+      paths.copy_tree(tmp, output)
+    return
   parent = os.path.dirname(output)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.converting-", dir=parent)
@@ -84,7 +93,7 @@ def write_checkpoint(folder: str, params, config, extras=None):
   state = {"step": np.zeros((), np.int32), "params": params}
   if extras:
     state["extras"] = _nest(extras)
-  ckpt = checkpointing.Checkpointer(os.path.join(folder, CHECKPOINTS), async_save=False, save_concurrent_gb=1)
+  ckpt = checkpointing.Checkpointer(paths.join(folder, CHECKPOINTS), async_save=False, save_concurrent_gb=1)
   try:
     ckpt.save(0, state, config=config)
   finally:
@@ -93,13 +102,12 @@ def write_checkpoint(folder: str, params, config, extras=None):
 
 def source_config_json(source: str) -> dict:
   """The config.json beside a checkpoint source (its folder, or the folder of the file); {} if there is none."""
-  path = os.fspath(source)
-  folder = path if os.path.isdir(path) else os.path.dirname(path)
-  cfg_path = os.path.join(folder, "config.json")
-  if not os.path.exists(cfg_path):
+  path = paths.resolve(source)
+  folder = path if paths.isdir(path) else paths.parent(path)
+  cfg_path = paths.join(folder, "config.json")
+  if not paths.exists(cfg_path):
     return {}
   try:
-    with open(cfg_path) as f:
-      return json.load(f)
+    return json.loads(paths.read_text(cfg_path))
   except ValueError as e:
     raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None

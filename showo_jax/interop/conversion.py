@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from showo_jax.common import checkpointing
+from showo_jax.common import paths
 from showo_jax.common import sharding
 from showo_jax.config import showo as showo_config
 from showo_jax.interop import checkpoint_writer
@@ -104,7 +105,7 @@ def _write_tokenizer_checkpoint(folder, params, arch_config):
       step=jnp.zeros((), jnp.int32), params=params, opt_state=run.tx.init(params),
       ema_params=params if run.abstract_state.ema_params is not None else None, disc_params=None,
       disc_opt_state=None, lecam_ema=jnp.zeros((2,), jnp.float32))
-  ckpt = checkpointing.Checkpointer(os.path.join(folder, tokenizer_trainer.CHECKPOINTS), async_save=False)
+  ckpt = checkpointing.Checkpointer(paths.join(folder, tokenizer_trainer.CHECKPOINTS), async_save=False)
   try:
     ckpt.save(0, state, config=config)
   finally:
@@ -116,13 +117,16 @@ def _write_tokenizer_checkpoint(folder, params, arch_config):
 def _open_checkpoint(checkpoint: str):
   """(Checkpointer, step, config) of our checkpoint (a workdir, checkpoints folder or step folder)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-  found = checkpoints._checkpoint_dir(checkpoint) if os.path.exists(checkpoint) else None  # pylint: disable=protected-access
+  found = checkpoints._checkpoint_dir(checkpoint) if paths.exists(checkpoint) else None  # pylint: disable=protected-access
   if found is None:
     raise CheckpointError(f"{checkpoint}: no showo_jax checkpoint here (expected DIR/checkpoints/STEP)")
-  folder, step = found
+  folder, _ = found
   ckpt = checkpointing.Checkpointer(folder, async_save=False)
-  try:
-    return ckpt, step, ml_collections.ConfigDict(ckpt.saved_config(step))
+  try:  # the newest step whose digests hold (a damaged one is moved aside with a warning)
+    step, config = ckpt.restore_newest_intact(lambda s: ml_collections.ConfigDict(ckpt.saved_config(s)))
+    if step is None:
+      raise CheckpointError(f"{checkpoint}: no intact checkpoint left (see {folder}.quarantine)")
+    return ckpt, step, config
   except BaseException:
     ckpt.close()
     raise
@@ -211,8 +215,7 @@ def export_showo(checkpoint: str, output: str, *, overwrite: bool = False):
         del values
 
     with checkpoint_writer.staged_output(output, overwrite) as tmp:
-      streaming.write_safetensors(os.path.join(tmp, WEIGHTS), specs, tensors())
-      with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(official_config_json(config), f, indent=2)
+      streaming.write_safetensors(os.path.join(tmp, WEIGHTS), specs, tensors())  # tmp: always local
+      paths.write_text(os.path.join(tmp, "config.json"), json.dumps(official_config_json(config), indent=2))
   finally:
     ckpt.close()

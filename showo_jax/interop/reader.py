@@ -6,9 +6,10 @@ installed, loaded with `weights_only=True`), or a hub-layout folder holding one 
 """
 
 import json
-import os
 
 import numpy as np
+
+from showo_jax.common import paths
 
 _FOLDER_FILES = ("pytorch_model.safetensors", "model.safetensors", "pytorch_model.bin")
 _INDEX_FILES = ("pytorch_model.safetensors.index.json", "model.safetensors.index.json")
@@ -22,13 +23,13 @@ def read_state_dict(source, prefix_filter: str = "param.") -> dict:
   """Returns {official key: numpy array} for any supported source."""
   if isinstance(source, dict):
     return {k: np.asarray(v) for k, v in source.items()}
-  path = os.fspath(source)
-  if os.path.isdir(path):
+  path = paths.resolve(source)
+  if paths.isdir(path):
     return read_state_dict(_file_in_folder(path), prefix_filter)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise CheckpointError(f"{path}: no such file or folder")
   if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as data:
+    with np.load(paths.local_copy(path), allow_pickle=False) as data:
       keys = list(data.keys())
       if any(k.startswith(prefix_filter) for k in keys):
         return {k[len(prefix_filter):]: data[k] for k in keys if k.startswith(prefix_filter)}
@@ -44,32 +45,31 @@ def read_state_dict(source, prefix_filter: str = "param.") -> dict:
 
 def _file_in_folder(folder: str) -> str:
   for name in _INDEX_FILES + _FOLDER_FILES:
-    if os.path.exists(os.path.join(folder, name)):
-      return os.path.join(folder, name)
-  found = sorted(f for f in os.listdir(folder) if f.endswith((".safetensors", ".npz", ".bin")))
+    if paths.exists(paths.join(folder, name)):
+      return paths.join(folder, name)
+  found = [f for f in paths.listdir(folder) if f.endswith((".safetensors", ".npz", ".bin"))]
   if len(found) == 1:
-    return os.path.join(folder, found[0])
+    return paths.join(folder, found[0])
   raise CheckpointError(f"{folder}: no recognisable checkpoint (looked for {', '.join(_INDEX_FILES + _FOLDER_FILES)})")
 
 
 def _read_safetensors(path: str) -> dict:
   from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
   try:
-    return dict(st_numpy.load_file(path))
+    return dict(st_numpy.load_file(paths.local_copy(path)))
   except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers.
     raise CheckpointError(f"{path}: unreadable safetensors file ({type(e).__name__}: {e})") from None
 
 
 def _read_sharded(index_path: str) -> dict:
   try:
-    with open(index_path) as f:
-      weight_map = json.load(f)["weight_map"]
+    weight_map = json.loads(paths.read_text(index_path))["weight_map"]
   except (OSError, ValueError, KeyError) as e:
     raise CheckpointError(f"{index_path}: bad safetensors index ({e})") from None
-  folder = os.path.dirname(index_path)
+  folder = paths.parent(index_path)
   out = {}
   for shard in sorted(set(weight_map.values())):
-    out.update(_read_safetensors(os.path.join(folder, shard)))
+    out.update(_read_safetensors(paths.join(folder, shard)))
   return out
 
 

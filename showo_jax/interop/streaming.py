@@ -16,6 +16,7 @@ import struct
 import ml_dtypes
 import numpy as np
 
+from showo_jax.common import paths
 from showo_jax.interop import reader
 
 CheckpointError = reader.CheckpointError
@@ -105,20 +106,20 @@ class _EagerStateDict(dict):
 
 
 def _file_entries(path: str) -> dict:
+  path = paths.local_copy(path)  # a cloud file is read from its cached local copy
   header, base = _read_header(path)
   return {k: (path, dtype, shape, base + s, base + e) for k, (dtype, shape, s, e) in header.items()}
 
 
 def _sharded_entries(index_path: str) -> dict:
   try:
-    with open(index_path) as f:
-      weight_map = json.load(f)["weight_map"]
+    weight_map = json.loads(paths.read_text(index_path))["weight_map"]
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise CheckpointError(f"{index_path}: bad safetensors index ({e})") from None
-  folder = os.path.dirname(index_path)
+  folder = paths.parent(index_path)
   out = {}
   for shard in sorted(set(weight_map.values())):
-    entries = _file_entries(os.path.join(folder, shard))
+    entries = _file_entries(paths.join(folder, shard))
     for key, value in entries.items():
       if key in weight_map and weight_map[key] == shard:
         out[key] = value
@@ -131,10 +132,10 @@ def _sharded_entries(index_path: str) -> dict:
 
 def resolve(path: str) -> str:
   """The file a source path stands for (a hub folder → its weights file or index)."""
-  path = os.fspath(path)
-  if not os.path.exists(path):
+  path = paths.resolve(path)
+  if not paths.exists(path):
     raise CheckpointError(f"{path}: no such file or folder")
-  return reader._file_in_folder(path) if os.path.isdir(path) else path  # pylint: disable=protected-access
+  return reader._file_in_folder(path) if paths.isdir(path) else path  # pylint: disable=protected-access
 
 
 def open_state_dict(source) -> collections.abc.Mapping:

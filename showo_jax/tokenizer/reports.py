@@ -37,7 +37,8 @@ def eval_images(config, factor):
 def write_eval(run, params, config, eval_images, eval_path, step, writer):
   result = dict(evaluate(run, params, eval_images, config.train.batch_size), step=int(step))
   writer.write(step, {f"eval_{k}": v for k, v in result.items() if k != "step"})
-  paths.write_text(eval_path, json.dumps(result, indent=1))
+  if jax.process_index() == 0:
+    paths.write_text(eval_path, json.dumps(result, indent=1))
   logging.info("tokenizer eval at step %d: %s", step, result)
   if step == config.train.steps:
     console.phase(f"image tokenizer: step {step}, {config.data.eval_source} PSNR {result['psnr']:.1f} dB, "

@@ -167,3 +167,32 @@ def dict_copy(config, **train):
   config = config.copy_and_resolve_references()
   config.train.update(train)
   return config
+
+
+def test_a_damaged_newest_checkpoint_is_one_warning_and_the_run_resumes_from_the_last_intact(tmp_path):
+  train_fixtures.make_records(str(tmp_path / "data"))
+  cfg = _cfg(tmp_path, "c.train.checkpoint_every = 2")
+  workdir = tmp_path / "run"
+  assert _train(cfg, workdir, steps=4).returncode == 0
+  newest = workdir / "checkpoints" / "4"
+  data = max((p for p in newest.rglob("*") if p.is_file() and "/d/" in str(p)), key=lambda p: p.stat().st_size)
+  data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+  r = _train(cfg, workdir, steps=6)
+  assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+  warnings = [x for x in r.stderr.splitlines() if "checkpoint step 4" in x]
+  assert len(warnings) == 1 and "moved aside" in warnings[0], warnings
+  assert "resuming at step 2 of 6" in r.stderr
+  assert _rows(workdir) == list(range(1, 7))
+  assert [p.name.split("-")[0] for p in (workdir / "checkpoints.quarantine").iterdir()] == ["4"]
+
+
+def test_the_tokenizer_trainer_refuses_a_busy_workdir(tmp_path):
+  from showo_jax.tokenizer import config as tokenizer_config  # pylint: disable=g-import-not-at-top
+  from showo_jax.tokenizer import trainer as tokenizer_trainer  # pylint: disable=g-import-not-at-top
+  held = workdir_lock.WorkdirLock(str(tmp_path), "python -m showo_jax.train").acquire()
+  try:
+    with pytest.raises(workdir_lock.WorkdirInUseError, match="in use by python -m showo_jax.train"):
+      tokenizer_trainer.train_tokenizer(tokenizer_config.magvit_config("tiny"), str(tmp_path))
+  finally:
+    held.release()
+  assert not (tmp_path / "checkpoints").exists()  # refused before any work
