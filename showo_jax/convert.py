@@ -34,6 +34,8 @@ def _parser():
   imp.add_argument("--input", required=True, help="hub folder, .safetensors, index.json, .npz or .bin")
   imp.add_argument("--output", required=True, help="checkpoint folder to write (CKPT_DIR/checkpoints/0/)")
   imp.add_argument("--kind", choices=["showo", "magvit"], default=None, help="default: detected from the keys")
+  imp.add_argument("--allow-non-finite", action="store_true", help="import tensors holding NaN / inf (with a "
+                   "warning) instead of refusing them")
   exp = sub.add_parser("export", help="showo_jax checkpoint → official folder")
   exp.add_argument("--checkpoint", required=True, help="a showo_jax workdir, checkpoints folder or step folder")
   exp.add_argument("--output", required=True, help="folder to write: config.json + pytorch_model.safetensors")
@@ -56,7 +58,8 @@ def run(args) -> str:
       state = streaming.open_state_dict(args.input)
       kind = conversion.detect_kind(state.keys(), getattr(state, "description", args.input))
       del state
-    (conversion.import_showo if kind == "showo" else conversion.import_magvit)(args.input, args.output, overwrite=args.overwrite)
+    (conversion.import_showo if kind == "showo" else conversion.import_magvit)(
+        args.input, args.output, overwrite=args.overwrite, allow_non_finite=args.allow_non_finite)
     return f"imported {kind} {args.input} → {args.output}"
   if args.cmd == "export":
     conversion.export_showo(args.checkpoint, args.output, overwrite=args.overwrite)

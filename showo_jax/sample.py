@@ -36,8 +36,8 @@ def _parser():
     sp.add_argument("--seed", type=int, default=0, help="sampling seed")
 
   def maskgit(sp, guidance=True):
-    sp.add_argument("--steps", type=int, default=None, help="MaskGIT steps (>= 1; default: the checkpoint's "
-                    "config.train.sample_steps)")
+    sp.add_argument("--steps", type=int, default=None, help="MaskGIT steps (1 to the image's token count, "
+                    "since each step fixes at least one token; default: the checkpoint's config.train.sample_steps)")
     if guidance:
       sp.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w >= 0 "
                       "(default: config.train.sample_guidance)")
@@ -57,7 +57,8 @@ def _parser():
   mmu.add_argument("--image", required=True, nargs="+", help="image files (any size or mode; preprocessed as in "
                    "training)")
   mmu.add_argument("--question", required=True, help='e.g. "What digit is this?"')
-  mmu.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit")
+  mmu.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (at most the model's "
+                   "context, config.model.max_position_embeddings, minus the prompt)")
   mmu.add_argument("--temperature", type=float, default=0.0, help="text sampling temperature (0 = greedy)")
   mmu.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
   mmu.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = all)")
@@ -79,7 +80,8 @@ def _parser():
   common(mixed), maskgit(mixed, guidance=False)
   mixed.add_argument("--prompt", required=True, help="the text to continue")
   mixed.add_argument("--out", required=True, help="folder: text.txt and image_0.png, ...")
-  mixed.add_argument("--max-text-tokens", type=int, default=64, help="text tokens to generate")
+  mixed.add_argument("--max-text-tokens", type=int, default=64, help="text tokens to generate (at most the "
+                     "model's context, config.model.max_position_embeddings, minus the prompt and one image)")
   mixed.add_argument("--text-temperature", type=float, default=0.0, help="text sampling temperature (0 = greedy)")
   return p
 
@@ -87,6 +89,12 @@ def _parser():
 def check_args(args):
   """ValueError for option values that cannot work, before anything is loaded."""
   given = lambda name, default: default if getattr(args, name, None) is None else getattr(args, name)  # pylint: disable=g-long-lambda
+  for flag in ("prompt", "question"):
+    for text in (lambda v: v if isinstance(v, list) else [v])(getattr(args, flag, None) or []):
+      try:
+        text.encode("utf-8")
+      except UnicodeEncodeError:
+        raise ValueError(f"--{flag} {text!r} is not valid UTF-8 text") from None
   if given("steps", 1) < 1:
     raise ValueError(f"--steps must be >= 1, got {args.steps}")
   if given("guidance", 0.0) < 0:

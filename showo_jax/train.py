@@ -79,7 +79,9 @@ def main(argv):
   def work():
     showo_config.validate(config)
     sharding.maybe_initialize_distributed(config.train.distributed)
-    from showo_jax.training import trainer  # pylint: disable=g-import-not-at-top  # jax after distributed init
+    from showo_jax.training import preflight  # pylint: disable=g-import-not-at-top  # jax after distributed init
+    from showo_jax.training import trainer  # pylint: disable=g-import-not-at-top
+    preflight.check_before_work(config)  # bad paths or records: one line, and no workdir made
     paths.makedirs(workdir)
     console.setup(paths.Staging(workdir).path("train.log"), verbose=_VERBOSE.value)  # synced up with metrics
     t0 = time.perf_counter()

@@ -60,7 +60,7 @@ def test_absl_tools_help_exits_0_and_shows_every_flag_with_its_default(tool):
 
 
 @pytest.mark.parametrize("args, message", [
-    ([], r"--config must have a value"),
+    ([], r"--config is required"),
     (["--config", "configs/nosuch.py"], r"configs/nosuch\.py: no such config file"),
     (["--config", "configs/tiny.py", "--config.train.nosuch=1"], r"has no field 'train\.nosuch'"),
     (["--config", "configs/tiny.py:size=huge"], r"unknown config arg 'size'"),

@@ -169,9 +169,18 @@ class Checkpointer:
     return restored["state"], restored.get("data_iter") if data_iter is not None else None
 
   def restore_raw(self, step: int):
-    """The saved state as a tree of host arrays, without a target (for params-only loading)."""
-    restored = self._manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return restored["state"]
+    """The saved state as a tree of numpy arrays, without a target (for params-only loading). Read as host
+    arrays, so a state saved on any device topology (a pod, 8 fake CPUs) loads on this process's devices."""
+    handler = ocp.PyTreeCheckpointHandler(restore_concurrent_gb=1)
+    try:
+      path = self._item_path(step, "state")
+      is_leaf = lambda x: hasattr(x, "shape")  # pylint: disable=unnecessary-lambda-assignment
+      tree = handler.metadata(path).tree
+      item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree, is_leaf=is_leaf)
+      args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), tree, is_leaf=is_leaf)
+      return handler.restore(path, args=ocp.args.PyTreeRestore(item=item, restore_args=args))
+    finally:
+      handler.close()
 
   def saved_leaves(self, step: int) -> dict:
     """{leaf path (tuple of keys): (shape, dtype)} of the saved `state`, from its metadata (no array data)."""

@@ -150,6 +150,9 @@ def absl_main(main, doc: str, flag_holders, *, required=(), extra_help: str = ""
 
   def parse(args):
     problem = precheck(args) if precheck else None
+    missing = [n for n in required if not any(a == f"--{n}" or a.startswith(f"--{n}=") for a in args[1:])]
+    if problem is None and missing:
+      problem = f"--{missing[0]} is required"
     try:
       if problem is None:
         return flags.FLAGS(args)

@@ -86,6 +86,8 @@ def isfile(path) -> bool:
 
 
 def makedirs(path):
+  if isfile(path):
+    raise NotADirectoryError(f"{resolve(path)} is a file, not a folder")
   Path(path).mkdir(parents=True, exist_ok=True)
 
 

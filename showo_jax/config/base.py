@@ -4,6 +4,7 @@ Each subsystem builds its own ConfigDicts on top of it (config/showo.py for Show
 MAGVIT-v2) and converts them to the hyperparameter dataclasses its modules take.
 """
 
+import difflib
 import importlib.util
 import os
 
@@ -54,7 +55,11 @@ def load_config_file(spec: str) -> ConfigDict:
   except ConfigError:
     raise
   except Exception as e:  # pylint: disable=broad-except  # a syntax error or a raise inside the user's file
-    raise ConfigError(f"{spec}: {type(e).__name__}: {e}") from e
+    import traceback  # pylint: disable=g-import-not-at-top
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) ==
+             os.path.abspath(path)]
+    where = f" (line {lines[-1]})" if lines and not isinstance(e, SyntaxError) else ""
+    raise ConfigError(f"{spec}: {type(e).__name__}: {e}{where}") from e
 
 
 def define_config_flag(name: str = "config", help_string: str = "Config file, e.g. configs/showo.py:size=tiny"):
@@ -76,7 +81,9 @@ def config_flag_problem(argv, name: str = "config"):
   missing or failing file, an unknown field), or None; absl's own messages for these are tracebacks or vague."""
   spec = config_spec(argv, name)
   if not spec:
-    return None
+    if not any(a.startswith(f"--{name}.") for a in argv):
+      return None
+    return f"--{name} is missing: give the config file (e.g. --{name} configs/tiny.py) before its overrides"
   try:
     config = load_config_file(spec)
   except ConfigError as e:
@@ -84,9 +91,13 @@ def config_flag_problem(argv, name: str = "config"):
   for arg in argv:
     if arg.startswith(f"--{name}."):
       field = arg[len(name) + 3:].split("=", 1)[0]
-      node = config
+      node, seen = config, []
       for part in field.split("."):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-          return f"--{name}.{field}: {spec} has no field {field!r}"
+          known = list(node) if isinstance(node, ml_collections.ConfigDict) else []
+          near = difflib.get_close_matches(part, known, n=1)
+          hint = f" (did you mean {'.'.join(seen + near[:1])}?)" if near else ""
+          return f"--{name}.{field}: {spec} has no field {field!r}{hint}"
         node = node[part]
+        seen.append(part)
   return None

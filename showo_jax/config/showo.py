@@ -66,6 +66,9 @@ def model_config(size: str) -> ConfigDict:
       matmul_precision="default",
       scan_layers=False,
       remat_policy="none",
+      # The longest sequence generation may build (prompt + new tokens): the LLM's context, 2048 for Phi-1.5.
+      # Only `sample` reads it (RoPE has no position table to outgrow).
+      max_position_embeddings=2048,
   ))
   m.update(MODEL_PRESETS[size])
   m.vocab = ConfigDict(VOCAB_PRESETS[size])

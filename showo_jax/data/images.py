@@ -241,7 +241,10 @@ class ImageCollection:
       fields = dict(notes.get(os.path.normpath(rel), {}))
       txt = paths.join(folder, os.path.splitext(rel)[0] + ".txt")
       if "caption" not in fields and paths.exists(txt):
-        fields["caption"] = paths.read_text(txt).strip()
+        try:
+          fields["caption"] = paths.read_text(txt).strip()
+        except UnicodeDecodeError:  # skipped and counted when loaded, as build_dataset does
+          fields["_unusable"] = ("non-text caption", f"{txt}: caption is not UTF-8 text")
       self._fields.append(fields)
 
   def __len__(self) -> int:
@@ -264,6 +267,11 @@ class ImageCollection:
       return self._array[index], dict(self._fields[index])
     kw = dict(resize=self.resize, factor=self.factor, name=self.name(index), exact=self.exact)
     if self._files is not None:
+      if "_unusable" in self._fields[index]:
+        reason, message = self._fields[index]["_unusable"]
+        error = ImageError(message)
+        error.reason = reason  # counted under it by the sharded writer
+        raise error
       return load_image(paths.join(self.spec, self._files[index]), self.resolution, **kw), dict(
           self._fields[index])
     try:

@@ -165,6 +165,8 @@ def write_sharded(source, output_folder: str, plan: dict, *, encoder=None, resiz
   count = jax.process_count() if process_count is None else int(process_count)
   if not 0 <= index < count:
     raise ValueError(f"process index {index} is not in [0, {count})")
+  if records_per_shard < 1:
+    raise ValueError(f"--records-per-shard must be >= 1, got {records_per_shard}")
   n = len(source)
   num_shards = max(1, math.ceil(n / records_per_shard))
   plan = dict(plan, num_inputs=n, num_shards=num_shards, name=name)

@@ -9,6 +9,7 @@ import numpy as np
 
 from showo_jax.common import paths
 from showo_jax.data import images as images_lib
+from showo_jax.data import prompting
 from showo_jax.inference import pipeline
 from showo_jax.sampling import editing
 
@@ -51,9 +52,33 @@ def maskgit_settings(pipe, args) -> dict:
   return settings
 
 
+def check_sizes(pipe, args):
+  """Bounds that need the model: MaskGIT steps within the image's tokens; prompt + generated text within the
+  model's context (config.model.max_position_embeddings). ValueError naming the flag."""
+  tokens = int(pipe.config.data.num_image_tokens)
+  steps = getattr(args, "steps", None)
+  if steps is not None and steps > tokens:
+    raise ValueError(f"--steps {steps}: at most {tokens}, the image's token count (each MaskGIT step fixes at "
+                     "least one token)")
+  context = int(pipe.config.model.get("max_position_embeddings", 2048))
+  if args.mode == "mmu":
+    question = pipe.text_tokenizer.encode([prompting.mmu_question_text(args.question)])
+    prompt = len(prompting.mmu_gen_prompt(pipe.layout.image_ids(np.zeros((1, tokens), np.int32)), question,
+                                          pipe.layout)[0])
+    if args.max_new_tokens > context - prompt:
+      raise ValueError(f"--max-new-tokens {args.max_new_tokens}: at most {max(context - prompt, 0)} (the model's "
+                       f"context is {context} tokens and the image and question take {prompt})")
+  if args.mode == "mixed":
+    prompt = 1 + len(pipe.text_tokenizer.encode([args.prompt])[0]) + tokens + 2
+    if args.max_text_tokens > context - prompt:
+      raise ValueError(f"--max-text-tokens {args.max_text_tokens}: at most {max(context - prompt, 0)} (the model's "
+                       f"context is {context} tokens; the prompt and one image take {prompt})")
+
+
 def run(args) -> int:
   """Runs one `python -m showo_jax.sample` command on parsed (and checked) arguments; returns 0."""
   pipe = pipeline.Pipeline.from_checkpoint(args.checkpoint, tokenizer=args.tokenizer, text_tokenizer=args.text_tokenizer)
+  check_sizes(pipe, args)
   pipe.warn = lambda message: print(f"warning: {message}", file=sys.stderr)
   res = pipe.config.data.resolution
   if args.mode == "t2i":

@@ -48,7 +48,8 @@ def staged_output(output: str, overwrite: bool):
     return
   parent = os.path.dirname(output)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.converting-", dir=parent)
+  _remove_abandoned(parent, os.path.basename(output))
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.converting-{os.getpid()}-", dir=parent)
   umask = os.umask(0)
   os.umask(umask)
   os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the output folder's mode
@@ -70,6 +71,23 @@ def staged_output(output: str, overwrite: bool):
     else:
       os.rename(os.path.join(tmp, name), dst)
   os.rmdir(tmp)
+
+
+def _remove_abandoned(parent: str, name: str):
+  """Staging folders of an earlier conversion into `name` that was killed (its process is gone)."""
+  prefix = f".{name}.converting-"
+  for entry in os.listdir(parent):
+    if not entry.startswith(prefix):
+      continue
+    pid = entry[len(prefix):].split("-", 1)[0]
+    try:
+      os.kill(int(pid), 0)
+      continue  # still converting
+    except (ValueError, ProcessLookupError):
+      pass
+    except PermissionError:
+      continue
+    shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
 def _nest(flat: dict) -> dict:

@@ -35,13 +35,26 @@ def _checkpoint_dir(path: str):
   return None
 
 
+def _what_is(path: str) -> str:
+  """Why `path` is not one of our Show-o checkpoints, naming what it is instead."""
+  if not paths.exists(path):
+    return "no such file or folder"
+  if tokenizer_trainer.checkpoint_folder(path) is not None:
+    return "an image tokenizer checkpoint (train_tokenizer), not a Show-o one: pass it as --tokenizer"
+  names = paths.listdir(path) if paths.isdir(path) else [paths.basename(path)]
+  if any(n.endswith((".safetensors", ".npz", ".bin", ".index.json")) for n in names):
+    return ("official weights, not a showo_jax checkpoint: a MAGVIT-v2 file goes to --tokenizer, a Show-o state "
+            "dict through `python -m showo_jax.convert import` first")
+  return "no showo_jax training checkpoint here (expected DIR/checkpoints/STEP)"
+
+
 def load_checkpoint(path: str, step=None):
   """(params as numpy, config) from one of our training checkpoints: the newest intact step unless given (a
   damaged newer step is moved aside with a warning). A run that kept an EMA (config.train.ema_decay > 0) gives
   its EMA params: those are the ones it samples and evaluates with."""
   found = _checkpoint_dir(path)
   if found is None:
-    raise reader.CheckpointError(f"{path}: no showo_jax training checkpoint here (expected DIR/checkpoints/STEP)")
+    raise reader.CheckpointError(f"{path}: {_what_is(path)}")
   folder, _ = found
   ckpt = checkpointing.Checkpointer(folder, async_save=False)
 

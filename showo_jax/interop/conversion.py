@@ -47,9 +47,10 @@ def detect_kind(keys, description: str) -> str:
                         f"(encoder.*/decoder.*): another architecture? (for a plain LLM use `convert llm`)")
 
 
-def import_showo(source: str, output: str, *, overwrite: bool = False):
-  """Official Show-o → our checkpoint in `output`; returns the config."""
-  state = streaming.open_state_dict(source)
+def import_showo(source: str, output: str, *, overwrite: bool = False, allow_non_finite: bool = False):
+  """Official Show-o → our checkpoint in `output`; returns the config. Every tensor is checked as it is read
+  (streaming.CheckedStateDict: floating point, finite unless `allow_non_finite`)."""
+  state = streaming.CheckedStateDict(streaming.open_state_dict(source), allow_non_finite)
   desc = getattr(state, "description", source)
   if detect_kind(state.keys(), desc) != "showo":
     raise CheckpointError(f"{desc}: a MAGVIT-v2 checkpoint, not a Show-o (use --kind magvit)")
@@ -73,9 +74,9 @@ def import_showo(source: str, output: str, *, overwrite: bool = False):
   return config
 
 
-def import_magvit(source: str, output: str, *, overwrite: bool = False):
+def import_magvit(source: str, output: str, *, overwrite: bool = False, allow_non_finite: bool = False):
   """Official MAGVIT-v2 → a tokenizer checkpoint (the layout `train_tokenizer` writes); returns the config."""
-  state = streaming.open_state_dict(source)
+  state = streaming.CheckedStateDict(streaming.open_state_dict(source), allow_non_finite)
   desc = getattr(state, "description", source)
   if detect_kind(state.keys(), desc) != "magvit":
     raise CheckpointError(f"{desc}: a Show-o checkpoint, not a MAGVIT-v2 (use --kind showo)")

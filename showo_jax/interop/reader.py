@@ -29,11 +29,19 @@ def read_state_dict(source, prefix_filter: str = "param.") -> dict:
   if not paths.exists(path):
     raise CheckpointError(f"{path}: no such file or folder")
   if path.endswith(".npz"):
-    with np.load(paths.local_copy(path), allow_pickle=False) as data:
-      keys = list(data.keys())
-      if any(k.startswith(prefix_filter) for k in keys):
-        return {k[len(prefix_filter):]: data[k] for k in keys if k.startswith(prefix_filter)}
-      return {k: data[k] for k in keys}
+    try:
+      with np.load(paths.local_copy(path), allow_pickle=False) as data:
+        keys = list(data.keys())
+        if any(k.startswith(prefix_filter) for k in keys):
+          return {k[len(prefix_filter):]: data[k] for k in keys if k.startswith(prefix_filter)}
+        return {k: data[k] for k in keys}
+    except ValueError as e:  # object arrays: reading them would unpickle, i.e. run code from the file
+      if "allow_pickle" in str(e):
+        raise CheckpointError(f"{path}: holds pickled object arrays (refused: unpickling runs code from the "
+                              "file; save plain numeric arrays)") from None
+      raise CheckpointError(f"{path}: unreadable .npz ({e})") from None
+    except (OSError, EOFError) as e:
+      raise CheckpointError(f"{path}: unreadable .npz ({type(e).__name__}: {e})") from None
   if path.endswith(".index.json"):
     return _read_sharded(path)
   if path.endswith(".safetensors"):
@@ -61,11 +69,23 @@ def _read_safetensors(path: str) -> dict:
     raise CheckpointError(f"{path}: unreadable safetensors file ({type(e).__name__}: {e})") from None
 
 
-def _read_sharded(index_path: str) -> dict:
+def read_weight_map(index_path: str) -> dict:
+  """{key: shard file name} of a `*.safetensors.index.json`, checked: an object of names, each shard a plain file
+  name beside the index (never a path out of its folder)."""
   try:
-    weight_map = json.loads(paths.read_text(index_path))["weight_map"]
-  except (OSError, ValueError, KeyError) as e:
-    raise CheckpointError(f"{index_path}: bad safetensors index ({e})") from None
+    mapping = json.loads(paths.read_text(index_path))["weight_map"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(f"{index_path}: bad safetensors index ({type(e).__name__}: {e})") from None
+  if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+    raise CheckpointError(f"{index_path}: bad safetensors index (weight_map must map tensor names to shard files)")
+  for shard in mapping.values():
+    if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
+      raise CheckpointError(f"{index_path}: shard {shard!r} is not a file beside the index (refused)")
+  return mapping
+
+
+def _read_sharded(index_path: str) -> dict:
+  weight_map = read_weight_map(index_path)
   folder = paths.parent(index_path)
   out = {}
   for shard in sorted(set(weight_map.values())):

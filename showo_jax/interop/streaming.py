@@ -10,6 +10,7 @@ file whose header is written first from the known shapes.
 
 import collections.abc
 import json
+import math
 import os
 import struct
 
@@ -39,25 +40,85 @@ def _read_header(path: str) -> tuple[dict, int]:
       (n,) = struct.unpack("<Q", raw)
       if n > min(_MAX_HEADER, size - 8):
         raise CheckpointError(f"{path}: corrupt or truncated safetensors file (header length {n}, file size {size})")
-      header = json.loads(f.read(n))
+      header = json.loads(f.read(n), object_pairs_hook=_no_duplicate_keys)
   except OSError as e:
     raise CheckpointError(f"{path}: unreadable ({e.strerror})") from None
   except (ValueError, UnicodeDecodeError) as e:
     raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+  if not isinstance(header, dict):
+    raise CheckpointError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
   header.pop("__metadata__", None)
   out = {}
   for key, info in header.items():
     try:
+      if info["dtype"] not in _DTYPES:
+        raise CheckpointError(f"{path}: tensor {key!r} has unknown dtype {info['dtype']!r}")
       dtype = np.dtype(_DTYPES[info["dtype"]])
       shape = tuple(int(d) for d in info["shape"])
       start, end = (int(o) for o in info["data_offsets"])
     except (KeyError, TypeError, ValueError):
-      raise CheckpointError(f"{path}: corrupt safetensors header entry for key {key!r}") from None
-    if end - start != dtype.itemsize * int(np.prod(shape, dtype=np.int64)) or 8 + n + end > size:
-      raise CheckpointError(f"{path}: key {key!r} lies outside the file or has the wrong byte length "
-                            f"(truncated or corrupt safetensors file)")
+      raise CheckpointError(f"{path}: corrupt safetensors header entry for tensor {key!r}") from None
+    if min(shape, default=0) < 0 or start < 0 or end < start:
+      raise CheckpointError(f"{path}: tensor {key!r} has a negative shape or offsets {[start, end]}")
+    if end - start != dtype.itemsize * math.prod(shape) or 8 + n + end > size:
+      raise CheckpointError(f"{path}: tensor {key!r} lies outside the file or its offsets do not match its shape "
+                            f"{list(shape)} (truncated or corrupt safetensors file)")
     out[key] = (dtype, shape, start, end)
+  previous = None
+  for key, (_, _, start, end) in sorted(out.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+    if previous is not None and start < previous[1] and end > start:
+      raise CheckpointError(f"{path}: tensors {previous[0]!r} and {key!r} overlap in the file (corrupt header)")
+    previous = (key, max(end, previous[1] if previous else 0))
   return out, 8 + n
+
+
+def _no_duplicate_keys(pairs):
+  keys = [k for k, _ in pairs]
+  if len(keys) != len(set(keys)):
+    raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
+  return dict(pairs)
+
+
+class CheckedStateDict(collections.abc.Mapping):
+  """A state dict whose tensors are checked as they are read: learned parameters (`*.weight`, `*.bias`,
+  embeddings) floating point (an I32 label on F32 bytes would load as integers; buffers such as LFQ's
+  `power_vals` may be integer) and every tensor finite unless `allow_non_finite` (then a warning).
+  CheckpointError names the tensor (the importer adds the source)."""
+
+  def __init__(self, state, allow_non_finite: bool = False):
+    self._state, self.allow_non_finite = state, allow_non_finite
+    self.description = getattr(state, "description", "")
+
+  def __getitem__(self, key):
+    value = np.asarray(self._state[key])
+    floating = np.issubdtype(value.dtype, np.floating) or value.dtype == ml_dtypes.bfloat16
+    learned = key.rsplit(".", 1)[-1] in ("weight", "bias") or "embed" in key
+    if learned and not floating:
+      raise CheckpointError(f"tensor {key!r} is {value.dtype}, but the official layout holds it in floating point "
+                            "(a mislabelled dtype?)")
+    bad = int(value.size - np.count_nonzero(np.isfinite(value.astype(np.float32)))) if floating else 0
+    if bad:
+      message = f"tensor {key!r} holds {bad} non-finite values (NaN or inf)"
+      if not self.allow_non_finite:
+        raise CheckpointError(message + " (--allow-non-finite imports it anyway)")
+      import logging  # pylint: disable=g-import-not-at-top
+      logging.warning("%s: %s: imported as asked (--allow-non-finite)", self.description, message)
+    return value
+
+  def __contains__(self, key):  # Mapping's default would read (and check) the tensor
+    return key in self._state
+
+  def __iter__(self):
+    return iter(self._state)
+
+  def __len__(self):
+    return len(self._state)
+
+  def shapes(self) -> dict:
+    return self._state.shapes()
+
+  def nbytes(self) -> int:
+    return self._state.nbytes()
 
 
 class LazyStateDict(collections.abc.Mapping):
@@ -112,10 +173,7 @@ def _file_entries(path: str) -> dict:
 
 
 def _sharded_entries(index_path: str) -> dict:
-  try:
-    weight_map = json.loads(paths.read_text(index_path))["weight_map"]
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(f"{index_path}: bad safetensors index ({e})") from None
+  weight_map = reader.read_weight_map(index_path)
   folder = paths.parent(index_path)
   out = {}
   for shard in sorted(set(weight_map.values())):

@@ -51,6 +51,9 @@ class Encoder:
   """
 
   def __init__(self, params, config, batch_size: int, resolution: int = 0):
+    if batch_size < 1 or resolution < 0:
+      raise ValueError(f"--batch-size must be >= 1 and --resolution >= 0 (0 = the tokenizer's), got {batch_size} "
+                       f"and {resolution}")
     self.mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)), jax.local_devices())
     dp = sharding.data_parallel_size(self.mesh)
     self.batch_size = -(-batch_size // dp) * dp  # a multiple of the device count
@@ -60,6 +63,9 @@ class Encoder:
     self.factor = tokenizer_config.downsample_factor(config)
     data_cfg = config.get("data", None)
     self.resolution = int(resolution or (data_cfg.resolution if data_cfg else config.resolution))
+    if self.resolution % self.factor:
+      raise ValueError(f"--resolution {self.resolution} is not a multiple of the tokenizer's downsampling factor "
+                       f"{self.factor} (e.g. {max(self.factor, self.resolution // self.factor * self.factor)})")
     self.codebook_bits = int(config.codebook_bits)
     self.token_dtype = np.int16 if self.codebook_bits <= 15 else np.int32
 

@@ -10,6 +10,7 @@ model's vocabulary and image-token count.
 import math
 
 import ml_collections
+import numpy as np
 
 from showo_jax.common import checkpointing
 from showo_jax.common import paths
@@ -25,28 +26,42 @@ def _require(path: str, field: str):
     raise FileNotFoundError(f"{field}={path}: no such file or folder")
 
 
-def _check_records(spec: str, field: str, config):
-  """A pre-tokenized folder (not a tfds spec) must hold meta.json with the model's code count and token count."""
+def _check_records(spec: str, field: str, config, kind: str = "image"):
+  """A record folder (not a tfds spec) must be complete and non-empty, hold the kind of record the task reads
+  (`image`: image tokens, `text`: a text field) and, for images, the model's code count, token count and code
+  range (read from meta.json and the first record)."""
   if spec.startswith("tfds:"):
     return
   _require(spec, field)
   meta = records.read_meta(spec)
+  if not int(meta.get("num_records", 0)):
+    raise config_base.ConfigError(f"{field}={spec} holds no records")
+  first = records.open_source(spec)[0]
+  if first is None:
+    raise config_base.ConfigError(f"{field}={spec}: its first record is unreadable (corrupt folder?)")
+  if kind == "text":
+    if "text" not in first:
+      raise config_base.ConfigError(f"{field}={spec} holds records of fields {sorted(first)}, not text records "
+                                    "(a 'text' field)")
+    return
+  if "image_tokens" not in first:
+    raise config_base.ConfigError(f"{field}={spec} holds records of fields {sorted(first)}, not image-token "
+                                  "records (an 'image_tokens' field; text records go in config.data.lm_records)")
   bits, grid = meta.get("codebook_bits"), meta.get("token_grid")
   codes = config.model.vocab.codebook_size
   if bits is not None and 2 ** int(bits) != codes:
     raise config_base.ConfigError(f"{field}={spec} holds {2 ** int(bits)}-code image tokens but "
                                   f"config.model.vocab.codebook_size = {codes}")
-  if grid:
-    count, shown = math.prod(grid), f"{grid[0]}x{grid[1]} = {math.prod(grid)}"
-  else:  # a folder written without the grid: read its first record
-    source = records.open_source(spec)
-    first = source[0] if len(source) else None
-    count = len(first["image_tokens"]) if first is not None and "image_tokens" in first else None
-    shown = str(count)
-  if count is not None and count != config.data.num_image_tokens:
+  tokens = np.asarray(first["image_tokens"])
+  count = math.prod(grid) if grid else tokens.size
+  shown = f"{grid[0]}x{grid[1]} = {count}" if grid else str(count)
+  if count != config.data.num_image_tokens:
     raise config_base.ConfigError(f"{field}={spec} holds {shown} image tokens per image but "
                                   f"config.data.num_image_tokens = {config.data.num_image_tokens} "
                                   "(built at another resolution?)")
+  if tokens.size and (tokens.min() < 0 or tokens.max() >= codes):
+    raise config_base.ConfigError(f"{field}={spec} holds image codes in [{tokens.min()}, {tokens.max()}], outside "
+                                  f"the model's codebook [0, {codes})")
 
 
 def _check_tokenizer_checkpoint(path: str, config):
@@ -86,10 +101,7 @@ def check_before_work(config):
   if d.source == "records":
     for task in ("t2i", "mmu", "lm"):
       for spec in filter(None, str(d.get(f"{task}_records", "")).split(",")):
-        if task == "lm":
-          _require(spec if not spec.startswith("tfds:") else "", f"config.data.{task}_records")
-        else:
-          _check_records(spec, f"config.data.{task}_records", config)
+        _check_records(spec, f"config.data.{task}_records", config, "text" if task == "lm" else "image")
   elif d.source == "embedded" and not checkpoint:
     magvit = config.tokenizer.magvit
     tokenizer_config.validate_training(magvit)

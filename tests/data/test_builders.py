@@ -264,6 +264,34 @@ def test_pairs_manifest_and_folder(tokenizer, tmp_path):
   assert stats["skipped_examples"]["missing file"] == [f"{imgs / 'gone.png'}: no such file"]
 
 
+def test_image_paths_outside_their_root_are_refused_and_counted(tokenizer, tmp_path, monkeypatch):
+  """Manifest and LLaVA image paths that are absolute or climb out with `..` are never opened."""
+  checkpoint, _ = tokenizer
+  imgs = tmp_path / "imgs"
+  _write(str(imgs / "a.png"), _png(1))
+  outside = tmp_path / "outside.png"
+  _write(str(outside), _png(2))  # a real image, so only the path check can keep it out
+  escapes = [str(outside), "../outside.png", "d/../../outside.png"]
+  opened = []
+  real = common.image_file
+  monkeypatch.setattr(common, "image_file", lambda path, res: opened.append(path) or real(path, res))
+  with open(tmp_path / "pairs.jsonl", "w") as f:
+    for rel in ["a.png"] + escapes:
+      f.write(json.dumps({"image": rel, "caption": "c"}) + "\n")
+  stats = _build("pairs", [str(tmp_path / "pairs.jsonl")], str(tmp_path / "out"), checkpoint=checkpoint,
+                 image_root=str(imgs), batch_size=8)
+  assert stats["num_records"] == 1 and stats["skipped"] == {"path outside the root": 3}
+  assert all(str(outside) not in p and ".." not in p for p in opened), opened
+  assert any("'../outside.png' is absolute or leaves" in m for m in stats["skipped_examples"]["path outside the root"])
+  entries = [{"id": str(i), "image": rel, "conversations": [{"from": "human", "value": "q"},
+                                                             {"from": "gpt", "value": "a"}]}
+             for i, rel in enumerate(["a.png"] + escapes)]
+  (tmp_path / "llava.json").write_text(json.dumps(entries))
+  stats = _build("llava", [str(tmp_path / "llava.json")], str(tmp_path / "out_llava"), checkpoint=checkpoint,
+                 image_root=str(imgs), batch_size=8)
+  assert stats["num_records"] == 1 and stats["skipped"] == {"path outside the root": 3}
+
+
 # ------------------------------------------------------------------------------------------------ llava
 
 

@@ -131,6 +131,16 @@ def first_field(row: dict, names: tuple, kind: str, where: str):
   raise SkipExample(f"no {kind}", f"{where}: no {kind} field ({' / '.join(names)})")
 
 
+def under_root(root: str, rel: str, where: str) -> str:
+  """`root/rel` for a relative path that stays inside `root`; SkipExample("path outside the root") for an
+  absolute path or one that climbs out with `..` (never opened)."""
+  parts = rel.replace("\\", "/").split("/")
+  if rel.startswith(("/", "\\")) or "://" in rel or (len(rel) > 1 and rel[1] == ":") or ".." in parts:
+    raise SkipExample("path outside the root", f"{where}: image path {rel!r} is absolute or leaves {root} "
+                      "(refused, not opened)")
+  return paths.join(root, rel)
+
+
 def image_file(path: str, resolution: int) -> np.ndarray:
   """uint8 [res, res, 3] of an image file; SkipExample("missing file" | "corrupt image") naming it."""
   if not paths.exists(path):

@@ -89,5 +89,5 @@ class Source:
     if not isinstance(entry.get("image"), str) or not entry["image"]:
       raise common.SkipExample("no image (text-only)", f"{where}: no image")
     pairs = conversation_pairs(entry.get("conversations"), where)
-    image = common.image_file(paths.join(self.image_root, entry["image"]), self.resolution)
+    image = common.image_file(common.under_root(self.image_root, entry["image"], where), self.resolution)
     return image, {"conversation": json.dumps(pairs), "id": str(entry.get("id", index))}

@@ -149,4 +149,4 @@ class Source:
     if not isinstance(rel, str) or not rel:
       raise common.SkipExample("no image path", f"{where}: the image path is not a non-empty string")
     caption = common.text(common.first_field(row, JSON_CAPTION_FIELDS, "caption", where), "caption", where)
-    return common.image_file(paths.join(root, rel), self.resolution), {"caption": caption}
+    return common.image_file(common.under_root(root, rel, where), self.resolution), {"caption": caption}
