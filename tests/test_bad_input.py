@@ -15,7 +15,6 @@ import pytest
 from showo_jax.data import embedded
 from showo_jax.data import records
 from showo_jax.interop import conversion
-from showo_jax.training import trainer
 from tests import train_fixtures
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -37,9 +36,7 @@ def _write(path, header_text: str, data: bytes):
 def world(tmp_path_factory):
   """A tiny trained workdir, its official export and damaged copies of it, record folders of the wrong kind."""
   root = tmp_path_factory.mktemp("bad_input")
-  run = str(root / "run")
-  trainer.train_and_evaluate(train_fixtures.tiny_config(str(root / "data"), steps=2), run)
-  train_fixtures.tiny_magvit_npz(os.path.join(run, "tokenizer", "magvit.npz"))
+  run = train_fixtures.trained_workdir(str(root / "run"), str(root / "data"))
   conversion.export_showo(run, str(root / "official"))
   weights = root / "official" / conversion.WEIGHTS
   header, data = _read(weights)

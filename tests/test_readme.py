@@ -14,7 +14,6 @@ import sys
 import pytest
 
 from showo_jax.config import base as config_base
-from showo_jax.training import trainer
 from tests import train_fixtures
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -90,9 +89,7 @@ RUNNABLE = ("sample", "build_dataset digits", "tokenize_images", "convert export
 def stand_in(tmp_path_factory):
   """A tiny trained workdir (synthetic records, a random 32 px tokenizer) in place of the main job's."""
   root = tmp_path_factory.mktemp("readme")
-  workdir = str(root / "showo_tiny")
-  trainer.train_and_evaluate(train_fixtures.tiny_config(str(root / "data"), steps=2), workdir)
-  train_fixtures.tiny_magvit_npz(os.path.join(workdir, "tokenizer", "magvit.npz"))
+  workdir = train_fixtures.trained_workdir(str(root / "showo_tiny"), str(root / "data"))
   return root, workdir
 
 

@@ -62,6 +62,15 @@ def get_config(arg: str = ""):
   return tiny_config(args.folder, steps=args.steps)
 
 
+def trained_workdir(workdir: str, data: str) -> str:
+  """A tiny trained workdir (2 steps on `data`'s synthetic records) with a random 32 px tokenizer beside it in
+  WORKDIR/tokenizer: a stand-in for the main job's, for the CLIs that read one."""
+  from showo_jax.training import trainer  # pylint: disable=g-import-not-at-top
+  trainer.train_and_evaluate(tiny_config(data, steps=2), workdir)
+  tiny_magvit_npz(os.path.join(workdir, "tokenizer", "magvit.npz"))
+  return workdir
+
+
 def tiny_magvit_npz(path: str, res: int = 32):
   """A random MAGVIT-v2 (4 levels → factor 8, 6 bits = 64 codes) saved as an official state dict (.npz): at 32 px
   it gives the 16 image tokens of `tiny_config`."""

@@ -16,6 +16,7 @@ import threading
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -33,8 +34,8 @@ class NonFiniteStateError(RuntimeError):
 
 @jax.jit
 def _all_finite(tree):
-  leaves = [x for x in jax.tree.leaves(tree) if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
-  return jax.numpy.all(jax.numpy.stack([jax.numpy.all(jax.numpy.isfinite(x)) for x in leaves] or [True]))
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves or [jnp.array(True)]))
 
 
 def check_finite(state, step: int, ckpt=None):

@@ -31,11 +31,11 @@ class MetricWriter:
     staging.fetch(filename)
     path = staging.path(filename)
     if os.path.exists(path):
-      _drop_rows_after(path, -1 if resume_step is None else resume_step, keep_all=resume_step is None)
+      _drop_rows_after(path, resume_step)
     self._jsonl = paths.open_local(path, "a")
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.dirname(staging.path("tensorboard", "x")))
+      self._tb = SummaryWriter(staging.path("tensorboard"))
 
   def write(self, step: int, scalars: dict):
     if not self.active:
@@ -64,15 +64,15 @@ class MetricWriter:
       self._tb.close()
 
 
-def _drop_rows_after(path: str, step: int, keep_all: bool = False):
-  """Rewrites the local metrics file without rows past `step` and without lines cut short by a kill (atomic:
-  never half-written)."""
+def _drop_rows_after(path: str, step=None):
+  """Rewrites the local metrics file without rows past `step` (None: keeps every row) and without lines cut short
+  by a kill (atomic: never half-written)."""
   with paths.open_local(path, "r") as f:
     lines = f.readlines()
   keep = []
   for line in lines:
     try:
-      if keep_all or int(json.loads(line)["step"]) <= step:
+      if step is None or int(json.loads(line)["step"]) <= step:
         keep.append(line if line.endswith("\n") else line + "\n")
     except (ValueError, KeyError, TypeError):
       pass  # a line cut short by a kill

@@ -13,7 +13,6 @@ itself; TensorStore (Orbax's array writer) is pointed at it here, with anonymous
 """
 
 import contextlib
-import errno
 import hashlib
 import os
 import shutil
@@ -123,10 +122,6 @@ def _fs(path):
   """(fsspec filesystem, its path) of a cloud URL."""
   import fsspec  # pylint: disable=g-import-not-at-top
   return fsspec.core.url_to_fs(resolve(path))
-
-
-def open(path, mode: str = "r"):  # pylint: disable=redefined-builtin
-  return Path(path).open(mode)
 
 
 def read_text(path) -> str:
@@ -248,10 +243,6 @@ def local_copy(path) -> str:
   if not (os.path.exists(local) and os.path.getsize(local) == size):
     write_bytes(local, read_bytes(path))
   return local
-
-
-def is_disk_full(error: BaseException) -> bool:
-  return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class Staging:

@@ -236,7 +236,7 @@ class ImageCollection:
     if not self._files:
       raise FileNotFoundError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
     notes = _folder_annotations(folder)
-    self._fields = []
+    self._fields, self._unusable = [], {}  # index -> (skip reason, message)
     for rel in self._files:
       fields = dict(notes.get(os.path.normpath(rel), {}))
       txt = paths.join(folder, os.path.splitext(rel)[0] + ".txt")
@@ -244,7 +244,7 @@ class ImageCollection:
         try:
           fields["caption"] = paths.read_text(txt).strip()
         except UnicodeDecodeError:  # skipped and counted when loaded, as build_dataset does
-          fields["_unusable"] = ("non-text caption", f"{txt}: caption is not UTF-8 text")
+          self._unusable[len(self._fields)] = ("non-text caption", f"{txt}: caption is not UTF-8 text")
       self._fields.append(fields)
 
   def __len__(self) -> int:
@@ -267,8 +267,8 @@ class ImageCollection:
       return self._array[index], dict(self._fields[index])
     kw = dict(resize=self.resize, factor=self.factor, name=self.name(index), exact=self.exact)
     if self._files is not None:
-      if "_unusable" in self._fields[index]:
-        reason, message = self._fields[index]["_unusable"]
+      if index in self._unusable:
+        reason, message = self._unusable[index]
         error = ImageError(message)
         error.reason = reason  # counted under it by the sharded writer
         raise error

@@ -6,6 +6,7 @@ Resume order (first that applies): 1. the workdir's latest checkpoint (state + d
 
 import functools
 import logging
+import math
 import time
 
 import flax.linen as nn
@@ -110,7 +111,7 @@ def _check_saved_step(ckpt, saved_step: int, device_metrics):
   """Finite params can still be unusable (a huge lr gives 1e29 weights, then a NaN loss): when the step after a
   save has a non-finite loss, that checkpoint is moved aside, so no resume starts from it."""
   loss = float(jax.device_get(device_metrics["loss"]))
-  if not jnp.isfinite(loss):
+  if not math.isfinite(loss):
     ckpt.discard(saved_step, f"its parameters gave loss {loss} at the next step")
     raise metrics_lib.NonFiniteLossError(
         f"loss became {loss} at step {saved_step + 1}: stopping; checkpoint step {saved_step}, whose parameters "
