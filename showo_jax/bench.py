@@ -1,10 +1,13 @@
 """Benchmarks: `python -m showo_jax.bench train|data|convert|sample|tokenizer [--steps N] [--json OUT]`.
 
-train: the float32 matmul peak of this machine, then for the tiny and the medium config (phi, width 512, 8 layers,
+train: the matmul peaks of this machine, then for the tiny and the medium config (phi, width 512, 8 layers,
   8 heads, MLP 2048, text vocab 1,000 + codebook 8,192, 64 text + 256 image tokens → L = 323, batch t2i/lm/mmu
   4/2/2), in float32 and with bfloat16 compute (float32 params): median step time, tokens/s, MFU against the
   measured peak, and peak memory. `--sizes` picks configs, `official` (the 1.3B model, batch 8/4/4) among them.
-  On an accelerator the peaks come from 8192² products and bf16 rows are set against the bf16 peak.
+  Peaks are measured for f32, bf16 operands with f32 sums (what our products do) and bf16 → bf16 (8192² products
+  on an accelerator, 2048² on CPU); each row's MFU is against the best peak of its dtype. `--activations` and
+  `--attention` set config.model.activation_dtype / attention_impl of every row. The machine line names the CPU
+  model and its matmul-relevant flags (AVX-512, AVX512-BF16, AMX).
 data: batches/s of each task's input pipeline against the train step rate, for the tiny config (embedded
   data) and the medium config (synthetic 256-token records with captions and LLaVA conversations).
 convert: writes a synthetic official-shaped Show-o checkpoint of random float32 tensors (every key and shape of
@@ -34,6 +37,10 @@ def _parser():
   parser.add_argument("--json", default="", help="also write the figures to this file")
   parser.add_argument("--sizes", default="tiny,medium",
                       help="train: comma-separated configs among tiny, medium, official (1.3B; for accelerators)")
+  parser.add_argument("--activations", default="auto", choices=["auto", "float32", "bfloat16"],
+                      help="train: config.model.activation_dtype of every row (auto: f32 on CPU, the dtype elsewhere)")
+  parser.add_argument("--attention", default="xla", choices=["xla", "flash", "blockwise", "cudnn"],
+                      help="train: config.model.attention_impl of every row")
   parser.add_argument("--workdir", default="", help="data: where the embedded data is prepared (reused)")
   parser.add_argument("--shapes", default=bench.SHAPES, help="convert: param_shapes_full.json")
   parser.add_argument("--layers", type=int, default=0, help="convert: keep only this many layers (0 = all 24)")

@@ -30,6 +30,8 @@ flags.mark_flag_as_required("config")
 _MESH = flags.DEFINE_string("mesh", "", "mesh sizes, e.g. data=1,fsdp=64,tensor=1 (axes not named keep config.mesh).")
 _REMAT = flags.DEFINE_string("remat", "",
                              f"overrides config.model.remat_policy: {'|'.join(showo_config.REMAT_POLICIES)}.")
+_ATTENTION = flags.DEFINE_string("attention", "", "overrides config.model.attention_impl: "
+                                 f"{'|'.join(showo_config.ATTENTION_IMPLS)}.")
 _MEMORY = flags.DEFINE_float("device-memory-gb", 80.0, "memory of one device in GiB; the plan says if it fits.")
 _DEVICES = flags.DEFINE_integer("devices", 0, "devices to plan for (default: the mesh's product; with a -1 axis, "
                                 "this host's devices).")
@@ -68,12 +70,18 @@ def _plan():
   config.mesh.update(planner.parse_mesh(_MESH.value))
   if _REMAT.value:
     config.model.remat_policy = _REMAT.value
+  if _ATTENTION.value:
+    config.model.attention_impl = _ATTENTION.value
   showo_config.validate(config)
   sizes = [int(config.mesh[a]) for a in sharding.MESH_AXES]
   needed = _DEVICES.value or (math.prod(sizes) if -1 not in sizes else 0)
   if needed:
     sharding.mesh_shape(config.mesh, needed)  # a mesh that does not multiply to the devices fails here
-  result = planner.plan(config, _devices(needed))
+  devices = _devices(needed)
+  note = planner.for_accelerators(config, devices)
+  result = planner.plan(config, devices)
+  if note:
+    result["note"] = note
   result.update(config=flags.FLAGS["config"].config_filename, device_memory_gb=_MEMORY.value,
                 fits=planner.fits(result, _MEMORY.value))
   print(planner.report(result, _MEMORY.value))
@@ -82,5 +90,5 @@ def _plan():
 
 
 if __name__ == "__main__":
-  cli.absl_main(main, __doc__, [_CONFIG, _MESH, _REMAT, _MEMORY, _DEVICES, _JSON], required=("config",),
+  cli.absl_main(main, __doc__, [_CONFIG, _MESH, _REMAT, _ATTENTION, _MEMORY, _DEVICES, _JSON], required=("config",),
                 precheck=config_base.config_flag_problem)

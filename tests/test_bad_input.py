@@ -129,6 +129,12 @@ CASES = [
      "is a file, not a folder", None),
     ("empty records", "train --config {cfg_empty} --workdir {root}/o18", "holds no records", "o18"),
     ("text records as t2i", "train --config {cfg_text} --workdir {root}/o19", "not image-token records", "o19"),
+    ("splash attention", "train --config {cfg_plain} --workdir {root}/o20 --config.model.attention_impl=splash",
+     "use 'flash'", "o20"),
+    ("cudnn in float32", "train --config {cfg_plain} --workdir {root}/o21 --config.model.attention_impl=cudnn",
+     "needs config.model.dtype bfloat16 or float16", "o21"),
+    ("an unknown activation dtype", "train --config {cfg_plain} --workdir {root}/o22 "
+     "--config.model.activation_dtype=fp8", "activation_dtype='fp8' is not 'auto'", "o22"),
 ]
 
 

@@ -111,3 +111,30 @@ def maybe_initialize_distributed(enabled: bool):
                                num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"]))
   else:
     jax.distributed.initialize()
+
+
+def per_shard(fn, activations, rows, activation_axes, row_axes):
+  """Runs fn(*activations, *rows) once per shard of the mesh set by `jax.set_mesh` (for a custom kernel, e.g.
+  a Pallas call, which XLA cannot partition itself); without a mesh, just calls it.
+
+  The activations share one layout with logical names `activation_axes` (their sizes may differ, e.g. query
+  and kv heads), the rows theirs (`row_axes`); the active `nn.logical_axis_rules` map the names to mesh axes,
+  and fn's single output is laid out as the first activation. A mesh axis that does not divide a dimension of
+  every array is dropped there (that dimension is replicated).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return fn(*activations, *rows)
+
+  def spec(names, shapes):
+    out = []
+    for i, entry in enumerate(nn.logical_to_mesh_axes(names)):
+      group = entry if isinstance(entry, tuple) else (entry,) if entry else ()
+      parts = math.prod(mesh.shape[n] for n in group)
+      out.append(entry if group and all(shape[i] % parts == 0 for shape in shapes) else None)
+    return jax.P(*out)
+
+  act = spec(activation_axes, [a.shape for a in activations])
+  row = spec(row_axes, [r.shape for r in rows])
+  return jax.shard_map(fn, in_specs=(act,) * len(activations) + (row,) * len(rows), out_specs=act,
+                       check_vma=False)(*activations, *rows)

@@ -7,10 +7,12 @@ Command-line overrides come from absl's `config_flags` (`--config configs/showo.
 --config.model.num_layers=4`), see config/base.py `define_config_flag`.
 """
 
+import jax
 import ml_collections
 
 from showo_jax.common import axes
 from showo_jax.config import base as config_base
+from showo_jax.models import attention
 from showo_jax.models import layers
 from showo_jax.models import mask_schedule
 from showo_jax.models import transformer
@@ -39,6 +41,7 @@ VOCAB_PRESETS = {
 FAMILIES = ("phi", "llama")
 MATMUL_PRECISIONS = tuple(layers.MATMUL_PRECISIONS)  # ("default", "high", "highest")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_qkv_proj")
+ATTENTION_IMPLS = attention.IMPLEMENTATIONS  # ("xla", "flash", "cudnn")
 
 
 def model_config(size: str) -> ConfigDict:
@@ -58,8 +61,17 @@ def model_config(size: str) -> ConfigDict:
       dropout_rate=0.0,  # training only: on the embeddings and on each residual branch (phi's embd/resid_pdrop)
       image_embedding_init="normal",  # or "codebook_bits": image-code rows of the embedding and the head
       # start linear in the code's LFQ bits (models/vocab.py codebook_bit_rows); scratch training only
-      dtype="float32",  # activations
+      dtype="float32",  # of every matmul operand (weights and activations); products accumulate in float32
       param_dtype="float32",
+      # The residual stream and the projections' outputs: "auto" = `dtype` on GPU/TPU, float32 on CPU (bf16
+      # elementwise work is slower there, measured in README "Speed"). Norm statistics, softmax, logits, losses
+      # are float32 whatever this says.
+      activation_dtype="auto",
+      # "xla" (reference; dense [B, L, L] mask), "flash" (Pallas kernel over the compact mask, GPU/TPU; on CPU
+      # it runs in Pallas' interpreter, for tests), "blockwise" (the same algorithm in XLA, any backend),
+      # "cudnn" (GPU, bf16/fp16: jax.nn.dot_product_attention).
+      attention_impl="xla",
+      attention_block=128,  # flash / blockwise: query/key tile
       # Precision of every backbone product, forward and backward (the tokenizer's `precision` is the same
       # setting): "default" lets GPUs use TF32 and TPUs one bf16 pass; "highest" is full float32, as the official
       # float32 PyTorch inference. No effect on CPU. The interop API (load_official_showo) uses "highest".
@@ -115,7 +127,7 @@ def showo_config(size: str = "tiny", res: int = 256) -> ConfigDict:
       # and init_from/export of the checkpoint use the EMA params. 0 = none
       stop_after=0,  # >0: stop (with a checkpoint) after this many steps in this process; rerun to continue
       init_from="",  # params only: a Show-o checkpoint (ours or official) to start from
-      peak_tflops_per_device=0.0,  # for MFU; 0 = measure a float32 matmul once at startup
+      peak_tflops_per_device=0.0,  # for MFU; 0 = measure a matmul of config.model.dtype once at startup
       distributed=False,  # jax.distributed.initialize() (multi-host)
   ))
   c.optimizer = ConfigDict(dict(
@@ -163,6 +175,17 @@ def validate(config) -> ConfigDict:
          f"config.model.matmul_precision={m.get('matmul_precision')!r} is not one of {MATMUL_PRECISIONS}")
   _check(m.remat_policy in REMAT_POLICIES,
          f"config.model.remat_policy={m.remat_policy!r} is not one of {REMAT_POLICIES}")
+  _check(m.get("activation_dtype", "auto") in ("auto",) + config_base.DTYPES,
+         f"config.model.activation_dtype={m.get('activation_dtype')!r} is not 'auto' or one of {config_base.DTYPES}")
+  impl = m.get("attention_impl", "xla")
+  _check(impl != "splash", "config.model.attention_impl='splash': TPU splash attention takes fixed (numpy) masks "
+                           "and intersecting segment ids, which cannot express a per-batch omni-attention mask; "
+                           "use 'flash' (the Pallas kernel, TPU and GPU)")
+  _check(impl in ATTENTION_IMPLS, f"config.model.attention_impl={impl!r} is not one of {ATTENTION_IMPLS}")
+  _check(impl != "cudnn" or m.dtype in ("bfloat16", "float16"),
+         f"config.model.attention_impl='cudnn' needs config.model.dtype bfloat16 or float16, got {m.dtype!r}")
+  block = int(m.get("attention_block", 128))
+  _check(block >= 8 and block % 8 == 0, f"config.model.attention_block={block} must be a positive multiple of 8")
   try:
     layout = vocab_layout(config)
   except ValueError as e:
@@ -230,7 +253,18 @@ def transformer_config(config) -> transformer.TransformerConfig:
       param_dtype=m.param_dtype, scan_layers=bool(m.scan_layers), remat_policy=m.remat_policy,
       dropout_rate=float(m.get("dropout_rate", 0.0)),
       # Configs saved before the field existed ran at jax's default.
-      matmul_precision=str(m.get("matmul_precision", "default")))
+      matmul_precision=str(m.get("matmul_precision", "default")),
+      activations=activation_dtype(m), attention_impl=str(m.get("attention_impl", "xla")),
+      attention_block=int(m.get("attention_block", 128)))
+
+
+def activation_dtype(model) -> str:
+  """`model.activation_dtype` with "auto" resolved for the default backend (configs saved before the field
+  existed kept float32 activations)."""
+  name = str(model.get("activation_dtype", "float32"))
+  if name != "auto":
+    return name
+  return "float32" if jax.default_backend() == "cpu" else model.dtype
 
 
 def loss_settings(config) -> dict:

@@ -18,6 +18,7 @@ from showo_jax.config import showo as showo_config
 from showo_jax.interop import magvit_keys
 from showo_jax.interop import reader
 from showo_jax.interop import showo_keys
+from showo_jax.models import omni_mask
 from showo_jax.models import transformer
 from showo_jax.tokenizer import trainer as tokenizer_trainer
 
@@ -95,7 +96,7 @@ def load_params(source: str, config):
 def _check_like(params, config, source):
   model = transformer.Transformer(showo_config.transformer_config(config))
   want = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32),
-                                 jnp.ones((1, 2, 2), bool)))["params"]
+                                 omni_mask.causal_spans(1, 2)))["params"]
   got_paths = dict(jax.tree_util.tree_flatten_with_path(params)[0])
   for path, leaf in jax.tree_util.tree_flatten_with_path(want)[0]:
     name = jax.tree_util.keystr(path)

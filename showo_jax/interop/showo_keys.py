@@ -14,6 +14,7 @@ import numpy as np
 
 from showo_jax.config import showo as showo_config
 from showo_jax.interop.reader import CheckpointError
+from showo_jax.models import omni_mask
 from showo_jax.models import transformer
 
 PREFIX = "showo."
@@ -322,7 +323,7 @@ def _check_shapes(params, config, state):
   cfg = transformer.TransformerConfig(**{**cfg.__dict__, "scan_layers": False, "remat_policy": "none"})
   abstract = jax.eval_shape(
       lambda: transformer.Transformer(cfg).init(jax.random.key(0), np.zeros((1, 2), np.int32),
-                                                np.ones((1, 2, 2), bool)))["params"]
+                                                omni_mask.causal_spans(1, 2)))["params"]
   abstract = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, abstract,
                           is_leaf=lambda x: hasattr(x, "value"))
   official_of = {}

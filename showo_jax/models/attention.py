@@ -10,6 +10,11 @@ side; blocked scores give e = 0 exactly, so the backward pass needs no mask. Wha
 (bias, max, exp, sum; ds) XLA fuses into the two products that produce s and do'·vᵀ. Products take the compute
 dtype (bf16 or f32) and accumulate in f32; all elementwise work is f32. All six products (two forward, four
 backward) take the `precision` argument: the hand-written backward pass would otherwise run at jax's default.
+
+`attend` picks among this path ("xla", the reference), the Pallas kernel of models/flash_attention.py ("flash",
+which reads the mask in its compact `omni_mask.Spans` form), the same algorithm in plain XLA ("blockwise": one
+query block's scores at a time, any backend) and cuDNN's fused attention ("cudnn", GPU only: it takes the dense
+mask as a [B, 1, L, L] operand but never writes the [B, H, L, L] scores).
 """
 
 import functools
@@ -18,6 +23,14 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from showo_jax.common import axes
+from showo_jax.common import sharding
+from showo_jax.models import flash_attention
+from showo_jax.models import layers
+from showo_jax.models import omni_mask
+
+IMPLEMENTATIONS = ("xla", "flash", "blockwise", "cudnn")
 
 # Added to blocked scores: exp underflows to exactly 0 there, and a fully blocked row (not produced by the
 # omni-attention builders) still gets a finite uniform softmax instead of NaNs, as with a select.
@@ -35,8 +48,8 @@ _TN = (((3,), (2,)), _BATCH)  # doᵀ [B,Hkv,D,Lg] · p [B,Hkv,Lg,Lk] → [B,Hkv
 
 
 def _dot(a, b, dims, dtype, precision):
-  return jax.lax.dot_general(a.astype(dtype), b.astype(dtype), dims, precision=precision,
-                             preferred_element_type=jnp.float32)
+  a, b = layers.product_operands(a, b, dtype)
+  return jax.lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
 
 
 def _transposed(x):
@@ -118,3 +131,33 @@ def _attention_bwd(dtype, precision, res, dout):
 
 
 attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def attend(q, k, v, mask, impl: str, dtype, precision: Optional[jax.lax.Precision] = None, block: int = 128,
+           cudnn_implementation: str = "cudnn"):
+  """Attention with the kernel `impl` (IMPLEMENTATIONS); q [B, Lq, H, D], k/v [B, Lk, Hkv, D] → [B, Lq, H, D].
+
+  `mask` is a bool [B, Lq, Lk] or an `omni_mask.Spans` (expanded for "xla" and "cudnn"; "flash" needs Spans).
+  "flash" runs once per shard of the active mesh (batch and heads). `cudnn_implementation` exists for the CPU
+  tests, which run the same call with jax's XLA implementation ("xla").
+  """
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"attention_impl={impl!r} is not one of {IMPLEMENTATIONS}")
+  if impl == "blockwise":
+    if not isinstance(mask, omni_mask.Spans):
+      raise ValueError(f"attention_impl={impl!r} reads the compact mask: pass omni_mask.Spans (omni_spans, "
+                       "t2i_spans), not a dense [B, L, L] array")
+    return flash_attention.blockwise_attention(q, k, v, mask, dtype, precision, block)
+  if impl == "flash":
+    if not isinstance(mask, omni_mask.Spans):
+      raise ValueError(f"attention_impl={impl!r} reads the compact mask: pass omni_mask.Spans (omni_spans, "
+                       "t2i_spans), not a dense [B, L, L] array")
+    kernel = lambda q_, k_, v_, *spans: flash_attention.flash_attention(
+        q_, k_, v_, omni_mask.Spans(*spans), dtype, precision, block, block)
+    return sharding.per_shard(kernel, (q, k, v), tuple(mask), (axes.BATCH, axes.LENGTH, axes.ACT_HEADS, None),
+                              (axes.BATCH, axes.LENGTH))
+  allowed = omni_mask.expand(mask) if isinstance(mask, omni_mask.Spans) else mask
+  if impl == "cudnn":
+    out = jax.nn.dot_product_attention(q, k, v, mask=allowed[:, None], implementation=cudnn_implementation)
+    return out.astype(dtype)
+  return attention(q, k, v, allowed, dtype, precision)

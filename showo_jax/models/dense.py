@@ -12,8 +12,8 @@ CPU matmul library (XNNPACK/YNNPACK inside XLA:CPU) runs fastest, rather than th
                                       product and run xᵀ·dy as a transposed-operand product, about 1.4×
                                       slower here; only when K ≤ N, see _matmul_bwd)
 Both take the compute dtype and accumulate in float32; dW stays float32 with bf16 operands (autodiff would
-round it to bf16). The residuals are x and W in the compute dtype. On AVX2 CPUs without bf16 units the bf16
-products are about 1.5× slower than f32 ones, so bf16 compute saves memory there, not time.
+round it to bf16). The residuals are x and W in the compute dtype. On CPUs without bf16 units the bf16
+operands are widened to f32 inside the product (`layers.product_operands`): the same exact products, at f32 speed.
 All three products take the same `precision` (layers.MATMUL_PRECISIONS): a hand-written backward pass gets
 none of it from autodiff, so it is passed through explicitly.
 """
@@ -29,8 +29,8 @@ from showo_jax.models import layers
 
 
 def _dot(a, b, contract, dtype, precision):
-  return jax.lax.dot_general(a.astype(dtype), b.astype(dtype), (contract, ((), ())), precision=precision,
-                             preferred_element_type=jnp.float32)
+  a, b = layers.product_operands(a, b, dtype)
+  return jax.lax.dot_general(a, b, (contract, ((), ())), precision=precision, preferred_element_type=jnp.float32)
 
 
 def _flat(x, kernel, n_in):

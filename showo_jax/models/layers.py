@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from showo_jax.common import axes
+from showo_jax.common import cpu_features
 
 # Finite fill for blocked attention scores: -inf would give NaNs in a fully blocked row.
 
@@ -16,6 +17,16 @@ Dtype = jnp.dtype
 # `TransformerConfig.matmul_precision` → the `precision` of every backbone product. "default" is None, not
 # Precision.DEFAULT, so that jax's `jax_default_matmul_precision` setting still applies to it.
 MATMUL_PRECISIONS = {"default": None, "high": jax.lax.Precision.HIGH, "highest": jax.lax.Precision.HIGHEST}
+
+
+def product_operands(a, b, dtype):
+  """The operands of a product that computes in `dtype` and sums in float32: both rounded to `dtype`; on a CPU
+  without bf16 units bf16 operands are then widened to f32, which gives the same exact products at f32 speed
+  (common/cpu_features.py). Decided at trace time, for the backend the product is compiled for."""
+  a, b = a.astype(dtype), b.astype(dtype)
+  if dtype == jnp.bfloat16 and jax.default_backend() == "cpu" and not cpu_features.has_bf16_units():
+    return a.astype(jnp.float32), b.astype(jnp.float32)
+  return a, b
 
 
 def normal_init(std: float, names: Sequence[str]):

@@ -13,9 +13,15 @@ Rules per task (one row of the batch = one sample):
   mixed  `mixed_mask`: causal, plus bidirectional inside each <|soi|>…<|eoi|> block; non-pad rows never see
          pad columns and pad rows see only themselves.
 No row is ever fully blocked (each query sees at least itself).
+
+Every one of these masks is also a `Spans`: per query row a key range [start, end] and whether the row skips
+pad keys, plus per key whether it is a pad. `omni_spans` / `t2i_spans` build that O(L) form, which fused
+attention kernels read instead of an [L, L] array (models/flash_attention.py); `expand` turns it back into
+the boolean mask, and the two agree exactly (tests/models/test_omni_mask.py).
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -104,23 +110,15 @@ def mixed_mask(ids, layout: Layout) -> jax.Array:
   """Interleaved text/images: bool [B, L, L].
 
   Causal everywhere; inside each <|soi|>…<|eoi|> block all tokens see each other (and, causally, everything
-  before the block). Non-pad rows never see pad columns; pad rows see only themselves, so padding placed
-  anywhere changes nothing for real tokens.
+  before the block): a row inside a block sees up to the first <|eoi|> at or after it. Non-pad rows never
+  see pad columns; pad rows see only themselves, so padding placed anywhere changes nothing for real tokens.
   """
   return _mixed(_ids(ids), layout)
 
 
 @functools.partial(jax.jit, static_argnums=1)
 def _mixed(ids: jax.Array, layout: Layout) -> jax.Array:
-  _, length = ids.shape
-  in_image = _in_image(ids, layout)  # [B, L]
-  block = jnp.where(in_image, jnp.cumsum(ids == layout.soi_id, axis=1), -1)  # [B, L], -1 = text
-  same_block = (block[:, :, None] == block[:, None, :]) & in_image[:, :, None]  # [B, L, L]
-  allowed = _causal(length)[None] | same_block
-  is_pad = ids == layout.pad_id  # [B, L]
-  allowed = allowed & ~is_pad[:, None, :]
-  eye = jnp.eye(length, dtype=bool)[None]
-  return jnp.where(is_pad[:, :, None], eye, allowed)
+  return _expand(*_mixed_spans(ids, layout))
 
 
 def omni_attention_mask(ids, task_ids, layout: Layout) -> jax.Array:
@@ -179,3 +177,108 @@ def to_allowed(mask) -> jax.Array:
   if jnp.issubdtype(mask.dtype, jnp.floating):
     return mask > -1.0  # blocked entries are huge negatives; allowed ones exactly 0
   raise ValueError(f"attention mask dtype {mask.dtype} is ambiguous: pass bool (True = attend) or additive float")
+
+
+# ------------------------------------------------------------------------------------------ the compact form
+
+
+class Spans(NamedTuple):
+  """An attention mask in O(L): row i may attend to key j iff start[i] <= j <= end[i] and not
+  (skip_pad[i] and key_pad[j]). Rows index queries [B, Lq], key_pad indexes keys [B, Lk]."""
+  start: jax.Array  # int32 [B, Lq]
+  end: jax.Array  # int32 [B, Lq], inclusive
+  skip_pad: jax.Array  # bool [B, Lq]
+  key_pad: jax.Array  # bool [B, Lk]
+
+  def rows(self, lo: int, hi: int) -> "Spans":
+    """The spans of query rows [lo, hi) (keys unchanged)."""
+    return Spans(self.start[:, lo:hi], self.end[:, lo:hi], self.skip_pad[:, lo:hi], self.key_pad)
+
+
+def expand(spans: Spans) -> jax.Array:
+  """The boolean mask bool [B, Lq, Lk] of `spans`."""
+  return _expand(*spans)
+
+
+@jax.jit
+def _expand(start, end, skip_pad, key_pad) -> jax.Array:
+  cols = jnp.arange(key_pad.shape[1])[None, None, :]
+  inside = (cols >= start[:, :, None]) & (cols <= end[:, :, None])
+  return inside & ~(skip_pad[:, :, None] & key_pad[:, None, :])
+
+
+def causal_spans(batch: int, length: int) -> Spans:
+  """Plain causal attention over `length` tokens (what model init needs: shapes, any kernel)."""
+  pos = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+  no = jnp.zeros((batch, length), bool)
+  return Spans(jnp.zeros_like(pos), pos, no, no)
+
+
+def _row_spans(ids, start, end, skip_pad, layout: Layout) -> Spans:
+  shape = ids.shape
+  return Spans(jnp.broadcast_to(start, shape).astype(jnp.int32), jnp.broadcast_to(end, shape).astype(jnp.int32),
+               jnp.broadcast_to(skip_pad, shape), ids == layout.pad_id)
+
+
+def _t2i_spans(ids, layout: Layout) -> Spans:
+  """`predict_next_mask(remove_pad=True)`: text rows after the last pad see (last pad, i], other text rows
+  [0, i]; image rows every non-pad key."""
+  length = ids.shape[1]
+  pos = jnp.arange(length)[None, :]
+  last_pad = jnp.max(jnp.where(ids == layout.pad_id, pos, -1), axis=1, keepdims=True)  # [B, 1]
+  in_image = _in_image(ids, layout)
+  start = jnp.where(in_image | (pos <= last_pad), 0, last_pad + 1)
+  return _row_spans(ids, start, jnp.where(in_image, length - 1, pos), in_image, layout)
+
+
+def _lm_spans(ids, layout: Layout) -> Spans:
+  pos = jnp.arange(ids.shape[1])[None, :]
+  return _row_spans(ids, 0, pos, False, layout)
+
+
+def _mmu_spans(ids, layout: Layout) -> Spans:
+  """`mmu_mask`: causal, plus keys 0…first <|eoi|> for every row."""
+  pos = jnp.arange(ids.shape[1])[None, :]
+  is_eoi = ids == layout.eoi_id
+  first_eoi = jnp.where(jnp.any(is_eoi, axis=1), jnp.argmax(is_eoi, axis=1), -1)[:, None]  # [B, 1]
+  return _row_spans(ids, 0, jnp.maximum(pos, first_eoi), False, layout)
+
+
+def _mixed_spans(ids, layout: Layout) -> Spans:
+  """`mixed_mask`: real rows skip pads and see [0, i], or inside a block [0, the next <|eoi|>]; pad rows
+  see themselves."""
+  length = ids.shape[1]
+  pos = jnp.broadcast_to(jnp.arange(length)[None, :], ids.shape)
+  eoi_at = jnp.where(ids == layout.eoi_id, pos, length - 1)
+  next_eoi = jax.lax.cummin(eoi_at, axis=1, reverse=True)  # the first <|eoi|> at or after each position
+  is_pad = ids == layout.pad_id
+  end = jnp.where(_in_image(ids, layout) & ~is_pad, next_eoi, pos)
+  return _row_spans(ids, jnp.where(is_pad, pos, 0), end, ~is_pad, layout)
+
+
+def t2i_spans(ids, layout: Layout) -> Spans:
+  """The compact form of `predict_next_mask(ids, layout, remove_pad=True)`."""
+  return _t2i_spans_jit(_ids(ids), layout)
+
+
+_t2i_spans_jit = jax.jit(_t2i_spans, static_argnums=1)
+
+
+def omni_spans(ids, task_ids, layout: Layout) -> Spans:
+  """The compact form of `omni_attention_mask(ids, task_ids, layout)` (same arguments and checks)."""
+  ids = _ids(ids)
+  task_ids = jnp.asarray(task_ids).reshape(-1)
+  if task_ids.shape[0] != ids.shape[0]:
+    raise ValueError(f"task_ids has {task_ids.shape[0]} entries for {ids.shape[0]} sequences")
+  return _omni_spans(ids, task_ids, layout)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _omni_spans(ids, task_ids, layout: Layout) -> Spans:
+  task = task_ids[:, None]
+  parts = {TASK_T2I: _t2i_spans, TASK_LM: _lm_spans, TASK_MMU: _mmu_spans}
+  out = _mixed_spans(ids, layout)
+  for task_id, build in parts.items():
+    rows = build(ids, layout)
+    out = Spans(*(jnp.where(task == task_id, new, old) for new, old in zip(rows[:3], out[:3])), out.key_pad)
+  return out

@@ -5,7 +5,9 @@ Two families (SPEC §1):
          gelu_new MLP, untied head with bias, per-head LayerNorm QK-norm.
   llama: pre-RMSNorm attention then pre-RMSNorm SwiGLU MLP, full rotary, no biases, grouped-query attention,
          per-head RMSNorm QK-norm, untied head without bias.
-The attention mask is a precomputed boolean [B, L, L] (omni-attention, see models/omni_mask.py).
+The attention mask is omni-attention (models/omni_mask.py), precomputed: a boolean [B, L, L] or its compact
+`omni_mask.Spans`. `attention_impl` picks the kernel (models/attention.py `attend`): "xla" (the reference),
+"flash" (Pallas, reads Spans, never builds [L, L]), "blockwise" (its XLA twin) or "cudnn" (GPU).
 
 Decode mode (`Transformer(cfg, decode=True)`) keeps a key/value cache in the Linen "cache" collection:
 `cached_key`/`cached_value` [B, max_len, Hkv, D] and a `cache_index` per layer. Each call writes its Lq new
@@ -26,6 +28,7 @@ from showo_jax.common import axes
 from showo_jax.models import attention
 from showo_jax.models import dense
 from showo_jax.models import layers
+from showo_jax.models import omni_mask
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -59,6 +62,9 @@ class TransformerConfig:
   remat_policy: str
   dropout_rate: float = 0.0
   matmul_precision: str = "default"  # "default" | "high" | "highest": of every product, forward and backward
+  activations: str = "float32"  # dtype of the activations between products (norms, softmax, logits stay f32)
+  attention_impl: str = "xla"  # attention.IMPLEMENTATIONS
+  attention_block: int = 128  # flash / blockwise: query (and key) tile
 
   @property
   def is_phi(self) -> bool:
@@ -71,9 +77,9 @@ class TransformerConfig:
 
   @property
   def activation_dtype(self):
-    """Activations between the products, and all elementwise work, stay float32 whatever `dtype` is: on CPU,
-    bf16 elementwise arithmetic is slower than f32 (it is converted either way) and less accurate."""
-    return jnp.float32
+    """The residual stream, projections' outputs and elementwise work between them. Norm statistics, the
+    softmax, rotary tables and the logits are float32 whatever this is (config/showo.py picks it per backend)."""
+    return _DTYPES[self.activations]
 
   @property
   def weight_dtype(self):
@@ -87,14 +93,14 @@ class TransformerConfig:
     return layers.MATMUL_PRECISIONS[self.matmul_precision]
 
 
-def _dense(cfg: TransformerConfig, features, in_names, out_names, name, axis=-1, use_bias=None):
+def _dense(cfg: TransformerConfig, features, in_names, out_names, name, axis=-1, use_bias=None, out_dtype=None):
   """A dense layer with logically partitioned kernel and bias (bias only for phi by default)."""
   use_bias = cfg.is_phi if use_bias is None else use_bias
   features = tuple(features) if isinstance(features, (tuple, list)) else (features,)
   num_in = len(axis) if isinstance(axis, (tuple, list)) else 1
   return dense.Dense(features=features, kernel_axes=tuple(in_names) + tuple(out_names), num_in_axes=num_in,
                      use_bias=use_bias, init_std=cfg.init_std, dtype=cfg.compute_dtype,
-                     out_dtype=cfg.activation_dtype, param_dtype=cfg.weight_dtype, precision=cfg.precision,
+                     out_dtype=out_dtype or cfg.activation_dtype, param_dtype=cfg.weight_dtype, precision=cfg.precision,
                      name=name)
 
 
@@ -133,7 +139,12 @@ class Attention(nn.Module):
     v = nn.with_logical_constraint(v, (axes.BATCH, axes.LENGTH, axes.ACT_KV_HEADS, None))
     if self.decode:
       k, v = self._update_cache(k, v)  # [B, max_len, Hkv, D]
-    out = attention.attention(q, k, v, allowed, cfg.activation_dtype, cfg.precision)  # [B, Lq, H, D]
+    # Decoding with a dense [B, Lq, max_len] mask (the autoregressive samplers: a few rows) takes the reference
+    # path; with Spans (the cached MaskGIT image block) it keeps the fused kernel.
+    impl = cfg.attention_impl
+    if impl in ("flash", "blockwise") and self.decode and not isinstance(allowed, omni_mask.Spans):
+      impl = "xla"
+    out = attention.attend(q, k, v, allowed, impl, cfg.activation_dtype, cfg.precision, cfg.attention_block)
     return _dense(cfg, cfg.hidden_size, [axes.HEADS, axes.HEAD_DIM], [axes.EMBED], "o_proj", axis=(-2, -1))(out)
 
   def _update_cache(self, k, v):
@@ -193,7 +204,7 @@ class DecoderBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-  """Unified-vocabulary decoder: ids [B, L] + allowed [B, L, L] → float32 logits [B, L, V].
+  """Unified-vocabulary decoder: ids [B, L] + allowed (bool [B, L, L] or Spans) → float32 logits [B, L, V].
 
   With `decode=True`, see the module docstring: allowed is [B, Lq, max_len] and the cache is mutable.
   `deterministic=False` (training) applies cfg.dropout_rate and needs a "dropout" rng.
@@ -221,15 +232,18 @@ class Transformer(nn.Module):
       self.layers = [block(cfg, self.decode, self.deterministic, name=f"layers_{i}") for i in range(cfg.num_layers)]
     self.embed_dropout = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic or cfg.dropout_rate == 0)
     self.final_norm = _norm(cfg, "final_norm")
-    self.lm_head = _dense(cfg, cfg.vocab_size, [axes.EMBED], [axes.VOCAB], "lm_head")
+    self.lm_head = _dense(cfg, cfg.vocab_size, [axes.EMBED], [axes.VOCAB], "lm_head", out_dtype=jnp.float32)
 
   def __call__(self, input_ids, allowed, positions: Optional[jax.Array] = None):
-    """Args: input_ids int [B, L]; allowed bool [B, L, L] ([B, L, max_len] in decode mode); positions int
-    [B, L] (default arange(L), which in decode mode is only right for an unpadded prompt written at 0)."""
+    """Args: input_ids int [B, L]; allowed bool [B, L, L] or `omni_mask.Spans` ([B, L, max_len] in decode
+    mode); positions int [B, L] (default arange(L), which in decode mode is only right for an unpadded prompt
+    written at 0)."""
     cfg = self.cfg
     if positions is None:  # official: plain arange over the padded sequence (SPEC §0.12)
       positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
     cos, sin = layers.rotary_tables(positions, cfg.rotary_dim, cfg.rope_theta)
+    if isinstance(allowed, omni_mask.Spans) and cfg.attention_impl not in ("flash", "blockwise"):
+      allowed = omni_mask.expand(allowed)  # once, not in every layer
     x = self.embed_dropout(self.embed(input_ids))
     self.sow("intermediates", "embeddings", x)
     if cfg.scan_layers:

@@ -223,7 +223,7 @@ def t2i_tokens_to_logits(apply_fn, params, cond_ids, uncond_ids, layout: vocab_l
   """The t2i / inpainting / extrapolation closure (SPEC §6 step 1).
 
   Args:
-    apply_fn: (params, ids [B', L], allowed [B', L, L]) -> logits [B', L, V].
+    apply_fn: (params, ids [B', L], allowed) -> logits [B', L, V]; allowed is the mask as `omni_mask.Spans`.
     params: model params.
     cond_ids: int [B, L] `t2i_gen_prompt` sequences: …, <|soi|>, N image tokens, <|eoi|>.
     uncond_ids: int [B, L] null-prompt sequences (`t2i_gen_prompt` with empty texts), or None.
@@ -240,7 +240,7 @@ def t2i_tokens_to_logits(apply_fn, params, cond_ids, uncond_ids, layout: vocab_l
   start = cond_ids.shape[1] - 1 - num_image_tokens  # image block [start, start + N), then <|eoi|>
   use_cfg = uncond_ids is not None and guidance_scale != 0.0
   ids = jnp.concatenate([cond_ids, jnp.asarray(uncond_ids, jnp.int32)]) if use_cfg else cond_ids
-  allowed = omni_mask.predict_next_mask(ids, layout, remove_pad=True)  # [B', L, L], computed once
+  allowed = omni_mask.t2i_spans(ids, layout)  # `predict_next_mask` in its compact form, computed once
 
   def tokens_to_logits(image_tokens):
     reps = ids.shape[0] // image_tokens.shape[0]
@@ -300,14 +300,14 @@ def t2i_cached_tokens_to_logits(cfg: transformer.TransformerConfig, params, cond
   prefix = start - 1  # text rows [0, prefix); <|soi|> at `prefix` belongs to the bidirectional block
   use_cfg = uncond_ids is not None and guidance_scale != 0.0
   ids = jnp.concatenate([cond_ids, jnp.asarray(uncond_ids, jnp.int32)]) if use_cfg else cond_ids
-  allowed = omni_mask.predict_next_mask(ids, layout, remove_pad=True)  # [B', L, L]
+  allowed = omni_mask.t2i_spans(ids, layout)  # `predict_next_mask` in its compact form
   positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), ids.shape)  # official: plain arange
   model = transformer.Transformer(cfg, decode=True)
   cache = transformer.init_cache(cfg, ids.shape[0], length)
-  _, variables = model.apply({"params": params, "cache": cache}, ids[:, :prefix], allowed[:, :prefix],
+  _, variables = model.apply({"params": params, "cache": cache}, ids[:, :prefix], allowed.rows(0, prefix),
                              positions[:, :prefix], mutable=["cache"])
   cache = variables["cache"]  # keys/values of the text rows at slots [0, prefix); index = prefix
-  block_ids, block_allowed, block_positions = ids[:, prefix:], allowed[:, prefix:], positions[:, prefix:]
+  block_ids, block_allowed, block_positions = ids[:, prefix:], allowed.rows(prefix, length), positions[:, prefix:]
 
   def tokens_to_logits(image_tokens):
     reps = ids.shape[0] // image_tokens.shape[0]

@@ -23,9 +23,30 @@ from showo_jax.training import flops as flops_lib
 _PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
 
+# The CPU features that decide which matmul units XLA:CPU can use.
+_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_fp16")
+
+
+def cpu_model() -> str:
+  """"MODEL (family F model M; flags ...)" from /proc/cpuinfo (platform.processor() elsewhere)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:  # a system file, not a user path
+      text = f.read()
+  except OSError:
+    return platform.processor() or "unknown CPU"
+  fields = {}
+  for line in text.splitlines():
+    key, _, value = line.partition(":")
+    fields.setdefault(key.strip(), value.strip())
+  flags = set(fields.get("flags", "").split())
+  have = " ".join(f for f in _CPU_FLAGS if f in flags) or "none of " + " ".join(_CPU_FLAGS)
+  return (f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')} model "
+          f"{fields.get('model', '?')}; {have})")
+
+
 def machine() -> str:
   dev = jax.devices()[0]
-  return f"{dev.platform}:{dev.device_kind} x{jax.device_count()}, {os.cpu_count()} cpus, {platform.processor()}"
+  return f"{dev.platform}:{dev.device_kind} x{jax.device_count()}, {os.cpu_count()} cpus, {cpu_model()}"
 
 
 def medium_config():
@@ -83,15 +104,24 @@ def _peak_size() -> int:
   return 8192 if _on_accelerator() else 2048  # an accelerator needs a big product to reach its peak
 
 
-def _peak_dtype(config) -> str:
-  """The MFU denominator's dtype: float32 on CPU (bf16 is no faster there); the compute dtype on accelerators."""
-  return str(config.model.dtype) if _on_accelerator() else "float32"
+# The matmul peaks measured: (operand dtype, result dtype). A step's MFU is against the best peak of its compute
+# dtype (its products take that dtype and return float32; bf16 → bf16 can be faster on accelerators).
+PEAKS = {"float32": ("float32", "float32"), "bfloat16->float32": ("bfloat16", "float32"),
+         "bfloat16": ("bfloat16", "bfloat16")}
 
 
-def _peak_sampler(size: int = 2048, dtype="float32"):
-  """A function returning one sample of the matmul FLOP/s (the best of 3 products of `size`²)."""
+def _peak_dtype(config, peaks: dict) -> str:
+  """The name in PEAKS of the MFU denominator of `config`'s step: the best measured peak of its dtype."""
+  if str(config.model.dtype) == "float32":
+    return "float32"
+  return max(("bfloat16->float32", "bfloat16"), key=lambda name: peaks[name])
+
+
+def _peak_sampler(size: int = 2048, name="float32"):
+  """A function returning one sample of the PEAKS[name] matmul FLOP/s (the best of 3 products of `size`²)."""
+  dtype, out = PEAKS[name]
   a = jax.device_put(jnp.ones((size, size), jnp.dtype(dtype)), jax.local_devices()[0])
-  f = jax.jit(lambda x: x @ x)
+  f = flops_lib.matmul(jnp.dtype(out))
   f(a).block_until_ready()
 
   def sample() -> float:
@@ -104,7 +134,7 @@ def _peak_sampler(size: int = 2048, dtype="float32"):
   return sample
 
 
-def bench_train_step(config, steps: int, peak: float) -> dict:
+def bench_train_step(config, steps: int, peak: float, peak_name: str = "float32") -> dict:
   """Median step time etc.; MFU against the peak re-measured between the timed steps.
 
   Other processes on a shared CPU change the share of it this process gets from minute to minute, so the
@@ -117,7 +147,7 @@ def bench_train_step(config, steps: int, peak: float) -> dict:
   state = run.init_state(0)
   batch = _random_batch(config, np.random.default_rng(0))
   rng = jax.random.key(0)
-  sample_peak = _peak_sampler(_peak_size(), _peak_dtype(config))
+  sample_peak = _peak_sampler(_peak_size(), peak_name)
   t0 = time.perf_counter()
   state, metrics = run.step(state, batch, rng)
   jax.block_until_ready(metrics)
@@ -142,13 +172,13 @@ def bench_train_step(config, steps: int, peak: float) -> dict:
 
 
 def cmd_train(args) -> dict:
-  dtypes = ("float32", "bfloat16") if _on_accelerator() else ("float32",)
-  peaks = {d: flops_lib.measure_matmul_peak(_peak_size(), jnp.dtype(d)) for d in dtypes}
+  peaks = {name: flops_lib.measure_matmul_peak(_peak_size(), jnp.dtype(d), out_dtype=jnp.dtype(o))
+           for name, (d, o) in PEAKS.items()}
   out = {"machine": machine(), "f32_matmul_peak_tflops": peaks["float32"] / 1e12, "results": {}}
   print(f"machine: {out['machine']}")
-  for d, peak in peaks.items():
-    out[f"{d}_matmul_peak_tflops"] = peak / 1e12
-    print(f"{d} matmul peak: {peak / 1e9:.1f} GFLOP/s")
+  for name, peak in peaks.items():
+    out[f"{name.replace('->', '_to_')}_matmul_peak_tflops"] = peak / 1e12
+    print(f"{name} matmul peak: {peak / 1e9:.1f} GFLOP/s")
   makers = {"tiny": tiny_config, "medium": medium_config, "official": official_config}
   for name in args.sizes.split(","):
     if name not in makers:
@@ -156,11 +186,15 @@ def cmd_train(args) -> dict:
     make = makers[name]
     for dtype in ("float32", "bfloat16"):
       config = make()
-      config.model.dtype = dtype
-      r = bench_train_step(config, args.steps, peaks[_peak_dtype(config)])
+      config.model.update(dtype=dtype, activation_dtype=args.activations,
+                          attention_impl=args.attention)
+      peak_name = _peak_dtype(config, peaks)
+      r = bench_train_step(config, args.steps, peaks[peak_name], peak_name)
+      r.update(mfu_peak=peak_name, activations=showo_config.activation_dtype(config.model),
+               attention=config.model.attention_impl)
       out["results"][f"{name}/{dtype}"] = r
       print(f"{name:6s} {dtype:8s} step {r['step_time_s'] * 1e3:8.1f} ms  {r['tokens_per_s']:9.0f} tok/s  "
-            f"MFU {100 * r['mfu']:5.1f}% of the {_peak_dtype(config)} peak ({r['peak_tflops_interleaved'] * 1e3:.1f} GFLOP/s "
+            f"MFU {100 * r['mfu']:5.1f}% of the {peak_name} peak ({r['peak_tflops_interleaved'] * 1e3:.1f} GFLOP/s "
             f"between steps; {100 * r['mfu_vs_start_peak']:.1f}% of the start peak)  "
             f"peak mem {r['peak_memory_gb']:.2f} GB  load {r['load_average']:.1f}")
     f32, bf16 = out["results"][f"{name}/float32"], out["results"][f"{name}/bfloat16"]

@@ -38,7 +38,7 @@ MMU_NEW_TOKENS = 32
 
 def random_params(cfg: transformer.TransformerConfig, seed: int = 0):
   init = jax.jit(transformer.Transformer(cfg).init)
-  return nn.unbox(init(jax.random.key(seed), jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8, 8), bool)))["params"]
+  return nn.unbox(init(jax.random.key(seed), jnp.zeros((1, 8), jnp.int32), omni_mask.causal_spans(1, 8)))["params"]
 
 
 def _timed(fn):

@@ -10,6 +10,7 @@ import math
 import os
 import time
 
+from showo_jax.common import cpu_features
 from showo_jax.common import sharding
 from showo_jax.config import showo as showo_config
 
@@ -67,6 +68,25 @@ def _xla_flops(compiled):
   return float(flops) if flops is not None and flops >= 0 else None
 
 
+def for_accelerators(config, devices) -> str:
+  """Plans on CPU devices stand for accelerators: "auto" activations take the accelerator's choice (the compute
+  dtype), bf16 products keep bf16 operands (this process only: SHOWO_CPU_BF16_UNITS=1); the Pallas kernel, which XLA:CPU only interprets (with whole-array copies no device makes), is sized
+  as its blockwise XLA twin (same residuals, one query block's scores at a time); cuDNN, which XLA:CPU cannot
+  compile, is refused in one line. Returns a note for the report ('' when nothing was substituted)."""
+  if devices[0].platform != "cpu":
+    return ""
+  os.environ[cpu_features.OVERRIDE_ENV] = "1"  # bf16 products as bf16, not widened as on this CPU
+  if config.model.get("activation_dtype", "auto") == "auto":
+    config.model.activation_dtype = config.model.dtype
+  if config.model.get("attention_impl", "xla") == "cudnn":
+    raise sharding.MeshError("attention_impl=cudnn cannot be planned on CPU devices (XLA:CPU has no cuDNN): "
+                             "plan on the GPUs, or plan 'flash' for an estimate")
+  if config.model.get("attention_impl", "xla") == "flash":
+    config.model.attention_impl = "blockwise"
+    return "attention: flash, sized as its blockwise XLA twin (the Pallas kernel compiles on GPU/TPU only)"
+  return ""
+
+
 def plan(config, devices) -> dict:
   """Compiles the train step of `config` on a mesh over `devices` and returns the per-device figures.
 
@@ -95,7 +115,8 @@ def plan(config, devices) -> dict:
   out = dict(
       devices=n, platform=devices[0].platform, fake_devices=bool(os.environ.get(FAKE_DEVICES_ENV)),
       mesh=dict(mesh.shape), remat=config.model.remat_policy, scan_layers=bool(config.model.scan_layers),
-      dtype=config.model.dtype, param_dtype=config.model.param_dtype, grad_accum_steps=config.train.grad_accum_steps,
+      dtype=config.model.dtype, activations=showo_config.activation_dtype(config.model),
+      attention=config.model.get("attention_impl", "xla"), param_dtype=config.model.param_dtype, grad_accum_steps=config.train.grad_accum_steps,
       rows=rows, rows_per_device=rows // sharding.data_parallel_size(mesh), seq_len=run.seq_len,
       param_count=full_count(state.params),
       params_bytes=params, opt_state_bytes=opt_state,
@@ -132,7 +153,8 @@ def report(result: dict, device_memory_gb: float) -> str:
   kind = "fake CPU" if result["fake_devices"] else result["platform"]
   lines = [
       f"plan: {result.get('config', '')}  mesh {mesh} on {result['devices']} {kind} devices",
-      f"  {result['param_count'] / 1e9:.4g}B params ({result['param_dtype']}), activations {result['dtype']}, "
+      f"  {result['param_count'] / 1e9:.4g}B params ({result['param_dtype']}), products {result['dtype']}, "
+      f"activations {result.get('activations', 'float32')}, attention {result.get('attention', 'xla')}, "
       f"remat={result['remat']}, scan_layers={result['scan_layers']}, grad_accum={result['grad_accum_steps']}",
       f"  batch {result['rows']} rows x {result['seq_len']} tokens ({result['rows_per_device']} rows per device)",
       f"per device ({unit})",
@@ -158,6 +180,8 @@ def report(result: dict, device_memory_gb: float) -> str:
   lines.append(f"FLOPs per step: analytic {result['flops_analytic']:.4g} ({result['flops_analytic_per_device']:.4g} "
                f"per device); XLA cost_analysis {xla_text}")
   lines.append(f"compile: lower {result['lower_s']:.1f} s, compile {result['compile_s']:.1f} s")
+  if result.get("note"):
+    lines.append(f"note: {result['note']}")
   total = result.get("total_bytes")
   if total is None:
     lines.append(f"fit in {device_memory_gb:g} GiB: unknown")

@@ -31,11 +31,18 @@ def train_flops_per_step(config) -> float:
   return 3.0 * rows * forward_flops_per_sequence(config, showo_config.seq_len(config))
 
 
-def measure_matmul_peak(size: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
-  """FLOP/s of one device on a large square matmul (median of `repeats`); the MFU denominator on CPU."""
+def matmul(out_dtype=None):
+  """x · x, the product the peak is measured on; out_dtype float32 with bf16 x is what the model's products
+  do (bf16 operands, f32 sums): on CPUs with bf16 units XLA reaches them only in that form."""
+  return jax.jit(lambda x: jax.lax.dot(x, x, preferred_element_type=out_dtype))
+
+
+def measure_matmul_peak(size: int = 2048, dtype=jnp.float32, repeats: int = 5, out_dtype=None) -> float:
+  """FLOP/s of one device on a large square matmul of `dtype` operands returning `out_dtype` (None: `dtype`),
+  median of `repeats`; the MFU denominator."""
   device = jax.local_devices()[0]
   a = jax.device_put(jnp.ones((size, size), dtype), device)
-  f = jax.jit(lambda x: x @ x)
+  f = matmul(out_dtype)
   f(a).block_until_ready()
   times = []
   for _ in range(repeats):

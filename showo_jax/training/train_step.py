@@ -37,7 +37,7 @@ def init_state(rng, model: transformer.Transformer, tx, seq_len: int, ema: bool 
   """Boxed (logically annotated) initial state; jit it with out_shardings and nn.unbox the result. With
   `bit_layout`, the image-code rows of the embedding and the head are `vocab.codebook_bit_rows`."""
   ids = jnp.zeros((1, seq_len), jnp.int32)
-  params = model.init(rng, ids, jnp.ones((1, seq_len, seq_len), bool))["params"]
+  params = model.init(rng, ids, omni_mask.causal_spans(1, seq_len))["params"]
   if bit_layout is not None:
     params = _codebook_bit_init(jax.random.fold_in(rng, 1), params, bit_layout, model.cfg)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
@@ -85,7 +85,8 @@ def make_gradient_fn(model: transformer.Transformer, config):
   train_model = model.clone(deterministic=False) if dropout else model
 
   def micro_loss(params, micro, denominators, rng):
-    allowed = omni_mask.omni_attention_mask(micro["input_ids"], micro["task_ids"], layout)
+    # The compact mask: the model expands it for the "xla" kernel, "flash" reads it as it is.
+    allowed = omni_mask.omni_spans(micro["input_ids"], micro["task_ids"], layout)
     rngs = {"dropout": rng} if dropout else None
     logits = train_model.apply({"params": params}, micro["input_ids"], allowed, rngs=rngs)
     out = losses.showo_loss(logits, micro["input_ids"], micro["labels"], micro["task_ids"], **loss_kwargs,

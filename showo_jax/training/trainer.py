@@ -122,7 +122,10 @@ def _peak_flops(config) -> float:
   peak = float(config.train.peak_tflops_per_device) * 1e12
   if peak > 0:
     return peak * (1 if jax.default_backend() == "cpu" else jax.device_count())
-  return flops_lib.measure_matmul_peak()  # on CPU the fake devices share the same cores: one machine peak
+  # On CPU the fake devices share the same cores: one machine peak. The dtype is the step's products': bf16
+  # operands summed in f32 (a float32 step is measured against f32).
+  dtype = jnp.dtype(config.model.dtype)
+  return flops_lib.measure_matmul_peak(dtype=dtype, out_dtype=jnp.float32)
 
 
 def train_and_evaluate(config, workdir: str):

@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 
 from showo_jax import interop
+from showo_jax.common import cpu_features
 from showo_jax.config import base as config_base
 from showo_jax.config import showo as showo_config
 from showo_jax.interop import api
+from showo_jax.models import dense
 from showo_jax.interop import magvit_keys
 from showo_jax.interop import showo_keys
 from showo_jax.models import transformer
@@ -186,3 +188,24 @@ def test_official_magvit_loader_runs_at_highest():
   state = magvit_keys.params_to_official(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes), config)
   _, loaded = magvit_keys.load_official_magvit(state)
   assert loaded.precision == "highest"
+
+
+def test_bf16_products_without_bf16_units_are_the_same_numbers(monkeypatch):
+  """On a CPU without bf16 units the bf16 operands are widened to f32 inside every product (f32 speed). Products
+  of two bf16 numbers are exact in f32, so the result equals the bf16 × bf16 → f32 product up to summation order,
+  and differs from the f32 product of the unrounded operands (the rounding to bf16 really happens)."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(64, 96)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(96, 48)), jnp.float32)
+  out = {}
+  for units in ("1", "0"):
+    monkeypatch.setenv(cpu_features.OVERRIDE_ENV, units)
+    f = lambda x, w: dense.matmul(x, w, 1, jnp.bfloat16, jax.lax.Precision.HIGHEST)
+    y, grads = jax.value_and_grad(lambda x, w: jnp.sum(f(x, w) ** 2), argnums=(0, 1))(x, w)
+    out[units] = (np.asarray(f(x, w)), *map(np.asarray, grads))
+    dots = [e for e in jax.make_jaxpr(f)(x, w).eqns[0].params["call_jaxpr"].eqns if e.primitive.name == "dot_general"]
+    assert {str(v.aval.dtype) for v in dots[0].invars} == {"bfloat16" if units == "1" else "float32"}
+  for a, b in zip(out["1"], out["0"]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+  exact = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+  assert np.abs(out["0"][0] - exact).max() > 1e-3  # the operands were rounded to bf16

@@ -194,3 +194,38 @@ def test_no_row_fully_blocked(ids, tasks):
       in_block = _np(om._in_image(jnp.asarray(ids[b:b + 1]), SMALL))[0]  # pylint: disable=protected-access
       text = ~in_block
       assert not mask[b][np.ix_(text, np.arange(16))][np.triu(np.ones((16, 16), bool), 1)[text]].any()
+
+
+# ---------------------------------------------------------------------------------------------- compact form
+
+
+@settings(max_examples=60, deadline=None)
+@given(ids=st.lists(st.lists(_token, min_size=16, max_size=16), min_size=4, max_size=4),
+       tasks=st.lists(st.integers(0, 3), min_size=4, max_size=4))
+def test_spans_expand_to_the_dense_masks(ids, tasks):
+  """The O(L) form that fused kernels read is the same mask as the dense builders, row for row, also for
+  malformed sequences (pads anywhere, unbalanced <|soi|>/<|eoi|>). The t2i, lm and mmu builders are written
+  independently of the spans (and checked against the official masks above), so an off-by-one in a span fails."""
+  ids = np.asarray(ids)
+  np.testing.assert_array_equal(_np(om.expand(om.omni_spans(ids, tasks, SMALL))),
+                                _np(om.omni_attention_mask(ids, tasks, SMALL)))
+  np.testing.assert_array_equal(_np(om.expand(om.t2i_spans(ids, SMALL))), _np(om.predict_next_mask(ids, SMALL)))
+
+
+def test_spans_on_the_official_batch(parity_showo):
+  allowed = parity_showo["attention_allowed"][:, 0]
+  spans = om.omni_spans(parity_showo["input_ids"], [0, 0, 0, 0, 1, 1, 2, 2], TINY)
+  np.testing.assert_array_equal(_np(om.expand(spans)), allowed)
+  # Row 1 (left-padded null prompt, pads 0…13): text row 16 sees (13, 16], image rows every non-pad key.
+  assert (int(spans.start[1, 16]), int(spans.end[1, 16]), bool(spans.skip_pad[1, 16])) == (14, 16, False)
+  assert (int(spans.start[1, 50]), int(spans.end[1, 50]), bool(spans.skip_pad[1, 50])) == (0, 82, True)
+  rows = spans.rows(40, 45)
+  np.testing.assert_array_equal(_np(om.expand(rows)), allowed[:, 40:45])
+
+
+def test_mixed_block_runs_to_the_next_eoi():
+  """A stray <|eoi|> after a closed block starts nothing: rows of the block see up to their own <|eoi|>."""
+  ids = [[1, SOI, 20, EOI, 1, EOI, 1]]
+  got = _np(om.mixed_mask(ids, SMALL))[0]
+  expected = _grid("1000000", "1111000", "1111000", "1111000", "1111100", "1111110", "1111111")
+  np.testing.assert_array_equal(got, expected)

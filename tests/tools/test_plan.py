@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from showo_jax.common import cpu_features
 from showo_jax.config import showo as showo_config
 from showo_jax.models import transformer
 from showo_jax.tools import planner
@@ -95,3 +96,25 @@ def test_bad_mesh_fails_before_compiling(args, message):
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), r.stderr[-2000:]
   assert "compile" not in r.stdout
+
+
+def test_flash_is_planned_without_the_score_matrices(monkeypatch):
+  """A 32×32-token image (L = 1043) makes the xla path's saved [B, H, L, L] probabilities dominate: 2 layers ×
+  8 rows × 4 heads × L² × 4 bytes ≈ 266 MiB on one device. Planned on CPU devices, 'flash' is sized as its
+  blockwise twin, which keeps no such array: its temporaries must be far smaller, and the report says so."""
+  config = showo_config.showo_config("tiny")
+  config.data.update(num_image_tokens=1024)
+  config.mesh.update(data=1, fsdp=1, tensor=1)
+  temps = {}
+  monkeypatch.setenv(cpu_features.OVERRIDE_ENV, "0")  # restored afterwards; for_accelerators sets it to 1
+  for impl in ("xla", "flash"):
+    c = showo_config.validate(config.copy_and_resolve_references())
+    c.model.attention_impl = impl
+    note = planner.for_accelerators(c, jax.devices()[:1])
+    result = planner.plan(c, jax.devices()[:1])
+    temps[impl] = result["temp_bytes"]
+    assert bool(note) == (impl == "flash")
+  m = config.model
+  scores = m.num_layers * 8 * m.num_heads * showo_config.seq_len(config) ** 2 * 4
+  assert temps["xla"] > scores
+  assert temps["flash"] < temps["xla"] - 0.8 * scores, temps
