@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from showo_jax.common import cpu_features
 from showo_jax.common import sharding
 from showo_jax.common import xla_options
 from showo_jax.config import base as config_base
@@ -114,6 +115,8 @@ def _peak_dtype(config, peaks: dict) -> str:
   """The name in PEAKS of the MFU denominator of `config`'s step: the best measured peak of its dtype."""
   if str(config.model.dtype) == "float32":
     return "float32"
+  if not _on_accelerator() and not cpu_features.has_bf16_units():
+    return "float32"  # the bf16 operands are widened to f32 inside every product (layers.product_operands)
   return max(("bfloat16->float32", "bfloat16"), key=lambda name: peaks[name])
 
 
