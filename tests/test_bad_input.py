@@ -135,6 +135,10 @@ CASES = [
      "needs config.model.dtype bfloat16 or float16", "o21"),
     ("an unknown activation dtype", "train --config {cfg_plain} --workdir {root}/o22 "
      "--config.model.activation_dtype=fp8", "activation_dtype='fp8' is not 'auto'", "o22"),
+    ("a negative LoRA rank", "train --config {cfg_plain} --workdir {root}/o23 --config.model.lora.rank=-2",
+     "config.model.lora.rank=-2 must be >= 0", "o23"),
+    ("an unknown LoRA target", "train --config {cfg_plain} --workdir {root}/o24 --config.model.lora.rank=4 "
+     "--config.model.lora.targets=q,gate", "gate not a projection of the phi family", "o24"),
 ]
 
 

@@ -14,6 +14,7 @@ HEAD_DIM = "head_dim"
 MLP = "mlp"
 NORM = "norm"
 LAYERS = "layers"  # the stacked-layer axis of scanned parameters
+LORA = "lora"  # the rank axis of LoRA adapters (small: replicated)
 
 # Activations.
 BATCH = "activation_batch"
@@ -42,4 +43,5 @@ DEFAULT_RULES = (
     (MLP, "tensor"),
     (NORM, None),
     (LAYERS, None),
+    (LORA, None),
 )

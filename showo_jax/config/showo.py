@@ -81,6 +81,9 @@ def model_config(size: str) -> ConfigDict:
       # The longest sequence generation may build (prompt + new tokens): the LLM's context, 2048 for Phi-1.5.
       # Only `sample` reads it (RoPE has no position table to outgrow).
       max_position_embeddings=2048,
+      # LoRA adapters (models/lora.py): rank 0 = none; the update is (alpha / rank) · A · B on each target
+      # projection: q, k, v, o and the MLP's (phi: fc1, fc2; llama: gate, up, down), comma-separated.
+      lora=ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, targets="q,k,v,o")),
   ))
   m.update(MODEL_PRESETS[size])
   m.vocab = ConfigDict(VOCAB_PRESETS[size])
@@ -127,6 +130,9 @@ def showo_config(size: str = "tiny", res: int = 256) -> ConfigDict:
       # and init_from/export of the checkpoint use the EMA params. 0 = none
       stop_after=0,  # >0: stop (with a checkpoint) after this many steps in this process; rerun to continue
       init_from="",  # params only: a Show-o checkpoint (ours or official) to start from
+      # What trains: "all", "lora" (the adapters of config.model.lora), or comma-separated path patterns, e.g.
+      # "lora,embed" (training/trainable.py); the rest is frozen (no gradient, no optimizer state).
+      trainable="all",
       peak_tflops_per_device=0.0,  # for MFU; 0 = measure a matmul of config.model.dtype once at startup
       distributed=False,  # jax.distributed.initialize() (multi-host)
   ))
@@ -184,6 +190,16 @@ def validate(config) -> ConfigDict:
   _check(impl in ATTENTION_IMPLS, f"config.model.attention_impl={impl!r} is not one of {ATTENTION_IMPLS}")
   _check(impl != "cudnn" or m.dtype in ("bfloat16", "float16"),
          f"config.model.attention_impl='cudnn' needs config.model.dtype bfloat16 or float16, got {m.dtype!r}")
+  lora_cfg = m.get("lora", None)
+  if lora_cfg is not None and int(lora_cfg.rank) != 0:
+    _check(int(lora_cfg.rank) > 0, f"config.model.lora.rank={lora_cfg.rank} must be >= 0 (0 = no adapters)")
+    known = transformer.LORA_TARGETS.get(m.family, {})
+    targets = lora_targets(m)
+    bad = [t for t in targets if t not in known]
+    _check(targets and not bad, f"config.model.lora.targets={lora_cfg.targets!r}: {', '.join(bad) or 'empty'} "
+                                f"not a projection of the {m.family} family; use any of {', '.join(known)}")
+    _check(0 <= float(lora_cfg.dropout) < 1, f"config.model.lora.dropout={lora_cfg.dropout} must be in [0, 1)")
+    _check(float(lora_cfg.alpha) > 0, f"config.model.lora.alpha={lora_cfg.alpha} must be positive")
   block = int(m.get("attention_block", 128))
   _check(block >= 8 and block % 8 == 0, f"config.model.attention_block={block} must be a positive multiple of 8")
   try:
@@ -255,7 +271,20 @@ def transformer_config(config) -> transformer.TransformerConfig:
       # Configs saved before the field existed ran at jax's default.
       matmul_precision=str(m.get("matmul_precision", "default")),
       activations=activation_dtype(m), attention_impl=str(m.get("attention_impl", "xla")),
-      attention_block=int(m.get("attention_block", 128)))
+      attention_block=int(m.get("attention_block", 128)), **_lora_fields(m))
+
+
+def lora_targets(model) -> tuple:
+  """`model.lora.targets` as a tuple of short names (q, k, v, o, fc1, ...)."""
+  return tuple(t.strip() for t in str(model.lora.targets).split(",") if t.strip())
+
+
+def _lora_fields(model) -> dict:
+  lora_cfg = model.get("lora", None)  # configs saved before LoRA existed have no adapters
+  if lora_cfg is None or int(lora_cfg.rank) == 0:
+    return {}
+  return dict(lora_rank=int(lora_cfg.rank), lora_alpha=float(lora_cfg.alpha), lora_dropout=float(lora_cfg.dropout),
+              lora_targets=lora_targets(model))
 
 
 def activation_dtype(model) -> str:

@@ -14,17 +14,22 @@ CPU matmul library (XNNPACK/YNNPACK inside XLA:CPU) runs fastest, rather than th
 Both take the compute dtype and accumulate in float32; dW stays float32 with bf16 operands (autodiff would
 round it to bf16). The residuals are x and W in the compute dtype. On CPUs without bf16 units the bf16
 operands are widened to f32 inside the product (`layers.product_operands`): the same exact products, at f32 speed.
+With `lora_rank` r > 0 the layer adds a LoRA update (Hu et al. 2021): y += (alpha / r) · (x · A) · B with
+A [in..., r] (normal, std 1/sqrt(K)) and B [r, out...] (zeros, so the adapted layer starts as the base layer);
+A and B carry the kernel's input and output axis names, so they shard like it. `merged_kernel` folds them in.
 All three products take the same `precision` (layers.MATMUL_PRECISIONS): a hand-written backward pass gets
 none of it from autodiff, so it is passed through explicitly.
 """
 
 import functools
+import math
 from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from showo_jax.common import axes
 from showo_jax.models import layers
 
 
@@ -93,6 +98,10 @@ class Dense(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
   out_dtype: Optional[jnp.dtype] = None  # of y; None: `dtype`
   precision: Optional[jax.lax.Precision] = None  # of the products, forward and backward; None: jax's default
+  lora_rank: int = 0  # 0: no adapter
+  lora_alpha: float = 16.0  # the update is scaled by alpha / rank
+  lora_dropout: float = 0.0  # on the adapter's input, training only
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -101,8 +110,32 @@ class Dense(nn.Module):
     in_shape = x.shape[-n_in:]
     kernel = self.param("kernel", layers.normal_init(self.init_std, self.kernel_axes), in_shape + features,
                         self.param_dtype)
-    y = matmul(x, kernel, n_in, jnp.dtype(self.dtype), self.precision)
+    dtype = jnp.dtype(self.dtype)
+    y = matmul(x, kernel, n_in, dtype, self.precision)
+    if self.lora_rank > 0:
+      r = self.lora_rank
+      fan_in = math.prod(in_shape)
+      a = self.param("lora_a", layers.normal_init(1.0 / math.sqrt(fan_in), self.kernel_axes[:n_in] + (axes.LORA,)),
+                     in_shape + (r,), self.param_dtype)
+      b = self.param("lora_b", layers.zeros_init((axes.LORA,) + tuple(self.kernel_axes[n_in:])), (r,) + features,
+                     self.param_dtype)
+      h = nn.Dropout(self.lora_dropout, deterministic=self.deterministic or self.lora_dropout == 0)(x)
+      h = matmul(h, a, n_in, dtype, self.precision)
+      y = y + (self.lora_alpha / r) * matmul(h, b, 1, dtype, self.precision)
     if self.use_bias:
       bias = self.param("bias", layers.zeros_init(self.kernel_axes[n_in:]), features, self.param_dtype)
       y = y + bias.astype(jnp.float32)
     return y.astype(self.dtype if self.out_dtype is None else self.out_dtype)
+
+
+def merged_kernel(kernel, lora_a, lora_b, alpha: float, num_stacked: int = 0):
+  """W + (alpha / r) · A · B, summed in float32 and cast back to W's dtype, for W [in..., out...],
+  A [in..., r], B [r, out...], each with `num_stacked` leading axes (scanned layers) in front."""
+  if num_stacked:
+    return jax.vmap(lambda w, a, b: merged_kernel(w, a, b, alpha, num_stacked - 1))(kernel, lora_a, lora_b)
+  r = lora_a.shape[-1]
+  delta = jnp.tensordot(lora_a.astype(jnp.float32), lora_b.astype(jnp.float32), axes=1,
+                        precision=jax.lax.Precision.HIGHEST)
+  if delta.shape != kernel.shape:
+    raise ValueError(f"LoRA factors {lora_a.shape} x {lora_b.shape} do not make the kernel's shape {kernel.shape}")
+  return (kernel.astype(jnp.float32) + (alpha / r) * delta).astype(kernel.dtype)

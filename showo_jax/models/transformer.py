@@ -17,6 +17,7 @@ cache; the cached-sampling helpers live in sampling/autoregressive.py. Decode mo
 """
 
 import dataclasses
+import functools
 from typing import Optional
 
 import flax.linen as nn
@@ -31,6 +32,13 @@ from showo_jax.models import layers
 from showo_jax.models import omni_mask
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+# LoRA targets by family: the short name in `lora_targets` → the projection module it adapts.
+LORA_TARGETS = {
+    "phi": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "fc1": "fc1", "fc2": "fc2"},
+    "llama": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj", "up": "up_proj",
+              "down": "down_proj"},
+}
 
 # Remat policies by config name; the names tag the q/k/v projections below.
 _REMAT_POLICIES = {
@@ -65,6 +73,10 @@ class TransformerConfig:
   activations: str = "float32"  # dtype of the activations between products (norms, softmax, logits stay f32)
   attention_impl: str = "xla"  # attention.IMPLEMENTATIONS
   attention_block: int = 128  # flash / blockwise: query (and key) tile
+  lora_rank: int = 0  # LoRA adapters on the `lora_targets` projections; 0 = none
+  lora_alpha: float = 16.0
+  lora_dropout: float = 0.0
+  lora_targets: tuple = ()  # short names of LORA_TARGETS[family]
 
   @property
   def is_phi(self) -> bool:
@@ -92,16 +104,30 @@ class TransformerConfig:
       raise ValueError(f"matmul_precision={self.matmul_precision!r} is not one of {tuple(layers.MATMUL_PRECISIONS)}")
     return layers.MATMUL_PRECISIONS[self.matmul_precision]
 
+  def lora_rank_of(self, module_name: str) -> int:
+    """The adapter rank of the projection `module_name` (0: not adapted)."""
+    if self.lora_rank <= 0:
+      return 0
+    known = LORA_TARGETS[self.family]
+    unknown = [t for t in self.lora_targets if t not in known]
+    if unknown:
+      raise ValueError(f"lora targets {unknown} are not projections of the {self.family} family; use any of "
+                       f"{', '.join(known)}")
+    return self.lora_rank if module_name in {known[t] for t in self.lora_targets} else 0
 
-def _dense(cfg: TransformerConfig, features, in_names, out_names, name, axis=-1, use_bias=None, out_dtype=None):
-  """A dense layer with logically partitioned kernel and bias (bias only for phi by default)."""
+
+def _dense(cfg: TransformerConfig, features, in_names, out_names, name, axis=-1, use_bias=None, out_dtype=None,
+           deterministic=True):
+  """A dense layer with logically partitioned kernel and bias (bias only for phi by default), and a LoRA
+  adapter where cfg.lora_targets names it."""
   use_bias = cfg.is_phi if use_bias is None else use_bias
   features = tuple(features) if isinstance(features, (tuple, list)) else (features,)
   num_in = len(axis) if isinstance(axis, (tuple, list)) else 1
   return dense.Dense(features=features, kernel_axes=tuple(in_names) + tuple(out_names), num_in_axes=num_in,
                      use_bias=use_bias, init_std=cfg.init_std, dtype=cfg.compute_dtype,
                      out_dtype=out_dtype or cfg.activation_dtype, param_dtype=cfg.weight_dtype, precision=cfg.precision,
-                     name=name)
+                     lora_rank=cfg.lora_rank_of(name), lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                     deterministic=deterministic, name=name)
 
 
 def _norm(cfg: TransformerConfig, name: str):
@@ -115,14 +141,16 @@ class Attention(nn.Module):
   """Multi-head / grouped-query attention with per-head QK-norm (before RoPE) and a boolean mask."""
   cfg: TransformerConfig
   decode: bool = False
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x, allowed, cos, sin):
     cfg = self.cfg
     h, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = _dense(cfg, (h, d), [axes.EMBED], [axes.HEADS, axes.HEAD_DIM], "q_proj")(x)  # [B, L, H, D]
-    k = _dense(cfg, (hkv, d), [axes.EMBED], [axes.KV_HEADS, axes.HEAD_DIM], "k_proj")(x)  # [B, L, Hkv, D]
-    v = _dense(cfg, (hkv, d), [axes.EMBED], [axes.KV_HEADS, axes.HEAD_DIM], "v_proj")(x)
+    det = self.deterministic
+    q = _dense(cfg, (h, d), [axes.EMBED], [axes.HEADS, axes.HEAD_DIM], "q_proj", deterministic=det)(x)  # [B, L, H, D]
+    k = _dense(cfg, (hkv, d), [axes.EMBED], [axes.KV_HEADS, axes.HEAD_DIM], "k_proj", deterministic=det)(x)
+    v = _dense(cfg, (hkv, d), [axes.EMBED], [axes.KV_HEADS, axes.HEAD_DIM], "v_proj", deterministic=det)(x)
     q = checkpoint_name(q, "query_proj")
     k = checkpoint_name(k, "key_proj")
     v = checkpoint_name(v, "value_proj")
@@ -145,7 +173,8 @@ class Attention(nn.Module):
     if impl in ("flash", "blockwise") and self.decode and not isinstance(allowed, omni_mask.Spans):
       impl = "xla"
     out = attention.attend(q, k, v, allowed, impl, cfg.activation_dtype, cfg.precision, cfg.attention_block)
-    return _dense(cfg, cfg.hidden_size, [axes.HEADS, axes.HEAD_DIM], [axes.EMBED], "o_proj", axis=(-2, -1))(out)
+    return _dense(cfg, cfg.hidden_size, [axes.HEADS, axes.HEAD_DIM], [axes.EMBED], "o_proj", axis=(-2, -1),
+                  deterministic=det)(out)
 
   def _update_cache(self, k, v):
     """Writes k, v [B, Lq, Hkv, D] at the cache index; returns the whole cache [B, max_len, Hkv, D]."""
@@ -165,18 +194,20 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
   """phi: fc2(gelu_new(fc1(x))); llama: down(silu(gate(x)) · up(x))."""
   cfg: TransformerConfig
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
     f = cfg.intermediate_size
+    dense = functools.partial(_dense, cfg, deterministic=self.deterministic)
     if cfg.is_phi:
-      hidden = nn.gelu(_dense(cfg, f, [axes.EMBED], [axes.MLP], "fc1")(x), approximate=True)
+      hidden = nn.gelu(dense(f, [axes.EMBED], [axes.MLP], "fc1")(x), approximate=True)
     else:
-      gate = _dense(cfg, f, [axes.EMBED], [axes.MLP], "gate_proj")(x)
-      hidden = nn.silu(gate) * _dense(cfg, f, [axes.EMBED], [axes.MLP], "up_proj")(x)
+      gate = dense(f, [axes.EMBED], [axes.MLP], "gate_proj")(x)
+      hidden = nn.silu(gate) * dense(f, [axes.EMBED], [axes.MLP], "up_proj")(x)
     hidden = nn.with_logical_constraint(hidden, (axes.BATCH, axes.LENGTH, axes.ACT_MLP))
-    return _dense(cfg, cfg.hidden_size, [axes.MLP], [axes.EMBED], "fc2" if cfg.is_phi else "down_proj")(hidden)
+    return dense(cfg.hidden_size, [axes.MLP], [axes.EMBED], "fc2" if cfg.is_phi else "down_proj")(hidden)
 
 
 class DecoderBlock(nn.Module):
@@ -190,14 +221,14 @@ class DecoderBlock(nn.Module):
     cfg = self.cfg
     x = nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
     h = _norm(cfg, "input_norm")(x)
-    attn = Attention(cfg, self.decode, name="attn")(h, allowed, cos, sin)
+    attn = Attention(cfg, self.decode, self.deterministic, name="attn")(h, allowed, cos, sin)
     self.sow("intermediates", "attn_out", attn)
     drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic or cfg.dropout_rate == 0)
     if cfg.is_phi:  # parallel residual from one shared pre-norm
-      x = x + drop(attn) + drop(Mlp(cfg, name="mlp")(h))
+      x = x + drop(attn) + drop(Mlp(cfg, self.deterministic, name="mlp")(h))
     else:
       x = x + drop(attn)
-      x = x + drop(Mlp(cfg, name="mlp")(_norm(cfg, "post_attention_norm")(x)))
+      x = x + drop(Mlp(cfg, self.deterministic, name="mlp")(_norm(cfg, "post_attention_norm")(x)))
     x = nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.ACT_EMBED))
     self.sow("intermediates", "output", x)
     return x, None

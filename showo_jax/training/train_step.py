@@ -20,6 +20,7 @@ from showo_jax.models import losses
 from showo_jax.models import omni_mask
 from showo_jax.models import transformer
 from showo_jax.models import vocab as vocab_lib
+from showo_jax.training import trainable as trainable_lib
 
 _LOSS_KEYS = ("loss", "loss_t2i", "loss_lm", "loss_mmu")
 
@@ -33,14 +34,16 @@ class TrainState:
 
 
 def init_state(rng, model: transformer.Transformer, tx, seq_len: int, ema: bool = False,
-               bit_layout: vocab_lib.VocabLayout = None) -> TrainState:
+               bit_layout: vocab_lib.VocabLayout = None, trainable: str = "all") -> TrainState:
   """Boxed (logically annotated) initial state; jit it with out_shardings and nn.unbox the result. With
-  `bit_layout`, the image-code rows of the embedding and the head are `vocab.codebook_bit_rows`."""
+  `bit_layout`, the image-code rows of the embedding and the head are `vocab.codebook_bit_rows`. The optimizer
+  state covers only the `trainable` parameters (training/trainable.py)."""
   ids = jnp.zeros((1, seq_len), jnp.int32)
   params = model.init(rng, ids, omni_mask.causal_spans(1, seq_len))["params"]
   if bit_layout is not None:
     params = _codebook_bit_init(jax.random.fold_in(rng, 1), params, bit_layout, model.cfg)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+  trained, _ = trainable_lib.split(params, trainable_lib.trainable_paths(params, trainable))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trained),
                     ema_params=params if ema else None)
 
 
@@ -70,8 +73,9 @@ def inference_params(state):
   return state.ema_params if state.ema_params is not None else state.params
 
 
-def make_gradient_fn(model: transformer.Transformer, config):
-  """Builds gradients(params, batch, rng) -> (loss terms, grads) of the Show-o loss over one global batch.
+def make_gradient_fn(model: transformer.Transformer, config, paths=None):
+  """Builds gradients(params, batch, rng) -> (loss terms, grads) of the Show-o loss over one global batch; the
+  grads are those of the trained parameters (`paths`, from trainable.trainable_paths; None = all).
 
   With `config.train.grad_accum_steps` = k > 1 the batch is cut into k micro-batches whose gradients are summed;
   every micro-batch divides by the whole batch's target counts, so the sum is the full batch's gradient.
@@ -81,10 +85,12 @@ def make_gradient_fn(model: transformer.Transformer, config):
   loss_kwargs = showo_config.loss_settings(config)
   coeffs = {name: loss_kwargs.pop(name) for name in ("t2i_coeff", "lm_coeff", "mmu_coeff")}
 
-  dropout = model.cfg.dropout_rate > 0
+  cfg = model.cfg
+  dropout = cfg.dropout_rate > 0 or (cfg.lora_rank > 0 and cfg.lora_dropout > 0)
   train_model = model.clone(deterministic=False) if dropout else model
 
-  def micro_loss(params, micro, denominators, rng):
+  def micro_loss(trained, frozen, micro, denominators, rng):
+    params = trainable_lib.join(trained, frozen)
     # The compact mask: the model expands it for the "xla" kernel, "flash" reads it as it is.
     allowed = omni_mask.omni_spans(micro["input_ids"], micro["task_ids"], layout)
     rngs = {"dropout": rng} if dropout else None
@@ -96,9 +102,10 @@ def make_gradient_fn(model: transformer.Transformer, config):
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
   def gradients(params, batch, rng):
+    params, frozen = trainable_lib.split(params, paths)
     counts = losses.target_counts(batch["input_ids"], batch["labels"], batch["task_ids"], **loss_kwargs)
     if accum == 1:
-      (_, out), grads = grad_fn(params, batch, counts, rng)
+      (_, out), grads = grad_fn(params, frozen, batch, counts, rng)
       return {k: out[k] for k in _LOSS_KEYS}, grads
     # Row j*k + i goes to micro-batch i: each device splits its own rows, so no data moves between devices.
     micro_batches = jax.tree.map(
@@ -107,7 +114,7 @@ def make_gradient_fn(model: transformer.Transformer, config):
     def body(carry, micro_and_index):
       grads_acc, sums = carry
       micro, index = micro_and_index
-      (_, out), g = grad_fn(params, micro, counts, jax.random.fold_in(rng, index))
+      (_, out), g = grad_fn(params, frozen, micro, counts, jax.random.fold_in(rng, index))
       sums = {k: sums[k] + out[k] for k in sums}
       return (jax.tree.map(jnp.add, grads_acc, g), sums), None
 
@@ -119,16 +126,18 @@ def make_gradient_fn(model: transformer.Transformer, config):
   return gradients
 
 
-def make_train_step(model: transformer.Transformer, tx, config, lr_schedule):
-  """Builds train_step(state, batch, rng) for jax.jit (model, optimizer and config are closed over)."""
+def make_train_step(model: transformer.Transformer, tx, config, lr_schedule, paths=None):
+  """Builds train_step(state, batch, rng) for jax.jit (model, optimizer and config are closed over). Only the
+  `paths` parameters (None = all) are updated; the others are passed through as they are."""
   ema_decay = float(config.train.get("ema_decay", 0.0))
-  gradients = make_gradient_fn(model, config)
+  gradients = make_gradient_fn(model, config, paths)
 
   def train_step(state: TrainState, batch, rng):
     # Masking and condition dropout happen in the input pipeline; `rng` only drives model dropout (if any).
     out, grads = gradients(state.params, batch, jax.random.fold_in(rng, state.step))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    trained, frozen = trainable_lib.split(state.params, paths)
+    updates, opt_state = tx.update(grads, state.opt_state, trained)
+    params = trainable_lib.join(optax.apply_updates(trained, updates), frozen)
     ema = None
     if ema_decay > 0:
       d = ema_decay_at(state.step, ema_decay)

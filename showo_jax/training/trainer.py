@@ -9,6 +9,7 @@ import logging
 import math
 import time
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,7 @@ from showo_jax.training import preflight
 from showo_jax.training import prepare
 from showo_jax.training import samples
 from showo_jax.training import train_step as step_lib
+from showo_jax.training import trainable as trainable_lib
 
 # Fields that must agree between a checkpoint and the run resuming it.
 _RESUME_FIELDS = ("model.family", "model.hidden_size", "model.num_layers", "model.num_heads", "model.num_kv_heads",
@@ -59,23 +61,27 @@ class Run:
     self.seq_len = showo_config.seq_len(config)
     rows = sum(_batch_sizes(config).values())
     sharding.check_batch(rows // config.train.grad_accum_steps, self.mesh, "micro-batch (all tasks)")
+    trainable = str(config.train.get("trainable", "all"))
     init = functools.partial(step_lib.init_state, model=self.model, tx=self.tx, seq_len=self.seq_len,
-                             ema=config.train.get("ema_decay", 0.0) > 0, bit_layout=_bit_layout(config))
+                             ema=config.train.get("ema_decay", 0.0) > 0, bit_layout=_bit_layout(config),
+                             trainable=trainable)
     with self.scope():
       boxed = jax.eval_shape(init, jax.random.key(0))
+      self.trainable_paths = trainable_lib.trainable_paths(boxed.params, trainable)
       self.state_shardings = sharding.logical_shardings(boxed, self.mesh, self.rules)
       self.abstract_state = checkpointing.abstract_with_shardings(step_lib.strip_boxes(boxed), self.state_shardings)
       sharding.check_divisible(self.abstract_state.params)
       self._init = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=self.state_shardings)
       batch_sh = sharding.batch_sharding(self.mesh)
-      step = step_lib.make_train_step(self.model, self.tx, config, self.lr_schedule)
+      step = step_lib.make_train_step(self.model, self.tx, config, self.lr_schedule, self.trainable_paths)
       self.train_step = jax.jit(step, in_shardings=(self.state_shardings, batch_sh, sharding.replicated(self.mesh)),
                                 out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
                                 donate_argnums=(0,))
       # The step's own gradient function, jitted apart so tests can compare gradients across meshes.
-      self._gradients = jax.jit(step_lib.make_gradient_fn(self.model, config),
+      trained_sh, _ = trainable_lib.split(self.state_shardings.params, self.trainable_paths)
+      self._gradients = jax.jit(step_lib.make_gradient_fn(self.model, config, self.trainable_paths),
                                 in_shardings=(self.state_shardings.params, batch_sh, sharding.replicated(self.mesh)),
-                                out_shardings=(sharding.replicated(self.mesh), self.state_shardings.params))
+                                out_shardings=(sharding.replicated(self.mesh), trained_sh))
 
   def scope(self):
     """jax.set_mesh + the logical axis rules, for everything that traces the model."""
@@ -101,8 +107,18 @@ class Run:
 
 
 def _init_from(run: Run, state, source: str):
-  """Replaces the params of a fresh state with those of another checkpoint (params only)."""
-  params = checkpoints.load_params(source, run.config)
+  """Replaces the params of a fresh state with those of another checkpoint (params only). LoRA factors the source
+  lacks (a base model) keep their fresh values (B = 0: the adapted model starts as the source)."""
+  base = run.config.copy_and_resolve_references()
+  if "lora" in base.model:
+    base.model.lora.rank = 0
+  loaded = flax.traverse_util.flatten_dict(flax.core.unfreeze(checkpoints.load_params(source, base)))
+  fresh = flax.traverse_util.flatten_dict(flax.core.unfreeze(state.params))
+  extra = sorted("/".join(k) for k in loaded if k not in fresh)
+  if extra:
+    raise ValueError(f"config.train.init_from={source!r} holds parameters this config has not ({extra[0]}, ...): "
+                     f"set config.model.lora like the source's, or merge its adapters (convert export --merge-lora)")
+  params = flax.traverse_util.unflatten_dict({k: loaded.get(k, v) for k, v in fresh.items()})
   params = jax.device_put(params, run.state_shardings.params)
   return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params) if state.ema_params is not None else None)
 

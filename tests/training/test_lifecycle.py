@@ -170,6 +170,17 @@ def test_init_from_copies_params_and_starts_a_fresh_optimizer(tmp_path, kind):
   for got, fresh in zip(jax.tree.leaves(state.opt_state), _fresh_optimizer(run)):
     np.testing.assert_array_equal(np.asarray(got), fresh)
   assert int(state.step) == 0
+  # Then LoRA on top: the base params are the source's, the adapters fresh with B = 0, and only they train.
+  lora_config = config.copy_and_resolve_references()
+  lora_config.model.lora.update(rank=2, targets="q,fc2")
+  lora_config.train.trainable = "lora"
+  lora_run = trainer.Run(lora_config)
+  lora_state = trainer._init_from(lora_run, lora_run.init_state(5), source)  # pylint: disable=protected-access
+  got = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(lora_state.params)[0]}
+  for p, w in jax.tree_util.tree_flatten_with_path(want)[0]:
+    np.testing.assert_array_equal(got.pop(jax.tree_util.keystr(p)), w)
+  assert len(got) == 4 * config.model.num_layers  # lora_a and lora_b of q_proj and fc2 in each layer
+  assert all(not v.any() for k, v in got.items() if "lora_b" in k) and all(v.any() for k, v in got.items() if "lora_a" in k)
   # Through the trainer: one step from the copied params, the optimizer counting from 0.
   workdir = str(tmp_path / "run")
   config.train.steps = 1
