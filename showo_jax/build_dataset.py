@@ -6,6 +6,8 @@ r"""Builds the training datasets of the paper's recipe as ArrayRecord folders (R
   python -m showo_jax.build_dataset pairs    --input cc12m/ --output data/cc12m --tokenizer-checkpoint magvitv2/
   python -m showo_jax.build_dataset llava    --input llava_v1_5_mix665k.json --image-root tuning_data/ \
       --output data/llava_tune --tokenizer-checkpoint magvitv2/
+  python -m showo_jax.build_dataset jsonl    --input my_data.jsonl --image-root my_images/ \
+      --output data/my_data --tokenizer-checkpoint magvitv2/
   python -m showo_jax.build_dataset digits   --output digits/ [--split test --num 10]   (PNG files, no records)
 
 `KIND --help` describes that kind's input layout (its module under showo_jax/data/builders/). Images are
@@ -46,6 +48,7 @@ _KIND_OPTIONS = {  # kind -> its own options: (flag, default, help)
                  ("--split", "train", "train | validation")],
     "pairs": [("--image-root", "", "JSONL manifests: the image folder ('' = the manifest's folder)")],
     "llava": [("--image-root", "", "the folder the conversation file's image paths are relative to")],
+    "jsonl": [("--image-root", "", "the folder the lines' image paths are relative to ('' = each file's folder)")],
 }
 
 

@@ -92,6 +92,10 @@ class _T2IBatch:
                                                        cfg.min_masking_rate)[:2] for img, rng in zip(images, rngs)])
     masked, labels = np.concatenate(masked), np.concatenate(labels)
     drop = prompting.cond_dropout(rngs, cfg.cond_dropout_prob)
+    uncaptioned = [r for r in records if "caption" not in r]  # preflight checks record folders; this, the rest
+    if uncaptioned:
+      raise ValueError(f"a t2i record without a caption (fields {sorted(uncaptioned[0])}): text-to-image sources "
+                       "need a caption on every record")
     text = self.tokenizer.encode([str(r["caption"]) for r in records])
     ids, lab = prompting.t2i_prompt(text, masked, labels, self.layout, self.data_cfg.max_text_len, cond_drop=drop)
     return {"input_ids": ids, "labels": lab}

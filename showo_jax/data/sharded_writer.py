@@ -51,7 +51,7 @@ def _load_all(source, indices, threads: int, chunk: int):
 
 
 def _new_stats() -> dict:
-  return {"num_records": 0, "corrupt": 0, "corrupt_examples": [], "fields": [], "skipped": {},
+  return {"num_records": 0, "corrupt": 0, "corrupt_examples": [], "fields": [], "field_counts": {}, "skipped": {},
           "skipped_examples": {}}
 
 
@@ -76,6 +76,8 @@ def _encode_shard(source, encoder, indices, resize, stats, bar):
 
   def emit(record):
     stats["fields"] = sorted(set(stats["fields"]) | set(record))
+    for field in record:  # how many records hold each field (a t2i source needs a caption on every one)
+      stats["field_counts"][field] = stats["field_counts"].get(field, 0) + 1
     return record
 
   def flush():
@@ -121,7 +123,8 @@ def _check_plan(output_folder: str, plan: dict):
 
 
 def _merge_stats(done_files) -> tuple[dict, set]:
-  totals = {"num_records": 0, "corrupt": 0, "corrupt_examples": [], "skipped": {}, "skipped_examples": {}}
+  totals = {"num_records": 0, "corrupt": 0, "corrupt_examples": [], "skipped": {}, "skipped_examples": {},
+            "field_counts": {}}
   fields = set()
   for done in done_files:
     stats = json.loads(paths.read_text(done))
@@ -133,6 +136,8 @@ def _merge_stats(done_files) -> tuple[dict, set]:
       examples = totals["skipped_examples"].setdefault(reason, [])
       examples += stats["skipped_examples"][reason][:_EXAMPLES_PER_REASON - len(examples)]
     fields.update(stats["fields"])
+    for field, count in stats.get("field_counts", {}).items():
+      totals["field_counts"][field] = totals["field_counts"].get(field, 0) + count
   return totals, fields
 
 
@@ -212,7 +217,8 @@ def write_sharded(source, output_folder: str, plan: dict, *, encoder=None, resiz
                 seconds=time.perf_counter() - t0)
   totals, fields = _merge_stats(done_files)
   info = dict(plan, **(meta or {}), num_records=totals["num_records"], num_shards=num_shards, fields=sorted(fields),
-              corrupt=totals["corrupt"], corrupt_examples=totals["corrupt_examples"], skipped=totals["skipped"],
+              field_counts=totals["field_counts"], corrupt=totals["corrupt"],
+              corrupt_examples=totals["corrupt_examples"], skipped=totals["skipped"],
               skipped_examples=totals["skipped_examples"])
   if not in_jax_group or index == 0:  # meta.json last: a folder holding it is complete (records.read_meta)
     paths.write_text(paths.join(output_folder, records.META), json.dumps(info, indent=1))

@@ -28,8 +28,8 @@ def _require(path: str, field: str):
 
 def _check_records(spec: str, field: str, config, kind: str = "image"):
   """A record folder (not a tfds spec) must be complete and non-empty, hold the kind of record the task reads
-  (`image`: image tokens, `text`: a text field) and, for images, the model's code count, token count and code
-  range (read from meta.json and the first record)."""
+  (`image`: image tokens, `captioned`: image tokens and a caption on every record, `text`: a text field) and,
+  for images, the model's code count, token count and code range (read from meta.json and the first record)."""
   if spec.startswith("tfds:"):
     return
   _require(spec, field)
@@ -39,6 +39,11 @@ def _check_records(spec: str, field: str, config, kind: str = "image"):
   first = records.open_source(spec)[0]
   if first is None:
     raise config_base.ConfigError(f"{field}={spec}: its first record is unreadable (corrupt folder?)")
+  counts = meta.get("field_counts", {})
+  if kind == "captioned" and counts and counts.get("caption", 0) < int(meta["num_records"]):
+    raise config_base.ConfigError(
+        f"{field}={spec}: {int(meta['num_records']) - counts.get('caption', 0)} of its {meta['num_records']} "
+        "records have no caption, which text-to-image needs (build the caption lines into a folder of their own)")
   if kind == "text":
     if "text" not in first:
       raise config_base.ConfigError(f"{field}={spec} holds records of fields {sorted(first)}, not text records "
@@ -101,7 +106,8 @@ def check_before_work(config):
   if d.source == "records":
     for task in ("t2i", "mmu", "lm"):
       for spec in filter(None, str(d.get(f"{task}_records", "")).split(",")):
-        _check_records(spec, f"config.data.{task}_records", config, "text" if task == "lm" else "image")
+        kind = {"lm": "text", "t2i": "captioned"}.get(task, "image")
+        _check_records(spec, f"config.data.{task}_records", config, kind)
   elif d.source == "embedded" and not checkpoint:
     magvit = config.tokenizer.magvit
     tokenizer_config.validate_training(magvit)

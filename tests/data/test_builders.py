@@ -338,6 +338,82 @@ def test_llava_conversations(tokenizer, tmp_path):
   assert "(id n1): no assistant turn" in stats["skipped_examples"]["no assistant turn"][0]
 
 
+# ------------------------------------------------------------------------------------------------ jsonl
+
+
+def _own_jsonl(tmp_path):
+  """A fine-tuning JSONL of caption, conversation and both-kinds lines plus 7 bad lines; returns (path, root)."""
+  root = tmp_path / "mine"
+  _write(str(root / "img" / "a.png"), _png(11))
+  _write(str(root / "img" / "b.png"), _png(12))
+  _write(str(root / "broken.png"), CORRUPT)
+  chat = [{"from": "human", "value": "<image>\nIs it upside down?"}, {"from": "gpt", "value": "Yes."}]
+  lines = [
+      {"id": "cap", "image": "img/a.png", "caption": " a red square "},
+      {"image": "img/b.png", "conversations": chat},
+      {"id": "both", "image": "img/a.png", "caption": "a square", "conversations": chat[:1] + [
+          {"from": "gpt", "value": "No."}, {"from": "human", "value": "Colour?"}, {"from": "gpt", "value": "Red."}]},
+      {"id": "x1", "image": "img/a.png"},  # neither
+      {"id": "x2", "image": "img/missing.png", "caption": "c"},
+      {"id": "x3", "image": "broken.png", "caption": "c"},
+      {"id": "x4", "image": "img/a.png", "caption": "   "},
+      {"id": "x5", "image": "img/a.png", "conversations": chat[:1]},
+      {"id": "x6", "caption": "no image"},
+  ]
+  path = root / "data.jsonl"
+  path.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n[1, 2]\n")
+  return str(path), str(root)
+
+
+def test_jsonl_captions_and_conversations(tokenizer, tmp_path):
+  checkpoint, encode = tokenizer
+  path, root = _own_jsonl(tmp_path)
+  stats = _build("jsonl", [path], str(tmp_path / "out"), checkpoint=checkpoint, batch_size=8)  # root: the file's
+  rows = _rows(tmp_path / "out")
+  assert [r["id"] for r in rows] == ["cap", "1", "both"]
+  assert [r.get("caption") for r in rows] == ["a red square", None, "a square"]
+  assert [json.loads(r["conversation"]) if "conversation" in r else None for r in rows] == [
+      None, [["Is it upside down?", "Yes."]], [["Is it upside down?", "No."], ["Colour?", "Red."]]]
+  files = [os.path.join(root, "img", n) for n in ("a.png", "b.png", "a.png")]
+  np.testing.assert_array_equal(np.stack([r["image_tokens"] for r in rows]), encode(_pixels(files)))
+  assert stats["skipped"] == {"no caption or conversations": 1, "missing file": 1, "corrupt image": 1,
+                              "empty caption": 1, "no assistant turn": 1, "no image path": 1, "bad json line": 1}
+  assert any("data.jsonl:11: not a JSON object" in m for m in stats["skipped_examples"]["bad json line"])
+  meta = records.read_meta(str(tmp_path / "out"))
+  assert meta["field_counts"] == {"image_tokens": 3, "id": 3, "caption": 2, "conversation": 2}
+
+
+def test_jsonl_records_train_understanding_and_refuse_t2i_without_captions(tokenizer, tmp_path):
+  """The mixed folder feeds mmu (captions as captioning, conversations turn by turn); as a t2i source the
+  preflight refuses it in one line, naming how many records lack a caption."""
+  checkpoint, _ = tokenizer
+  config = _showo_config(tmp_path)
+  layout = showo_config.vocab_layout(config)
+  tok = text_tokenizer.TextTokenizer(config.text_tokenizer.path, layout)
+  path, _ = _own_jsonl(tmp_path)
+  out = str(tmp_path / "out")
+  _build("jsonl", [path], out, checkpoint=checkpoint, batch_size=8)
+  source = records.open_source(out)
+  datasets = pipeline.task_datasets({"mmu": source}, {"mmu": 3}, tok, layout, config, seed=0)
+  mmu = next(iter(datasets["mmu"]))
+  order = pipeline._global_order(source, 2000)  # pylint: disable=protected-access
+  for row_ids, row_labels, rec in zip(mmu["input_ids"], mmu["labels"], [order[i] for i in range(3)]):
+    kept = row_labels != prompting.IGNORE_ID
+    answer = tok.decode(row_labels[kept])
+    if "conversation" in rec:
+      assert answer == "".join(f" {a}" for _, a in json.loads(rec["conversation"]))
+    else:
+      # captioning as the official mmu rows: the whole text is the target (SPEC §3.3)
+      assert answer.endswith(f"Please describe this image. ASSISTANT: {rec['caption']}")
+  from showo_jax.training import preflight  # pylint: disable=g-import-not-at-top
+  from showo_jax.config import base as config_base  # pylint: disable=g-import-not-at-top
+  config.data.update(source="records", mmu_records=out)
+  preflight.check_before_work(config)  # mmu: fine
+  config.data.t2i_records = out
+  with pytest.raises(config_base.ConfigError, match=r"t2i_records=.*/out: 1 of its 3 records have no caption"):
+    preflight.check_before_work(config)
+
+
 # ------------------------------------------------------------------------------------------------ pipelines
 
 

@@ -4,6 +4,8 @@
   imagenet  tfds imagenet2012 manual layout or tree   → t2i records {"image_tokens", "caption", "label"}
   pairs     webdataset tars, JSONL manifest, folder   → t2i / mmu records {"image_tokens", "caption"}
   llava     LLaVA-Pretrain / v1.5-mix conversations   → mmu records {"image_tokens", "conversation", "id"}
+  jsonl     your own images: caption and/or LLaVA-style conversation lines → {"image_tokens", "caption" and/or
+            "conversation", "id"} (fine-tuning)
 
 One module per source defines a `Source` (random access: `len`, `load(i)` → (uint8 image or None, fields),
 raising `records.SkipExample` for bad input) and its `plan()`; `build` runs it through an image encoder (the
@@ -15,7 +17,7 @@ import importlib
 
 from showo_jax.data import sharded_writer
 
-KINDS = ("text", "imagenet", "pairs", "llava")
+KINDS = ("text", "imagenet", "pairs", "llava", "jsonl")
 
 
 def source_module(kind: str):
