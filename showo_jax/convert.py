@@ -7,9 +7,10 @@
       from the tensor shapes and the official config.json. The CLIP variant's `mm_projector.*` tensors go to
       state["extras"] and are named in config.model.extra_keys. A MAGVIT-v2 becomes a tokenizer checkpoint
       that `tokenizer_trainer.load_tokenizer` (and `sample --tokenizer`) reads.
-  export --checkpoint CKPT_DIR --output FOLDER [--overwrite]
+  export --checkpoint CKPT_DIR --output FOLDER [--merge-lora] [--overwrite]
       The official layout back: config.json (SPEC §9 fields) + pytorch_model.safetensors ([out, in] weights).
-      import → export gives back every tensor bit for bit (float32 sources).
+      import → export gives back every tensor bit for bit (float32 sources). A LoRA fine-tune needs
+      --merge-lora: each adapter is folded into its kernel (the merged model's logits equal the adapted one's).
   llm --input HF_FOLDER --output CKPT_DIR --config configs/showo.py:size=… [--qk-norm identity|init]
       A Phi-1.5 or LLaMA-family HF checkpoint as the backbone of a fresh Show-o (see `llm_init.llm_to_showo`).
 
@@ -39,6 +40,8 @@ def _parser():
   exp = sub.add_parser("export", help="showo_jax checkpoint → official folder")
   exp.add_argument("--checkpoint", required=True, help="a showo_jax workdir, checkpoints folder or step folder")
   exp.add_argument("--output", required=True, help="folder to write: config.json + pytorch_model.safetensors")
+  exp.add_argument("--merge-lora", action="store_true", help="fold the checkpoint's LoRA adapters into their "
+                   "kernels (needed when it has any: the official layout has no adapter tensors)")
   llm = sub.add_parser("llm", help="HF Phi / LLaMA-family LLM → fresh Show-o checkpoint")
   llm.add_argument("--input", required=True, help="HF folder: config.json + *.safetensors")
   llm.add_argument("--output", required=True, help="checkpoint folder to write")
@@ -62,7 +65,7 @@ def run(args) -> str:
         args.input, args.output, overwrite=args.overwrite, allow_non_finite=args.allow_non_finite)
     return f"imported {kind} {args.input} → {args.output}"
   if args.cmd == "export":
-    conversion.export_showo(args.checkpoint, args.output, overwrite=args.overwrite)
+    conversion.export_showo(args.checkpoint, args.output, overwrite=args.overwrite, merge_lora=args.merge_lora)
     return f"exported {args.checkpoint} → {args.output}"
   config = config_base.load_config_file(args.config)
   llm_init.llm_to_showo(args.input, args.output, config, qk_norm=args.qk_norm, seed=args.seed,

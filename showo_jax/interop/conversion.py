@@ -23,6 +23,8 @@ from showo_jax.interop import checkpoints
 from showo_jax.interop import magvit_keys
 from showo_jax.interop import showo_keys
 from showo_jax.interop import streaming
+from showo_jax.models import dense
+from showo_jax.models import lora
 from showo_jax.tokenizer import config as tokenizer_config
 from showo_jax.tokenizer import trainer as tokenizer_trainer
 
@@ -158,7 +160,7 @@ EXPORT_BATCH_BYTES = 256 * 2**20
 def _export_plan(config, saved: dict, checkpoint: str):
   """[(official key, saved leaf path, layer index or None, to_torch)]: the params rows, then the extras. A run
   that kept an EMA exports its EMA params (what it sampled and evaluated with)."""
-  root = "ema_params" if any(leaf[0] == "ema_params" for leaf in saved) else "params"
+  root = _params_root(saved)
   plan = [(key, (root,) + path, index, to_torch)
           for key, path, index, to_torch in showo_keys.official_plan(config)]
   for _, leaf, _, _ in plan:
@@ -170,32 +172,55 @@ def _export_plan(config, saved: dict, checkpoint: str):
   return plan + [(key, path, None, ident) for key, path in extras]
 
 
-def _batches(plan, saved: dict, budget: int):
-  """Consecutive plan rows whose distinct leaves add up to at most `budget` bytes (a larger leaf goes alone)."""
+def _params_root(saved: dict) -> str:
+  return "ema_params" if any(leaf[0] == "ema_params" for leaf in saved) else "params"
+
+
+def _adapters(saved: dict) -> dict:
+  """{kernel leaf: (lora_a leaf, lora_b leaf)} of the exported params' LoRA adapters."""
+  root = _params_root(saved)
+  return {leaf[:-1] + ("kernel",): (leaf, leaf[:-1] + ("lora_b",)) for leaf in saved
+          if leaf[0] == root and lora.is_adapter(leaf) and leaf[-1] == "lora_a"}
+
+
+def _batches(plan, saved: dict, budget: int, adapters: dict):
+  """Consecutive plan rows whose distinct leaves (with a kernel's adapters) add up to at most `budget` bytes (a
+  larger leaf goes alone)."""
   size = lambda leaf: int(np.prod(saved[leaf][0], dtype=np.int64)) * np.dtype(saved[leaf][1]).itemsize
   rows, leaves, nbytes = [], {}, 0
   for row in plan:
-    leaf = row[1]
-    if leaf not in leaves and rows and nbytes + size(leaf) > budget:
+    needed = [row[1], *adapters.get(row[1], ())]
+    new = [leaf for leaf in needed if leaf not in leaves]
+    if new and rows and nbytes + sum(map(size, new)) > budget:
       yield rows, leaves
-      rows, leaves, nbytes = [], {}, 0
-    if leaf not in leaves:
+      rows, leaves, nbytes, new = [], {}, 0, needed
+    for leaf in new:
       leaves[leaf], nbytes = saved[leaf], nbytes + size(leaf)
     rows.append(row)
   if rows:
     yield rows, leaves
 
 
-def export_showo(checkpoint: str, output: str, *, overwrite: bool = False):
+def export_showo(checkpoint: str, output: str, *, overwrite: bool = False, merge_lora: bool = False):
   """Our checkpoint → official folder (config.json + pytorch_model.safetensors), streamed.
 
   The saved params are restored a batch of leaves at a time (EXPORT_BATCH_BYTES), converted and written; the
   header comes first, from the saved shapes alone. Memory: one batch plus a tensor, not the model.
+  `merge_lora`: a checkpoint with LoRA adapters is written with each adapter folded into its kernel
+  (W + alpha / r · A · B, models/lora.py), which the official layout needs (it has no adapter tensors).
   """
   ckpt, step, config = _open_checkpoint(checkpoint)
   try:
     saved = ckpt.saved_leaves(step)
     plan = _export_plan(config, saved, checkpoint)
+    adapters = _adapters(saved)
+    if adapters and not merge_lora:
+      raise CheckpointError(f"{checkpoint}: holds LoRA adapters (rank {config.model.lora.rank}), which the "
+                            "official layout has no place for: export with --merge-lora to fold them into the "
+                            "kernels")
+    if merge_lora and not adapters:
+      raise CheckpointError(f"{checkpoint}: --merge-lora, but the checkpoint holds no LoRA adapters")
+    alpha = float(config.model.lora.alpha) if adapters else 0.0
 
     def convert(value, index, to_torch):
       return showo_keys.to_official(value, index, to_torch, config)
@@ -209,8 +234,12 @@ def export_showo(checkpoint: str, output: str, *, overwrite: bool = False):
       specs.append((key, (tuple(out.shape), out.dtype)))
 
     def tensors():
-      for rows, leaves in _batches(plan, saved, EXPORT_BATCH_BYTES):
+      for rows, leaves in _batches(plan, saved, EXPORT_BATCH_BYTES, adapters):
         values = ckpt.restore_leaves(step, leaves)
+        for leaf in [leaf for leaf in values if leaf in adapters]:
+          a, b = (values.pop(x) for x in adapters[leaf])
+          stacked = 1 if config.model.scan_layers and leaf[1] == "layers" else 0
+          values[leaf] = np.asarray(dense.merged_kernel(values[leaf], a, b, alpha, stacked))
         for key, leaf, index, to_torch in rows:
           yield key, convert(values[leaf], index, to_torch)
         del values

@@ -251,3 +251,33 @@ def test_evaluate_uses_the_checkpoint_sampling_settings(guided_workdir):
   from showo_jax.evaluation import embedded_report  # pylint: disable=g-import-not-at-top
   report = embedded_report.evaluate(guided_workdir, per_class=1, guidance=None)
   assert report["sampling"] == {"steps": 3, "guidance": 1.5, "temperature": 0.5, "schedule": "linear"}
+
+
+def test_a_lora_fine_tune_samples_with_its_adapters_as_its_merged_export_does(workdir, images, tmp_path):
+  """LoRA from the fixture's run (init_from), adapter dropout on: `sample` applies the adapters (its images and
+  answers differ from the base run's) without dropout (they equal those of the --merge-lora export, imported)."""
+  from showo_jax import convert  # pylint: disable=g-import-not-at-top
+  config = train_fixtures.tiny_config(os.path.join(os.path.dirname(workdir), "data"), steps=2)
+  config.train.update(init_from=workdir, trainable="lora")
+  config.model.lora.update(rank=2, alpha=16.0, dropout=0.2, targets="q,k,v,o,fc1,fc2")
+  config.optimizer.update(lr=0.1, warmup_steps=0)
+  lora_wd = str(tmp_path / "lora")
+  trainer.train_and_evaluate(config, lora_wd)
+  merged = str(tmp_path / "merged")
+  assert convert.main(["export", "--checkpoint", lora_wd, "--output", str(tmp_path / "official"),
+                       "--merge-lora"]) == 0
+  assert convert.main(["import", "--input", str(tmp_path / "official"), "--output", merged]) == 0
+  tokenizers = ["--tokenizer", os.path.join(workdir, "tokenizer", "magvit.npz"), "--text-tokenizer",
+                config.text_tokenizer.path]
+  outputs = {}
+  for name, ckpt in (("base", workdir), ("lora", lora_wd), ("merged", merged)):
+    _ok("t2i", "--checkpoint", ckpt, *tokenizers, "--prompt", "a handwritten digit two", "--num", 2, "--steps", 4,
+        "--seed", 1, "--out-dir", tmp_path / f"images_{name}")
+    answers, _ = _ok("mmu", "--checkpoint", ckpt, *tokenizers, "--image", images["rgb"], images["gray"],
+                     "--question", "What digit is this?", "--max-new-tokens", 6, "--json")
+    folder = tmp_path / f"images_{name}"
+    pngs = [_png(folder / f) for f in sorted(os.listdir(folder))]
+    outputs[name] = (np.stack(pngs), [r["answer"] for r in json.loads(answers)])
+  np.testing.assert_array_equal(outputs["lora"][0], outputs["merged"][0])
+  assert outputs["lora"][1] == outputs["merged"][1]
+  assert not np.array_equal(outputs["lora"][0], outputs["base"][0]) or outputs["lora"][1] != outputs["base"][1]

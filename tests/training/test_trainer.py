@@ -21,19 +21,34 @@ def _final_params(workdir):
   return params
 
 
-def test_resume_is_bit_exact(tmp_path):
+def _lora(config, lora: bool):
+  """The config with rank-2 adapters (dropout on, so their random stream must resume too) trained alone."""
+  if lora:
+    config.model.lora.update(rank=2, targets="q,v,fc2", dropout=0.1)
+    config.train.trainable = "lora"
+    config.optimizer.warmup_steps = 0  # lr > 0 from the first update: B leaves zero at step 1
+  return config
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_resume_is_bit_exact(tmp_path, lora):
   data = str(tmp_path / "data")
   straight = str(tmp_path / "straight")
-  trainer.train_and_evaluate(train_fixtures.tiny_config(data, steps=3), straight)
+  trainer.train_and_evaluate(_lora(train_fixtures.tiny_config(data, steps=3), lora), straight)
   resumed = str(tmp_path / "resumed")
-  interrupted = train_fixtures.tiny_config(data, steps=3)
+  interrupted = _lora(train_fixtures.tiny_config(data, steps=3), lora)
   interrupted.train.stop_after = 2  # as if the job had been stopped after step 2
   trainer.train_and_evaluate(interrupted, resumed)
   assert checkpoints.load_checkpoint(resumed)[1].train.steps == 3
-  trainer.train_and_evaluate(train_fixtures.tiny_config(data, steps=3), resumed)  # resumes at step 2
+  trainer.train_and_evaluate(_lora(train_fixtures.tiny_config(data, steps=3), lora), resumed)  # resumes at step 2
   a, b = _final_params(straight), _final_params(resumed)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
+  if lora:  # the adapters did train (B moved off zero), and they are what resumed bit for bit
+    flat = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(a)[0]}
+    b_factors = [v for k, v in flat.items() if "lora_b" in k]
+    assert len(b_factors) == 3 * train_fixtures.tiny_config(data).model.num_layers
+    assert all(np.abs(v).max() > 0 for v in b_factors)
   rows = [json.loads(l) for l in open(os.path.join(straight, "metrics.jsonl"))]
   assert [r["step"] for r in rows] == [1, 2, 3]
   for key in ("loss", "loss_t2i", "loss_lm", "loss_mmu", "grad_norm", "lr", "step_time_s", "tokens_per_s", "mfu"):
