@@ -13,6 +13,11 @@ Writes DIR/eval.json and DIR/eval.png. eval.json holds, for "validation" (choose
   classifier_accuracy     the pixel classifier on the split's real digits (how much to trust the judge)
   tokenizer_psnr, tokenizer_codebook_usage   reconstruction quality and share of codes used on the split
   lm_perplexity           next-token perplexity on the split's held-out documents
+  sideways_*              only for the fine-tuning demo (configs/tiny_finetune.py): sideways_mmu_accuracy (share of
+                          the split's digits, turned and upright, answered "yes" / "no" to "Is this digit on its
+                          side?"), sideways_t2i_class_consistency (images for "a handwritten digit k on its side"
+                          judged by a classifier trained on turned training digits), sideways_t2i_diversity,
+                          sideways_classifier_accuracy
 The MaskGIT settings default to the checkpoint's config.train.sample_* (what `sample` uses), printed in one
 line; flags override them. The measures are evaluation/measures.py; the report evaluation/embedded_report.py.
 Exit status: 0 done, 2 bad input (one line naming it), 1 an unexpected failure.

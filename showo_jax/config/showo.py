@@ -106,6 +106,9 @@ def showo_config(size: str = "tiny", res: int = 256) -> ConfigDict:
       t2i_weights="", mmu_weights="", lm_weights="",  # mixture weights of those sources (default equal)
       lm_window_chars=8000,  # official: a random 8000-character window of each document
       embedded_mmu_copies=1,  # embedded source: MMU trains on the digits plus K - 1 randomly distorted copies
+      # embedded source: "" = the default tasks; "sideways" = the fine-tuning demo's new task (digits turned 90°,
+      # "… on its side", "Is this digit on its side?") mixed with the default tasks (configs/tiny_finetune.py)
+      embedded_task="",
       mmu_image_token_noise=0.0,  # MMU inputs: share of image tokens replaced by random codes (regularisation)
   ))
   c.text_tokenizer = ConfigDict(dict(path=""))  # local tokenizer.json (never a hub download)
@@ -213,6 +216,8 @@ def validate(config) -> ConfigDict:
   for name in ("num_image_tokens", "max_text_len"):
     _check(d[name] > 0, f"config.data.{name}={d[name]} must be positive")
   _check(d.max_text_len >= 3, f"config.data.max_text_len={d.max_text_len} must leave room for BOS, text and EOS")
+  _check(d.get("embedded_task", "") in ("", "sideways"),
+         f"config.data.embedded_task={d.get('embedded_task')!r} is not one of '', 'sideways'")
   loss = config.loss
   for name in ("t2i_coeff", "lm_coeff", "mmu_coeff", "min_masking_rate", "cond_dropout_prob"):
     _check(loss[name] >= 0, f"config.loss.{name}={loss[name]} must be >= 0")

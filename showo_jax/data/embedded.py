@@ -29,8 +29,38 @@ HELD_OUT_EVERY = 10  # every 10th item is a test item (offset 0), another every 
 SPLITS = ("train", "validation", "test")
 
 
-def caption(label: int) -> str:
-  return f"a handwritten digit {DIGITS[int(label)]}"
+# The fine-tuning demo's new task (configs/tiny_finetune.py): digits turned 90° clockwise. Not 180°: an upside-down
+# 0, 1 or 8 looks upright and a 6 becomes a 9, so "is it upside down?" has no answer for them; on its side, every
+# digit is told apart from its upright self.
+SIDEWAYS_QUESTION = "Is this digit on its side?"
+SIDEWAYS = " on its side"
+# Views of the digits (image source `embedded:SPLIT[*K][:VIEW]`): (turned?, caption suffix, question, answer)
+VIEWS = ("default", "sideways", "upright")
+TASKS = ("", "sideways")  # config.data.embedded_task
+
+
+def caption(label: int, sideways: bool = False) -> str:
+  return f"a handwritten digit {DIGITS[int(label)]}" + (SIDEWAYS if sideways else "")
+
+
+def turn_sideways(images):
+  """Digits [N, H, W, C] turned 90° clockwise."""
+  return np.ascontiguousarray(np.rot90(np.asarray(images), k=-1, axes=(1, 2)))
+
+
+def view_fields(labels, view: str = "default") -> list[dict]:
+  """The record fields of digits seen in a view: `default` (caption, "What digit is this?" → the digit's word),
+  `sideways` (turned: "… on its side", "Is this digit on its side?" → "yes"), `upright` (as they are: the
+  default caption, "Is this digit on its side?" → "no")."""
+  if view not in VIEWS:
+    raise ValueError(f"unknown view {view!r} of the embedded digits; use one of {', '.join(VIEWS)}")
+  out = []
+  for label in labels:
+    question, answer = {"default": (QUESTION, DIGITS[int(label)]), "sideways": (SIDEWAYS_QUESTION, "yes"),
+                        "upright": (SIDEWAYS_QUESTION, "no")}[view]
+    out.append({"caption": caption(label, view == "sideways"), "label": int(label), "question": question,
+                "answer": answer})
+  return out
 
 
 def _package_file(package: str, *parts: str) -> str:

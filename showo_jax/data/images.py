@@ -209,22 +209,27 @@ class ImageCollection:
       self._open_folder(spec)
     else:
       raise ValueError(f"image source {spec!r}: not an image folder, records:FOLDER, tfds:NAME[:SPLIT]@DIR, "
-                       "embedded:train, embedded:validation or embedded:test")
+                       "embedded:SPLIT[*K][:VIEW] (e.g. embedded:train, embedded:test:sideways)")
 
   def _open_embedded(self, split: str):
-    """`train`, `validation`, `test`, or `SPLIT*K`: the split plus K - 1 randomly distorted copies
-    (`embedded.augmented_copies`)."""
+    """`SPLIT[*K][:VIEW]`: a split (`train`, `validation`, `test`), with `*K` plus K - 1 randomly distorted copies
+    (`embedded.augmented_copies`), seen in a view (`embedded.view_fields`; `sideways` turns the images)."""
     from showo_jax.data import embedded  # pylint: disable=g-import-not-at-top
+    split, _, view = split.partition(":")
     split, _, copies = split.partition("*")
     if copies and not (copies.isdigit() and int(copies) >= 1):
       raise ValueError(f"image source {self.spec!r}: copies after '*' must be an integer >= 1")
+    if view and view not in embedded.VIEWS:
+      raise ValueError(f"image source {self.spec!r}: unknown view {view!r} (after ':'); use one of "
+                       f"{', '.join(embedded.VIEWS)}")
     images, labels = embedded.load_mnist()
     idx = embedded.split_indices(len(images), split)
     images, labels = images[idx], labels[idx]
     if copies and int(copies) > 1:
       images, labels = embedded.augmented_copies(images, labels, int(copies))
-    self._fields = [{"caption": embedded.caption(l), "label": int(l), "question": embedded.QUESTION,
-                     "answer": embedded.DIGITS[int(l)]} for l in labels]
+    if view == "sideways":
+      images = embedded.turn_sideways(images)
+    self._fields = embedded.view_fields(labels, view or "default")
     if images.shape[1] != self.resolution and self.resize:
       images = np.stack([load_image(im, self.resolution) for im in images])
     elif images.shape[1] != self.resolution:

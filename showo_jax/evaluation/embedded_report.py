@@ -1,7 +1,8 @@
 """The embedded default's report card (`python -m showo_jax.evaluate`, whose docstring lists the figures), for the
 validation split (where settings are chosen) and the test split (reported for the final choice): MMU accuracy,
 T2I class consistency judged by a pixel classifier, T2I diversity and near-copies of training digits, tokenizer
-PSNR and codebook usage, lm perplexity on held-out text.
+PSNR and codebook usage, lm perplexity on held-out text; for the fine-tuning demo (config.data.embedded_task =
+"sideways") also the new task's MMU accuracy and T2I class consistency.
 """
 
 import json
@@ -41,11 +42,17 @@ def evaluate(workdir: str, checkpoint: str = "", *, per_class: int = 20, seed: i
   classifier = measures.PixelClassifier(images[train_idx], labels[train_idx])
   report = {"checkpoint": paths.resolve(checkpoint or workdir), "sampling": settings,
             "maskgit_steps": settings["steps"], "guidance": settings["guidance"]}
+  sideways = pipe.config.data.get("embedded_task", "") == "sideways"
+  if sideways:  # the fine-tuning demo's task, judged by a classifier of turned training digits
+    turned_classifier = measures.PixelClassifier(embedded.turn_sideways(images[train_idx]), labels[train_idx])
   for split in SPLITS:
     idx = embedded.split_indices(len(images), split)
     report[split], generated, recon = _split_report(
         pipe, classifier, images[idx], labels[idx], images[train_idx], embedded.load_text(split),
         settings, per_class=per_class, seed=seed + _SPLIT_SEED[split])
+    if sideways:
+      report[split].update(_sideways_report(pipe, turned_classifier, images[idx], labels[idx], settings,
+                                            per_class=per_class, seed=seed + _SPLIT_SEED[split] + 77_777))
   report["seconds"] = time.time() - t0
   paths.write_text(paths.join(workdir, "eval.json"), json.dumps(report, indent=1))
   test = images[embedded.split_indices(len(images), "test")]
@@ -81,6 +88,27 @@ def _split_report(pipe, classifier, split_images, split_labels, train_images, te
   out["lm_perplexity"] = measures.perplexity(apply_fn(pipe.cfg), pipe.params, texts, pipe.text_tokenizer,
                                              pipe.layout, showo_config.seq_len(pipe.config))
   return out, generated, recon
+
+
+def _sideways_report(pipe, classifier, split_images, split_labels, settings, *, per_class, seed) -> dict:
+  """The sideways task on a split: "Is this digit on its side?" over its digits turned (→ yes) and upright
+  (→ no), and T2I class consistency of "a handwritten digit k on its side" judged on turned digits."""
+  turned = embedded.turn_sideways(split_images)
+  out, correct = {}, []
+  for pictures, expected in ((turned, "yes"), (split_images, "no")):
+    codes = np.concatenate([pipe.encode(pictures[i:i + 250]) for i in range(0, len(pictures), 250)])
+    for i in range(0, len(codes), 100):
+      correct += [measures.answer_is(a, expected)
+                  for a in pipe.mmu(codes[i:i + 100], embedded.SIDEWAYS_QUESTION, max_new_tokens=4)]
+  out["sideways_mmu_accuracy"] = float(np.mean(correct))
+  out["sideways_classifier_accuracy"] = classifier.accuracy(turned, split_labels)
+  prompts = [embedded.caption(k, sideways=True) for k in range(10) for _ in range(per_class)]
+  wanted = np.repeat(np.arange(10), per_class)
+  generated = np.concatenate([pipe.t2i(prompts[i:i + 100], seed=seed + i, **settings)
+                              for i in range(0, len(prompts), 100)])
+  out["sideways_t2i_class_consistency"] = classifier.accuracy(generated, wanted)
+  out["sideways_t2i_diversity"] = measures.diversity(generated, wanted, turned, split_labels)
+  return out
 
 
 def _summary_png(generated, per_class, originals, recon, path):

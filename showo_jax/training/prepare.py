@@ -64,13 +64,19 @@ def _text_tokenizer(config, workdir: str, layout) -> text_tokenizer_lib.TextToke
 
 def _embedded_records(config, workdir: str):
   """({name: records folder}, tokenizer checkpoint) for the embedded default: `train`, `validation`, `test`, and with
-  config.data.embedded_mmu_copies = K > 1 also `train*K` (the training digits plus distorted copies, for MMU)."""
+  config.data.embedded_mmu_copies = K > 1 also `train*K` (the training digits plus distorted copies, for MMU).
+  The sideways task (config.data.embedded_task) adds the turned training digits for t2i and, for MMU, the
+  turned and the upright ones asked "Is this digit on its side?"."""
   checkpoint = config.tokenizer.checkpoint
   copies = int(config.data.get("embedded_mmu_copies", 1))
   splits = {"train": "train", "validation": "validation", "test": "test"}
+  mmu = f"train*{copies}" if copies > 1 else "train"
   if copies > 1:
-    splits["mmu"] = f"train*{copies}"
-  folders = {name: paths.join(workdir, "data", f"mnist_{spec.replace('*', '_x')}") for name, spec in splits.items()}
+    splits["mmu"] = mmu
+  if config.data.get("embedded_task", "") == "sideways":
+    splits.update(sideways_t2i="train:sideways", sideways_mmu=f"{mmu}:sideways", upright_mmu=f"{mmu}:upright")
+  folders = {name: paths.join(workdir, "data", "mnist_" + spec.replace("*", "_x").replace(":", "_"))
+             for name, spec in splits.items()}
   if jax.process_index() == 0:
     if not checkpoint:
       folder = paths.join(workdir, "tokenizer")
@@ -101,6 +107,10 @@ def prepare_training_data(config, workdir: str) -> TrainingData:
     folders, checkpoint = _embedded_records(config, workdir)
     image_source = records.open_source(folders["train"])
     mmu_source = records.open_source(folders["mmu"]) if "mmu" in folders else image_source
+    if "sideways_t2i" in folders:  # the new task mixed with the default ones (which the fine-tune must keep)
+      image_source = pipeline.Mixture([records.open_source(folders["sideways_t2i"]), image_source])
+      mmu_source = pipeline.Mixture([records.open_source(folders[name]) for name in ("sideways_mmu", "upright_mmu")]
+                                    + [mmu_source])
     sources = {"t2i": image_source, "mmu": mmu_source, "lm": [{"text": t} for t in embedded.load_text("train")]}
     # In-training samples look at the validation split; the test split is only for the final figures.
     eval_sources = {"images": records.open_source(folders["validation"]), "text": embedded.load_text("validation")}

@@ -30,3 +30,21 @@ def test_validation_collection_holds_its_digits():
   image, fields = collection.load(3)
   np.testing.assert_array_equal(image, digits[idx[3]])
   assert fields["label"] == int(labels[idx[3]]) and fields["answer"] == embedded.DIGITS[int(labels[idx[3]])]
+
+
+def test_sideways_views_turn_the_digits_clockwise_and_ask_the_new_question():
+  np.testing.assert_array_equal(embedded.turn_sideways(np.arange(6).reshape(1, 2, 3, 1))[0, ..., 0],
+                                [[3, 0], [4, 1], [5, 2]])  # 90° clockwise: the left column becomes the top row
+  digits, labels = embedded.load_mnist()
+  idx = embedded.split_indices(len(digits), "test")
+  word = embedded.DIGITS[int(labels[idx[3]])]
+  image, fields = images.ImageCollection("embedded:test:sideways", 32).load(3)
+  np.testing.assert_array_equal(image, np.rot90(digits[idx[3]], k=-1))
+  assert fields == {"caption": f"a handwritten digit {word} on its side", "label": int(labels[idx[3]]),
+                    "question": "Is this digit on its side?", "answer": "yes"}
+  image, fields = images.ImageCollection("embedded:test:upright", 32).load(3)
+  np.testing.assert_array_equal(image, digits[idx[3]])
+  assert fields["answer"] == "no" and fields["caption"] == f"a handwritten digit {word}"
+  assert len(images.ImageCollection("embedded:test*2:sideways", 32)) == 1000
+  with pytest.raises(ValueError, match="unknown view 'flipped'"):
+    images.ImageCollection("embedded:test:flipped", 32)

@@ -1,0 +1,31 @@
+"""The embedded fine-tuning demo: LoRA teaches the main job's model a task it never saw, on CPU in minutes.
+
+  python -m showo_jax.train --config configs/tiny_finetune.py:base=runs/tiny --workdir runs/tiny_sideways
+  python -m showo_jax.evaluate --workdir runs/tiny_sideways
+
+`base` is the main job's workdir (configs/tiny.py, the same `seed`): its params (`train.init_from`), image
+tokenizer and text BPE. The new task: digits turned 90° clockwise, captioned "a handwritten digit seven on its
+side", and the question "Is this digit on its side?" (yes for turned digits, no for upright ones); see
+data/embedded.py for why 90° and not 180°. Only rank-8 adapters on every projection train; the default tasks
+stay in the mix (half the t2i rows, a third of the mmu rows) so that the base task is kept. `evaluate` reports
+the new task (sideways_*) beside the base figures on the held-out validation and test digits.
+"""
+
+import os
+
+from showo_jax.config import base as config_base
+
+
+def get_config(arg: str = ""):
+  args = config_base.parse_arg(arg, base="runs/tiny", steps=0, seed=0, rank=8)
+  here = os.path.dirname(os.path.abspath(__file__))
+  c = config_base.load_config_file(os.path.join(here, "tiny.py") + f":seed={args.seed}")  # the base architecture
+  c.train.init_from = args.base
+  c.tokenizer.checkpoint = os.path.join(args.base, "tokenizer")
+  c.text_tokenizer.path = os.path.join(args.base, "text_tokenizer.json")
+  c.data.embedded_task = "sideways"
+  c.model.lora.update(rank=args.rank, alpha=2.0 * args.rank, dropout=0.0, targets="q,k,v,o,fc1,fc2")
+  c.train.trainable = "lora"
+  c.train.update(steps=args.steps or 1000, checkpoint_every=250, sample_every=250)
+  c.optimizer.update(lr=2e-3, warmup_steps=50, final_lr_fraction=0.1, weight_decay=0.0)
+  return c
