@@ -8,7 +8,7 @@ r"""Builds the training datasets of the paper's recipe as ArrayRecord folders (R
       --output data/llava_tune --tokenizer-checkpoint magvitv2/
   python -m showo_jax.build_dataset jsonl    --input my_data.jsonl --image-root my_images/ \
       --output data/my_data --tokenizer-checkpoint magvitv2/
-  python -m showo_jax.build_dataset digits   --output digits/ [--split test --num 10]   (PNG files, no records)
+  python -m showo_jax.build_dataset digits   --output digits/ [--split test --num 10 --view sideways]  (PNGs + data.jsonl)
 
 `KIND --help` describes that kind's input layout (its module under showo_jax/data/builders/). Images are
 pre-tokenized here, once, by the image tokenizer, so training reads token ids. The output is split into shards of
@@ -61,6 +61,9 @@ def _parser():
   digits.add_argument("--output", required=True, help="folder to write the PNGs and their .txt captions into")
   digits.add_argument("--split", default="test", choices=embedded.SPLITS, help="which split of the digits")
   digits.add_argument("--num", type=int, default=10, help="how many, spread over the split (10 = one per digit)")
+  digits.add_argument("--view", default="default", choices=embedded.VIEWS, help="as they are (default), turned "
+                      "90° clockwise with the fine-tuning demo's captions and question (sideways), or as they are "
+                      "with its question (upright)")
   for kind in builders.KINDS:
     doc = builders.source_module(kind).__doc__ or ""
     p = sub.add_parser(kind, help=doc.strip().split("\n")[0], description=doc.strip())
@@ -85,8 +88,9 @@ def main(argv=None) -> int:
 
   def work(args):
     if args.kind == "digits":
-      written = embedded.write_digit_folder(args.output, args.split, args.num)
-      print(f"{args.output}: {len(written)} digits of the {args.split} split, e.g. {written[0]}")
+      written = embedded.write_digit_folder(args.output, args.split, args.num, args.view)
+      print(f"{args.output}: {len(written)} digits of the {args.split} split, e.g. {written[0]}; their captions "
+            f"and questions in {args.output}/data.jsonl")
       return
     if (args.process_index is None) != (args.process_count is None):
       raise ValueError("give both --process-index and --process-count, or neither")

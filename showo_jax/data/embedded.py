@@ -15,6 +15,7 @@ The package files are located with importlib (the packages themselves are never 
 
 import gzip
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -165,19 +166,25 @@ def train_text_tokenizer(path: str, vocab_size: int = 1024) -> str:
   return path
 
 
-def write_digit_folder(folder: str, split: str = "test", num: int = 10) -> list:
+def write_digit_folder(folder: str, split: str = "test", num: int = 10, view: str = "default") -> list:
   """Writes `num` digits of a split, spread over it (the digits are stored class by class, so 10 gives one of
-  each), as `folder/{split}_{index:04d}_{word}.png` with the caption in a `.txt` beside each: inputs for
-  `sample mmu|inpaint|extrapolate` and the image-folder layout of `tokenize_images` and `build_dataset pairs`.
-  Returns the PNG paths."""
+  each), seen in `view` (view_fields), as `folder/{split}_{index:04d}_{word}.png` with the caption in a `.txt`
+  beside each, and `folder/data.jsonl` with one line per digit: {"image", "caption", "conversations"} (its
+  question and answer), the input of `build_dataset jsonl`. Inputs for `sample mmu|inpaint|extrapolate` and the
+  image-folder layout of `tokenize_images` and `build_dataset pairs` too. Returns the PNG paths."""
   images, labels = load_mnist()
   idx = split_indices(len(images), split)
   if not 1 <= num <= len(idx):
     raise ValueError(f"--num must be in [1, {len(idx)}] for the {split} split, got {num}")
-  written = []
-  for i in idx[np.unique(np.linspace(0, len(idx) - 1, num).astype(int))]:
-    stem = paths.join(folder, f"{split}_{i:04d}_{DIGITS[labels[i]]}")
-    images_lib.save_png(images[i], stem + ".png")
-    paths.write_text(stem + ".txt", caption(labels[i]) + "\n")
-    written.append(stem + ".png")
+  picked = idx[np.unique(np.linspace(0, len(idx) - 1, num).astype(int))]
+  pictures = turn_sideways(images[picked]) if view == "sideways" else images[picked]
+  written, lines = [], []
+  for i, picture, fields in zip(picked, pictures, view_fields(labels[picked], view)):
+    name = f"{split}_{i:04d}_{DIGITS[labels[i]]}" + ("_sideways" if view == "sideways" else "")
+    images_lib.save_png(picture, paths.join(folder, name + ".png"))
+    paths.write_text(paths.join(folder, name + ".txt"), fields["caption"] + "\n")
+    lines.append(json.dumps({"image": name + ".png", "caption": fields["caption"], "conversations": [
+        {"from": "human", "value": fields["question"]}, {"from": "gpt", "value": fields["answer"]}]}))
+    written.append(paths.join(folder, name + ".png"))
+  paths.write_text(paths.join(folder, "data.jsonl"), "\n".join(lines) + "\n")
   return written

@@ -94,7 +94,9 @@ def _embedded_records(config, workdir: str):
       console.phase(f"pre-tokenizing the digits ({', '.join(todo.values())}) -> {paths.join(workdir, 'data')}")
     tokenizer = checkpoints.load_tokenizer(checkpoint) if todo else None  # ours or official weights
     for name, spec in todo.items():
-      pretokenize.pretokenize(tokenizer, f"embedded:{spec}", folders[name], checkpoint_name=checkpoint)
+      # At the model's resolution: an official tokenizer's own default (256 px) would give another token count.
+      pretokenize.pretokenize(tokenizer, f"embedded:{spec}", folders[name], checkpoint_name=checkpoint,
+                              resolution=config.data.resolution)
   _barrier("pretokenize")
   checkpoint = checkpoint or paths.join(workdir, "tokenizer")
   return folders, checkpoint
