@@ -24,8 +24,14 @@ def get_config(arg: str = ""):
   c.tokenizer.checkpoint = os.path.join(args.base, "tokenizer")
   c.text_tokenizer.path = os.path.join(args.base, "text_tokenizer.json")
   c.data.embedded_task = "sideways"
+  # "USER: \nIs this digit on its side? ASSISTANT: yes" is 17 BPE ids, 19 with BOS and EOS: the base's 16 would
+  # cut the answer off (the first trial answered nothing else).
+  c.data.max_text_len = 20
   c.model.lora.update(rank=args.rank, alpha=2.0 * args.rank, dropout=0.0, targets="q,k,v,o,fc1,fc2")
   c.train.trainable = "lora"
-  c.train.update(steps=args.steps or 1000, checkpoint_every=250, sample_every=250)
-  c.optimizer.update(lr=2e-3, warmup_steps=50, final_lr_fraction=0.1, weight_decay=0.0)
+  # Rows per step as many as the base's (40), more of them t2i: images are learnt from far fewer rows than answers
+  # (a first trial at the base's 4 t2i rows reached 26 % sideways class consistency in 1,000 steps).
+  c.train.update(steps=args.steps or 1500, batch_t2i=16, batch_lm=2, batch_mmu=22, checkpoint_every=500,
+                 sample_every=500)
+  c.optimizer.update(lr=3e-3, warmup_steps=50, final_lr_fraction=0.1, weight_decay=0.0)
   return c

@@ -139,6 +139,10 @@ CASES = [
      "config.model.lora.rank=-2 must be >= 0", "o23"),
     ("an unknown LoRA target", "train --config {cfg_plain} --workdir {root}/o24 --config.model.lora.rank=4 "
      "--config.model.lora.targets=q,gate", "gate not a projection of the phi family", "o24"),
+    ("a missing JSONL file", "build_dataset jsonl --input {root}/nope.jsonl --output {root}/o25 "
+     "--tokenizer-checkpoint {run}/tokenizer", "nope.jsonl: no such file, folder or matching jsonl files", "o25"),
+    ("a trainable pattern matching nothing", "train --config {cfg_plain} --workdir {root}/o26 "
+     "--config.train.trainable=lora", "matches no parameter", "o26"),
 ]
 
 

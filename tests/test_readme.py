@@ -82,7 +82,11 @@ def test_every_readme_command_parses(index):
     assert problem is None, f"README: python -m showo_jax.{tool}: {problem}"
 
 
-RUNNABLE = ("sample", "build_dataset digits", "tokenize_images", "convert export", "convert import")
+RUNNABLE = ("sample", "build_dataset digits", "build_dataset jsonl", "tokenize_images", "convert export",
+            "convert import")
+# Workdirs of the fine-tuning section: they need a real main-job run (the stand-in's architecture is not
+# configs/tiny.py's), so the commands that read them are parsed, not run, here.
+FINE_TUNED = ("/tmp/showo_sideways", "/tmp/showo_mine")
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +102,8 @@ def test_the_quick_readme_commands_run_as_written(stand_in):
   ran = []
   for tool, args in COMMANDS:
     if not any(f"{tool} {' '.join(args)}".startswith(r) for r in RUNNABLE):
+      continue
+    if any(arg.startswith(FINE_TUNED) for arg in args):
       continue
     argv = []
     for arg in args:

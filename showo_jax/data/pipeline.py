@@ -9,6 +9,7 @@ or devices, and the iterator state is one integer per task (checkpointed with th
 """
 
 import json
+import logging
 
 import grain
 import numpy as np
@@ -107,6 +108,7 @@ class _MMUBatch:
 
   def __init__(self, tokenizer, layout, data_cfg):
     self.tokenizer, self.layout, self.data_cfg = tokenizer, layout, data_cfg
+    self._warned = False
 
   def __call__(self, batch):
     records = _valid(batch[0])
@@ -123,6 +125,11 @@ class _MMUBatch:
     lab = np.empty_like(ids)
     if plain:
       text = self.tokenizer.encode([mmu_text(records[i]) for i in plain])
+      longest = max(len(x) for x in text) + 2  # BOS and EOS
+      if longest > t and not self._warned:  # the answer, at the end, is what a cut loses
+        self._warned = True
+        logging.warning("an mmu text of %d ids (BOS and EOS included) is cut to config.data.max_text_len = %d: "
+                        "its answer is lost; raise max_text_len", longest, t)
       ids[plain], lab[plain] = prompting.mmu_prompt(images[plain], text, self.layout, t)
     if chats:
       turns = [[tuple(pair) for pair in json.loads(records[i]["conversation"])] for i in chats]

@@ -102,6 +102,24 @@ class RecordSource:
       return None
 
 
+class WithFields:
+  """A source whose records have some fields replaced (the same images asked another question, say)."""
+
+  def __init__(self, source, **fields):
+    self.source, self.fields = source, fields
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index):
+    record = self.source[index]
+    return None if record is None else dict(record, **self.fields)
+
+  @property
+  def num_corrupt(self) -> int:
+    return getattr(self.source, "num_corrupt", 0)
+
+
 def open_source(spec: str):
   """A record folder, or `tfds:NAME[:SPLIT]@DATA_DIR` for a tfds dataset prepared in array_record format."""
   if spec.startswith("tfds:"):

@@ -15,6 +15,7 @@ import dataclasses
 import jax
 
 from showo_jax.common import console
+from showo_jax.common import interrupts
 from showo_jax.common import paths
 from showo_jax.config import showo as showo_config
 from showo_jax.data import embedded
@@ -65,8 +66,8 @@ def _text_tokenizer(config, workdir: str, layout) -> text_tokenizer_lib.TextToke
 def _embedded_records(config, workdir: str):
   """({name: records folder}, tokenizer checkpoint) for the embedded default: `train`, `validation`, `test`, and with
   config.data.embedded_mmu_copies = K > 1 also `train*K` (the training digits plus distorted copies, for MMU).
-  The sideways task (config.data.embedded_task) adds the turned training digits for t2i and, for MMU, the
-  turned and the upright ones asked "Is this digit on its side?"."""
+  The sideways task (config.data.embedded_task) adds the turned training digits for t2i and `train*K:sideways`
+  for MMU (the upright ones asked the new question are the `mmu` records relabelled: prepare_training_data)."""
   checkpoint = config.tokenizer.checkpoint
   copies = int(config.data.get("embedded_mmu_copies", 1))
   splits = {"train": "train", "validation": "validation", "test": "test"}
@@ -74,7 +75,7 @@ def _embedded_records(config, workdir: str):
   if copies > 1:
     splits["mmu"] = mmu
   if config.data.get("embedded_task", "") == "sideways":
-    splits.update(sideways_t2i="train:sideways", sideways_mmu=f"{mmu}:sideways", upright_mmu=f"{mmu}:upright")
+    splits.update(sideways_t2i="train:sideways", sideways_mmu=f"{mmu}:sideways")
   folders = {name: paths.join(workdir, "data", "mnist_" + spec.replace("*", "_x").replace(":", "_"))
              for name, spec in splits.items()}
   if jax.process_index() == 0:
@@ -93,7 +94,9 @@ def _embedded_records(config, workdir: str):
     if todo:
       console.phase(f"pre-tokenizing the digits ({', '.join(todo.values())}) -> {paths.join(workdir, 'data')}")
     tokenizer = checkpoints.load_tokenizer(checkpoint) if todo else None  # ours or official weights
-    for name, spec in todo.items():
+    for done, (name, spec) in enumerate(todo.items()):
+      if interrupts.received():  # a signal during the last shard of the previous split: stop between splits
+        interrupts.stop(f"pre-tokenized {done} of {len(todo)} digit sets into {paths.join(workdir, 'data')}")
       # At the model's resolution: an official tokenizer's own default (256 px) would give another token count.
       pretokenize.pretokenize(tokenizer, f"embedded:{spec}", folders[name], checkpoint_name=checkpoint,
                               resolution=config.data.resolution)
@@ -111,8 +114,8 @@ def prepare_training_data(config, workdir: str) -> TrainingData:
     mmu_source = records.open_source(folders["mmu"]) if "mmu" in folders else image_source
     if "sideways_t2i" in folders:  # the new task mixed with the default ones (which the fine-tune must keep)
       image_source = pipeline.Mixture([records.open_source(folders["sideways_t2i"]), image_source])
-      mmu_source = pipeline.Mixture([records.open_source(folders[name]) for name in ("sideways_mmu", "upright_mmu")]
-                                    + [mmu_source])
+      upright = records.WithFields(mmu_source, question=embedded.SIDEWAYS_QUESTION, answer="no")  # the same images
+      mmu_source = pipeline.Mixture([records.open_source(folders["sideways_mmu"]), upright, mmu_source])
     sources = {"t2i": image_source, "mmu": mmu_source, "lm": [{"text": t} for t in embedded.load_text("train")]}
     # In-training samples look at the validation split; the test split is only for the final figures.
     eval_sources = {"images": records.open_source(folders["validation"]), "text": embedded.load_text("validation")}

@@ -154,3 +154,18 @@ def test_condition_dropout_in_the_pipeline(tmp_path):
   config.loss.cond_dropout_prob = 1.0
   ids, _ = _t2i_rows(config, 2)
   assert (ids[:, :t + 1] == null).all(axis=1).all()
+
+
+def test_an_mmu_answer_cut_by_the_text_budget_warns_once(tmp_path, caplog):
+  """A budget that holds BOS + "USER: \\nWhat digit is this? ASSISTANT: x" + EOS exactly: a longer answer is cut
+  (it comes last), which is said once."""
+  config = train_fixtures.tiny_config(str(tmp_path))
+  data = prepare.prepare_training_data(config, "/tmp/unused")
+  record = dict(data.sources["mmu"][0])
+  config.data.max_text_len = len(data.text_tokenizer.encode([pipeline.mmu_text(dict(record, answer="x"))])[0]) + 2
+  build = pipeline._MMUBatch(data.text_tokenizer, data.layout, config.data)  # pylint: disable=protected-access
+  rngs = [np.random.default_rng(0)]
+  for answer, warns in (("x", False), ("a very long answer indeed", True), ("another long answer again", False)):
+    caplog.clear()
+    build(([dict(record, answer=answer)], rngs))
+    assert ("its answer is lost; raise max_text_len" in caplog.text) == warns, answer
