@@ -37,4 +37,8 @@ def get_config(arg: str = ""):
   # lr on validation (4/2/34 × 4,000 steps, seeds 0 / 1 / 2): 2e-3 gave MMU 95.2 / 95.0 / 94.4 %, 3e-3 gave
   # 96.2 / 95.0 / 95.6 % (T2I 95.5 / 93.5 / 99.0 %); 3e-3 on test: MMU 94.8 / 94.6 / 95.8 %, T2I 99.0 / 94.5 / 98.5 %.
   c.optimizer.update(lr=3e-3, warmup_steps=100, final_lr_fraction=0.1, weight_decay=0.01, grad_clip_norm=1.0)
+  # Residual/embedding dropout, on validation on one machine (2-core AMD EPYC family 25; figures move by up to 4
+  # points between machines): 0 → 0.1 took MMU from 91.8 to 93.8 % (seed 0) and 95.8 to 96.8 % (seed 1), T2I
+  # 99.5 → 96.5 % (seed 0); an EMA of 0.999 gave nothing (95.8 %, seed 1).
+  m.dropout_rate = 0.1
   return c

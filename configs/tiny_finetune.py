@@ -6,8 +6,8 @@
 `base` is the main job's workdir (configs/tiny.py, the same `seed`): its params (`train.init_from`), image
 tokenizer and text BPE. The new task: digits turned 90° clockwise, captioned "a handwritten digit seven on its
 side", and the question "Is this digit on its side?" (yes for turned digits, no for upright ones); see
-data/embedded.py for why 90° and not 180°. Only rank-8 adapters on every projection train; the default tasks
-stay in the mix (half the t2i rows, a third of the mmu rows) so that the base task is kept. `evaluate` reports
+data/embedded.py for why 90° and not 180°. Only rank-16 adapters on every projection train; the default tasks
+stay in the mix (a quarter of the t2i rows, a third of the mmu rows) so that the base task is kept. `evaluate` reports
 the new task (sideways_*) beside the base figures on the held-out validation and test digits.
 """
 
@@ -17,7 +17,7 @@ from showo_jax.config import base as config_base
 
 
 def get_config(arg: str = ""):
-  args = config_base.parse_arg(arg, base="runs/tiny", steps=0, seed=0, rank=8)
+  args = config_base.parse_arg(arg, base="runs/tiny", steps=0, seed=0, rank=16)
   here = os.path.dirname(os.path.abspath(__file__))
   c = config_base.load_config_file(os.path.join(here, "tiny.py") + f":seed={args.seed}")  # the base architecture
   c.train.init_from = args.base
@@ -29,9 +29,12 @@ def get_config(arg: str = ""):
   c.data.max_text_len = 20
   c.model.lora.update(rank=args.rank, alpha=2.0 * args.rank, dropout=0.0, targets="q,k,v,o,fc1,fc2")
   c.train.trainable = "lora"
-  # Rows per step as many as the base's (40), more of them t2i: images are learnt from far fewer rows than answers
-  # (a first trial at the base's 4 t2i rows reached 26 % sideways class consistency in 1,000 steps).
-  c.train.update(steps=args.steps or 1500, batch_t2i=16, batch_lm=2, batch_mmu=22, checkpoint_every=500,
+  # Rows per step as many as the base's (40), more of them t2i, and 3 in 4 of those turned: images are learnt from
+  # far fewer rows than answers. Validation (base: the main job with dropout 0.1, seed 0): rank 8, lr 3e-3, 16/2/22
+  # rows (t2i half turned), 1,500 steps gave sideways MMU 94.8 % but sideways T2I 48.5 %; 4/2/34 rows, lr 2e-3,
+  # 1,000 steps 26 %.
+  c.data.update(t2i_weights="3,1", mmu_weights="1,1,1")  # [turned, default]; [turned, upright asked, default]
+  c.train.update(steps=args.steps or 2000, batch_t2i=24, batch_lm=2, batch_mmu=14, checkpoint_every=500,
                  sample_every=500)
-  c.optimizer.update(lr=3e-3, warmup_steps=50, final_lr_fraction=0.1, weight_decay=0.0)
+  c.optimizer.update(lr=4e-3, warmup_steps=50, final_lr_fraction=0.1, weight_decay=0.0)
   return c

@@ -105,6 +105,11 @@ def _embedded_records(config, workdir: str):
   return folders, checkpoint
 
 
+def _weights(data_cfg, task: str):
+  """config.data.<task>_weights as floats (None = equal)."""
+  return [float(w) for w in str(data_cfg.get(f"{task}_weights", "") or "").split(",") if w] or None
+
+
 def prepare_training_data(config, workdir: str) -> TrainingData:
   layout = showo_config.vocab_layout(config)
   tok = _text_tokenizer(config, workdir, layout)
@@ -113,9 +118,11 @@ def prepare_training_data(config, workdir: str) -> TrainingData:
     image_source = records.open_source(folders["train"])
     mmu_source = records.open_source(folders["mmu"]) if "mmu" in folders else image_source
     if "sideways_t2i" in folders:  # the new task mixed with the default ones (which the fine-tune must keep)
-      image_source = pipeline.Mixture([records.open_source(folders["sideways_t2i"]), image_source])
+      image_source = pipeline.Mixture([records.open_source(folders["sideways_t2i"]), image_source],
+                                      _weights(config.data, "t2i"))
       upright = records.WithFields(mmu_source, question=embedded.SIDEWAYS_QUESTION, answer="no")  # the same images
-      mmu_source = pipeline.Mixture([records.open_source(folders["sideways_mmu"]), upright, mmu_source])
+      mmu_source = pipeline.Mixture([records.open_source(folders["sideways_mmu"]), upright, mmu_source],
+                                    _weights(config.data, "mmu"))
     sources = {"t2i": image_source, "mmu": mmu_source, "lm": [{"text": t} for t in embedded.load_text("train")]}
     # In-training samples look at the validation split; the test split is only for the final figures.
     eval_sources = {"images": records.open_source(folders["validation"]), "text": embedded.load_text("validation")}
@@ -128,8 +135,7 @@ def prepare_training_data(config, workdir: str) -> TrainingData:
       if len(specs) == 1:
         sources[task] = records.open_source(specs[0])
       elif specs:  # a weighted mixture of several sources within the task
-        weights = [float(w) for w in str(d.get(f"{task}_weights", "") or "").split(",") if w]
-        sources[task] = pipeline.Mixture([records.open_source(x) for x in specs], weights or None)
+        sources[task] = pipeline.Mixture([records.open_source(x) for x in specs], _weights(d, task))
       elif config.train[f"batch_{task}"] > 0:
         raise ValueError(f"config.data.{task}_records is empty but config.train.batch_{task} > 0")
     return TrainingData(layout, tok, sources, config.tokenizer.checkpoint)
