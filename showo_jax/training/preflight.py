@@ -9,6 +9,7 @@ model's vocabulary and image-token count.
 
 import math
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -16,9 +17,13 @@ from showo_jax.common import checkpointing
 from showo_jax.common import paths
 from showo_jax.common import sharding
 from showo_jax.config import base as config_base
+from showo_jax.config import showo as showo_config
 from showo_jax.data import records
+from showo_jax.models import omni_mask
+from showo_jax.models import transformer
 from showo_jax.tokenizer import config as tokenizer_config
 from showo_jax.tokenizer import trainer as tokenizer_trainer
+from showo_jax.training import trainable
 
 
 def _require(path: str, field: str):
@@ -94,9 +99,21 @@ def _check_tokenizer_checkpoint(path: str, config):
         f"(downsampling {factor}) but config.data.num_image_tokens = {config.data.num_image_tokens}")
 
 
+def _check_trainable(config):
+  """config.train.trainable against the parameter paths (shapes only, no compute)."""
+  spec = str(config.train.get("trainable", "all"))
+  if spec.strip() in ("", "all"):
+    return
+  model = transformer.Transformer(showo_config.transformer_config(config))
+  ids = jax.ShapeDtypeStruct((1, 8), "int32")
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, omni_mask.causal_spans(1, 8)), ids)
+  trainable.trainable_paths(shapes["params"], spec)  # raises ValueError naming the pattern
+
+
 def check_before_work(config):
   """Raises (ConfigError, MeshError, FileNotFoundError) naming the first problem; returns None when all is well."""
   d = config.data
+  _check_trainable(config)
   _require(config.train.get("init_from", ""), "config.train.init_from")
   _require(config.text_tokenizer.get("path", ""), "config.text_tokenizer.path")
   checkpoint = config.tokenizer.get("checkpoint", "")
