@@ -93,7 +93,7 @@ def main(argv):
   from showo_jax.common import workdir_lock  # pylint: disable=g-import-not-at-top
   return cli.run(work, bad_input=(config_base.ConfigError,),
                  failures=(metrics.NonFiniteLossError, checkpointing.NonFiniteStateError,
-                           workdir_lock.WorkdirInUseError))
+                           workdir_lock.WorkdirInUseError), output=workdir)
 
 
 if __name__ == "__main__":

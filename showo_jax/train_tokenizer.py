@@ -46,7 +46,7 @@ def main(argv):
   from showo_jax.common import workdir_lock  # pylint: disable=g-import-not-at-top
   return cli.run(work, bad_input=(config_base.ConfigError, checkpointing.CheckpointMismatchError),
                  failures=(metrics.NonFiniteLossError, checkpointing.NonFiniteStateError,
-                           workdir_lock.WorkdirInUseError))
+                           workdir_lock.WorkdirInUseError), output=workdir)
 
 
 if __name__ == "__main__":

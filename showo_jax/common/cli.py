@@ -47,11 +47,12 @@ class Parser(argparse.ArgumentParser):
     self.exit(BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
 
 
-def run(fn, *, bad_input=(), failures=()) -> int:
+def run(fn, *, bad_input=(), failures=(), output=None) -> int:
   """Calls fn() and maps what it raises to one stderr line and the exit status above (fn's int result, else 0).
 
   `bad_input`: exception types that mean bad input (ValueError, OSError and KeyError always do); `failures`:
-  types that mean a failure while running, reported in one line without a traceback."""
+  types that mean a failure while running, reported in one line without a traceback; `output`: the folder a
+  full disk is reported against when the error names no file."""
   _library_tracebacks_to_log()
   try:
     result = fn()
@@ -64,7 +65,7 @@ def run(fn, *, bad_input=(), failures=()) -> int:
     return CTRL_C
   except Exception as e:  # pylint: disable=broad-except
     if _disk_full(e):
-      where = getattr(e, "filename", None) or _quoted_path(e) or "the output path"
+      where = _written_path(e) or output or "the output path"
       print(f"error: no space left on the device (or quota exceeded) writing {where}: nothing written before is "
             "lost (the last complete checkpoint is intact); free space and rerun the same command", file=sys.stderr)
       return FAILURE
@@ -108,11 +109,18 @@ def _disk_full(error: BaseException) -> bool:
   return False
 
 
-def _quoted_path(error: BaseException):
-  """The first quoted path in a library's message (TensorStore names the file it failed to write)."""
+def _written_path(error: BaseException):
+  """The file an error (or one it was raised from) names: OSError.filename, or the first quoted path in a
+  library's message (TensorStore names the file it failed to write)."""
   import re  # pylint: disable=g-import-not-at-top
-  found = re.search(r'"((?:/|gs://|s3://)[^"]+)"', str(error))
-  return found.group(1) if found else None
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    found = re.search(r'"((?:/|gs://|s3://)[^"]+)"', str(error))
+    if getattr(error, "filename", None) or found:
+      return getattr(error, "filename", None) or found.group(1)
+    error = error.__cause__ or error.__context__
+  return None
 
 
 def parse_and_run(parser: argparse.ArgumentParser, argv, work, **kwargs) -> int:
