@@ -77,6 +77,7 @@ def main(argv):
   config, workdir = _CONFIG.value, paths.resolve(_WORKDIR.value)
 
   def work():
+    console.setup(verbose=_VERBOSE.value)  # the checks below already load libraries that log at INFO
     showo_config.validate(config)
     sharding.maybe_initialize_distributed(config.train.distributed)
     from showo_jax.training import preflight  # pylint: disable=g-import-not-at-top  # jax after distributed init
