@@ -98,29 +98,28 @@ def _library_tracebacks_to_log():
 
 def _disk_full(error: BaseException) -> bool:
   """ENOSPC / EDQUOT, raised directly or wrapped by a library (Orbax, TensorStore) in its message."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-      return True
-    if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
+  return any((isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+             or "No space left on device" in str(e) or "Disk quota exceeded" in str(e) for e in _chain(error))
 
 
 def _written_path(error: BaseException):
   """The file an error (or one it was raised from) names: OSError.filename, or the first quoted path in a
   library's message (TensorStore names the file it failed to write)."""
   import re  # pylint: disable=g-import-not-at-top
+  for e in _chain(error):
+    found = re.search(r'"((?:/|gs://|s3://)[^"]+)"', str(e))
+    if getattr(e, "filename", None) or found:
+      return getattr(e, "filename", None) or found.group(1)
+  return None
+
+
+def _chain(error: BaseException):
+  """The error and those it was raised from or during (a library wraps the OSError in its own), each once."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
-    found = re.search(r'"((?:/|gs://|s3://)[^"]+)"', str(error))
-    if getattr(error, "filename", None) or found:
-      return getattr(error, "filename", None) or found.group(1)
+    yield error
     error = error.__cause__ or error.__context__
-  return None
 
 
 def parse_and_run(parser: argparse.ArgumentParser, argv, work, **kwargs) -> int:

@@ -19,10 +19,10 @@ from showo_jax.common import sharding
 from showo_jax.config import base as config_base
 from showo_jax.config import showo as showo_config
 from showo_jax.data import records
-from showo_jax.models import omni_mask
 from showo_jax.models import transformer
 from showo_jax.tokenizer import config as tokenizer_config
 from showo_jax.tokenizer import trainer as tokenizer_trainer
+from showo_jax.training import train_step
 from showo_jax.training import trainable
 
 
@@ -105,9 +105,8 @@ def _check_trainable(config):
   if spec.strip() in ("", "all"):
     return
   model = transformer.Transformer(showo_config.transformer_config(config))
-  ids = jax.ShapeDtypeStruct((1, 8), "int32")
-  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, omni_mask.causal_spans(1, 8)), ids)
-  trainable.trainable_paths(shapes["params"], spec)  # raises ValueError naming the pattern
+  shapes = jax.eval_shape(lambda: train_step.init_params(jax.random.key(0), model, seq_len=8))
+  trainable.trainable_paths(shapes, spec)  # raises ValueError naming the pattern
 
 
 def check_before_work(config):

@@ -33,13 +33,17 @@ class TrainState:
   ema_params: Any = None  # moving average of params (config.train.ema_decay > 0), else None
 
 
+def init_params(rng, model: transformer.Transformer, seq_len: int):
+  """The model's boxed params, from one row of `seq_len` tokens (jax.eval_shape it for the shapes alone)."""
+  return model.init(rng, jnp.zeros((1, seq_len), jnp.int32), omni_mask.causal_spans(1, seq_len))["params"]
+
+
 def init_state(rng, model: transformer.Transformer, tx, seq_len: int, ema: bool = False,
                bit_layout: vocab_lib.VocabLayout = None, trainable: str = "all") -> TrainState:
   """Boxed (logically annotated) initial state; jit it with out_shardings and nn.unbox the result. With
   `bit_layout`, the image-code rows of the embedding and the head are `vocab.codebook_bit_rows`. The optimizer
   state covers only the `trainable` parameters (training/trainable.py)."""
-  ids = jnp.zeros((1, seq_len), jnp.int32)
-  params = model.init(rng, ids, omni_mask.causal_spans(1, seq_len))["params"]
+  params = init_params(rng, model, seq_len)
   if bit_layout is not None:
     params = _codebook_bit_init(jax.random.fold_in(rng, 1), params, bit_layout, model.cfg)
   trained, _ = trainable_lib.split(params, trainable_lib.trainable_paths(params, trainable))
