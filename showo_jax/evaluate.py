@@ -1,11 +1,19 @@
-"""python -m showo_jax.evaluate --workdir DIR [--checkpoint PATH]: the embedded default's report card.
+"""python -m showo_jax.evaluate MODE ...: measure a checkpoint.
 
-Writes DIR/eval.json and DIR/eval.png. eval.json holds, for "validation" (choose settings on it) and for "test"
-(report it for the final choice), each a held-out split of the digits and of the text corpus:
+  embedded   --workdir DIR            the embedded default's report card: DIR/eval.json, DIR/eval.png
+  geneval    --checkpoint C --prompts evaluation_metadata.jsonl --out DIR    GenEval's folders, resumable
+  fid        --real DIR|stats.npz --fake DIR --inception WEIGHTS            Fréchet Inception distance
+  clipscore  --folder DIR --clip CLIP_DIR                                   CLIP score of images and captions
+  pope       --checkpoint C --questions FILE --images DIR --out answers.jsonl   answers + accuracy / F1
+  mme        --checkpoint C --root MME_DIR --out DIR                           answers + perception / cognition
+  vqa        --checkpoint C --questions FILE --images DIR --out answers.json --format vqav2|gqa
+  mmmu       --checkpoint C --questions FILE --images DIR --out answers.json
+
+`python -m showo_jax.evaluate --workdir DIR` (no mode) is `embedded`. The embedded report's figures, for
+"validation" (choose settings on it) and "test" (report it for the final choice):
   mmu_accuracy            share of the split's digits whose answer to "What digit is this?" is the right word
   t2i_class_consistency   share of images generated for "a handwritten digit k" that a pixel classifier, trained
-                          on the training split's real images, labels k (`--per_class` images per digit; each split
-                          draws its own samples)
+                          on the training split's real images, labels k (`--per-class` images per digit)
   t2i_diversity           mean over digits of the generated images' mean pairwise pixel distance over that of the
                           split's real digits (1 = as varied as real digits; mode collapse → 0)
   t2i_near_copies         share of generated images nearer to a training digit than 99 % of the split's real
@@ -13,53 +21,109 @@ Writes DIR/eval.json and DIR/eval.png. eval.json holds, for "validation" (choose
   classifier_accuracy     the pixel classifier on the split's real digits (how much to trust the judge)
   tokenizer_psnr, tokenizer_codebook_usage   reconstruction quality and share of codes used on the split
   lm_perplexity           next-token perplexity on the split's held-out documents
-  sideways_*              only for the fine-tuning demo (configs/tiny_finetune.py): sideways_mmu_accuracy (share of
-                          the split's digits, turned and upright, answered "yes" / "no" to "Is this digit on its
-                          side?"), sideways_t2i_class_consistency (images for "a handwritten digit k on its side"
-                          judged by a classifier trained on turned training digits), sideways_t2i_diversity,
-                          sideways_classifier_accuracy
-The MaskGIT settings default to the checkpoint's config.train.sample_* (what `sample` uses), printed in one
-line; flags override them. The measures are evaluation/measures.py; the report evaluation/embedded_report.py.
-Exit status: 0 done, 2 bad input (one line naming it), 1 an unexpected failure.
+  sideways_*              only for the fine-tuning demo (configs/tiny_finetune.py)
+The MaskGIT settings of `embedded` default to the checkpoint's config.train.sample_*; those of `geneval` to
+the official demo's t2i settings (README, "Evaluation protocols"). The networks FID and CLIP score need are
+files the user supplies.
+Exit status: 0 done, 2 bad input or usage (one line `error: ...` naming it), 1 an unexpected failure.
 """
 
-import json
-
-from absl import flags
+import sys
 
 from showo_jax.common import cli
+from showo_jax.evaluation import commands
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "training workdir; eval.json and eval.png are written here",
-                               required=True)
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "", "checkpoint to evaluate ('' = the workdir's latest)")
-_STEPS = flags.DEFINE_integer("steps", None, "MaskGIT steps (default: the checkpoint's config.train.sample_steps)")
-_GUIDANCE = flags.DEFINE_float("guidance", None, "CFG weight (default: config.train.sample_guidance)")
-_TEMPERATURE = flags.DEFINE_float("temperature", None, "Gumbel temperature of the confidences (default: "
-                                  "config.train.sample_temperature)")
-_SCHEDULE = flags.DEFINE_string("schedule", None, "inference mask schedule (default: config.train.sample_schedule)")
-_PER_CLASS = flags.DEFINE_integer("per_class", 20, "generated images per digit")
-_SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
-_FLAGS = (_WORKDIR, _CHECKPOINT, _STEPS, _GUIDANCE, _TEMPERATURE, _SCHEDULE, _PER_CLASS, _SEED)
+def _parser():
+  p = cli.Parser(prog="python -m showo_jax.evaluate", description=__doc__.split("\n\n")[0])
+  sub = p.add_subparsers(dest="mode", required=True, parser_class=cli.Parser)
+
+  def model(sp):
+    sp.add_argument("--checkpoint", required=True, help="training workdir, checkpoints folder or step folder")
+    sp.add_argument("--tokenizer", default="", help="image tokenizer checkpoint ('' = the one the config names)")
+    sp.add_argument("--text-tokenizer", default="", help="tokenizer.json ('' = the one the config names)")
+    sp.add_argument("--batch-size", type=int, default=16, help="samples per forward pass")
+
+  def maskgit(sp, steps=None, guidance=None):
+    sp.add_argument("--steps", type=int, default=steps, help="MaskGIT steps")
+    sp.add_argument("--guidance", type=float, default=guidance, help="classifier-free guidance weight")
+    sp.add_argument("--temperature", type=float, default=None if steps is None else 1.0,
+                    help="Gumbel temperature of the confidences")
+    sp.add_argument("--schedule", default=None if steps is None else "cosine", help="inference mask schedule")
+
+  emb = sub.add_parser("embedded", help="the embedded default's report card")
+  emb.add_argument("--workdir", required=True, help="training workdir; eval.json and eval.png are written here")
+  emb.add_argument("--checkpoint", default="", help="checkpoint to evaluate ('' = the workdir's latest)")
+  maskgit(emb)
+  emb.add_argument("--per-class", "--per_class", dest="per_class", type=int, default=20,
+                   help="generated images per digit")
+  emb.add_argument("--seed", type=int, default=0, help="sampling seed")
+
+  gen = sub.add_parser("geneval", help="GenEval's image folders")
+  model(gen), maskgit(gen, steps=50, guidance=5.0)
+  gen.add_argument("--prompts", required=True, help="GenEval's evaluation_metadata.jsonl (one JSON object a line)")
+  gen.add_argument("--out", required=True, help="folder: OUT/00000/metadata.jsonl, OUT/00000/samples/00000.png, …")
+  gen.add_argument("--images-per-prompt", type=int, default=4, help="images per prompt")
+  gen.add_argument("--seed", type=int, default=0, help="seed of the first batch (batch k: seed + k)")
+
+  fid = sub.add_parser("fid", help="Fréchet Inception distance between two image sets")
+  fid.add_argument("--real", required=True, help="image folder, or statistics .npz written by --save-real-stats")
+  fid.add_argument("--fake", required=True, help="image folder (GenEval folders too: every image under it)")
+  fid.add_argument("--inception", required=True, help="FID InceptionV3 weights: pt_inception-2015-12-05-*.pth "
+                   "converted to .safetensors (README, 'Evaluation protocols')")
+  fid.add_argument("--save-real-stats", default="", help="write the real set's statistics here (.npz)")
+  fid.add_argument("--batch-size", type=int, default=50, help="images per forward pass")
+
+  clip = sub.add_parser("clipscore", help="CLIP score: 100 · max(cos(image, caption), 0), averaged")
+  clip.add_argument("--folder", required=True, help="GenEval folders (caption = the prompt) or images with a "
+                    ".txt caption beside each (or captions.jsonl)")
+  clip.add_argument("--clip", required=True, help="CLIP folder in the Hugging Face layout (config.json, "
+                    "model.safetensors)")
+  clip.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+
+  for name, what in (("pope", "POPE"), ("mme", "MME"), ("vqa", "VQAv2 / GQA"), ("mmmu", "MMMU")):
+    sp = sub.add_parser(name, help=f"{what} answers (KV-cached greedy decoding)")
+    model(sp)
+    sp.add_argument("--max-new-tokens", type=int, default=16 if name != "mmmu" else 8, help="answer length limit")
+    if name == "mme":
+      sp.add_argument("--root", required=True, help="MME_Benchmark_release_version: one folder per task, with "
+                      "images and question files")
+      sp.add_argument("--out", required=True, help="folder: one TASK.txt per task in MME's scoring format")
+    else:
+      sp.add_argument("--questions", required=True, help={
+          "pope": "POPE question file (jsonl: question_id, image, text, label)",
+          "vqa": "VQAv2 questions .json or GQA questions .json",
+          "mmmu": "MMMU questions .jsonl (id, question, options, image)"}[name])
+      sp.add_argument("--images", required=True, help="folder the question file's image names are relative to")
+      sp.add_argument("--out", required=True, help="answer file in the benchmark's own format")
+    if name == "vqa":
+      sp.add_argument("--format", required=True, choices=("vqav2", "gqa"), help="question and answer format")
+  return p
 
 
-def main(argv):
-  del argv  # cli.absl_main refuses positional arguments
+def check_args(args):
+  """ValueError for option values that cannot work, before anything is loaded."""
+  for flag in ("steps", "batch_size", "images_per_prompt", "per_class", "max_new_tokens"):
+    value = getattr(args, flag, None)
+    if value is not None and value < 1:
+      raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+  for flag in ("guidance", "temperature"):
+    value = getattr(args, flag, None)
+    if value is not None and value < 0:
+      raise ValueError(f"--{flag} must be >= 0, got {value}")
 
-  def work():
-    from showo_jax.common import console  # pylint: disable=g-import-not-at-top
-    from showo_jax.evaluation import embedded_report  # pylint: disable=g-import-not-at-top
-    console.setup()
-    if _STEPS.value is not None and _STEPS.value < 1 or _PER_CLASS.value < 1:
-      raise ValueError(f"--steps and --per_class must be >= 1, got {_STEPS.value} and {_PER_CLASS.value}")
-    report = embedded_report.evaluate(_WORKDIR.value, _CHECKPOINT.value, per_class=_PER_CLASS.value,
-                                      seed=_SEED.value, steps=_STEPS.value, guidance=_GUIDANCE.value,
-                                      temperature=_TEMPERATURE.value, schedule=_SCHEDULE.value)
-    shown = {k: ({f: x for f, x in v.items() if f != "mmu_examples"} if isinstance(v, dict) else v)
-             for k, v in report.items()}
-    print(json.dumps(shown, indent=1))
 
-  return cli.run(work)
+def main(argv=None) -> int:
+  """Runs the CLI; returns the exit status (0 ok, 2 bad input or usage, 1 unexpected error)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    argv = ["embedded"] + argv  # the report card was the only mode once: `evaluate --workdir DIR` stays valid
+
+  def work(args):
+    check_args(args)
+    return commands.run(args)
+
+  return cli.parse_and_run(_parser(), argv, work)
 
 
 if __name__ == "__main__":
-  cli.absl_main(main, __doc__, _FLAGS, required=("workdir",))
+  sys.exit(main())

@@ -67,7 +67,7 @@ def _summary(config, workdir: str, final: dict, seconds: float) -> str:
       *([f"  samples      {paths.join(workdir, 'samples')}"] if paths.isdir(paths.join(workdir, "samples")) else []),
       f"  log          {paths.join(workdir, 'train.log')}",
       "next:",
-      *([f"  python -m showo_jax.evaluate --workdir {workdir}"] if config.data.source == "embedded" else []),
+      *([f"  python -m showo_jax.evaluate embedded --workdir {workdir}"] if config.data.source == "embedded" else []),
       f"  python -m showo_jax.sample t2i --checkpoint {workdir} --prompt \"{prompt}\" --num 8 --out sample.png",
   ])
 

@@ -14,8 +14,8 @@ import pytest
 from showo_jax.config import base as config_base
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ARGPARSE_TOOLS = ("sample", "convert", "build_dataset", "bench")
-ABSL_TOOLS = ("train", "train_tokenizer", "evaluate", "plan", "tokenize_images")
+ARGPARSE_TOOLS = ("sample", "evaluate", "convert", "build_dataset", "bench")
+ABSL_TOOLS = ("train", "train_tokenizer", "plan", "tokenize_images")
 
 
 def _parsers(parser):

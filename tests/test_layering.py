@@ -26,7 +26,7 @@ LAYERS = (
     "interop",     # official checkpoints in and out, LLM init, loading our checkpoints, the public API
     "inference",   # a loaded Show-o with its tokenizers: prompts in, images and answers out
     "training",    # the Show-o train step, trainer, embedded-data preparation, in-training samples
-    "evaluation",  # accuracy, consistency, PSNR, perplexity
+    "evaluation",  # metrics, the embedded report card, GenEval folders, FID and CLIP networks, benchmark answers
     "tools",       # benchmarks and the memory/FLOPs planner
     "",            # entry points: python -m showo_jax.<name>
 )

@@ -17,8 +17,8 @@ from showo_jax.config import base as config_base
 from tests import train_fixtures
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ARGPARSE_TOOLS = ("sample", "convert", "build_dataset", "bench")
-ABSL_TOOLS = ("train", "train_tokenizer", "evaluate", "plan", "tokenize_images")
+ARGPARSE_TOOLS = ("sample", "evaluate", "convert", "build_dataset", "bench")
+ABSL_TOOLS = ("train", "train_tokenizer", "plan", "tokenize_images")
 
 
 def readme_commands():

@@ -189,6 +189,27 @@ def _folder_annotations(folder: str) -> dict:
   return out
 
 
+def folder_items(folder: str) -> list:
+  """[(relative path, {"caption", "label"} as given)] of an image folder: captions from captions.jsonl, else a
+  `.txt` beside the image (a caption that is not UTF-8 is the UnicodeDecodeError itself, for the caller to
+  report). FileNotFoundError naming the folder when it holds no image."""
+  files = list_images(folder)
+  if not files:
+    raise FileNotFoundError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+  notes = _folder_annotations(folder)
+  out = []
+  for rel in files:
+    fields = dict(notes.get(os.path.normpath(rel), {}))
+    txt = paths.join(folder, os.path.splitext(rel)[0] + ".txt")
+    if "caption" not in fields and paths.exists(txt):
+      try:
+        fields["caption"] = paths.read_text(txt).strip()
+      except UnicodeDecodeError as e:
+        fields["caption"] = e
+    out.append((rel, fields))
+  return out
+
+
 class ImageCollection:
   """Random access to (uint8 [H, W, 3] image, carried fields) pairs; `load` raises ImageError when unusable."""
 
@@ -237,19 +258,14 @@ class ImageCollection:
     self._array = images
 
   def _open_folder(self, folder: str):
-    self._files = list_images(folder)
-    if not self._files:
-      raise FileNotFoundError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    notes = _folder_annotations(folder)
+    items = folder_items(folder)
+    self._files = [rel for rel, _ in items]
     self._fields, self._unusable = [], {}  # index -> (skip reason, message)
-    for rel in self._files:
-      fields = dict(notes.get(os.path.normpath(rel), {}))
-      txt = paths.join(folder, os.path.splitext(rel)[0] + ".txt")
-      if "caption" not in fields and paths.exists(txt):
-        try:
-          fields["caption"] = paths.read_text(txt).strip()
-        except UnicodeDecodeError:  # skipped and counted when loaded, as build_dataset does
-          self._unusable[len(self._fields)] = ("non-text caption", f"{txt}: caption is not UTF-8 text")
+    for rel, fields in items:
+      if isinstance(fields.get("caption"), UnicodeDecodeError):  # skipped and counted when loaded, as build_dataset does
+        txt = paths.join(folder, os.path.splitext(rel)[0] + ".txt")
+        self._unusable[len(self._fields)] = ("non-text caption", f"{txt}: caption is not UTF-8 text")
+        fields = {k: v for k, v in fields.items() if k != "caption"}
       self._fields.append(fields)
 
   def __len__(self) -> int:

@@ -160,14 +160,21 @@ class Pipeline:
     return self.decode(stitched.reshape(1, -1), grid=stitched.shape)[0]
 
   # -- image -> text ------------------------------------------------------------------------------------------
-  def mmu(self, codes, question: str, *, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
-          top_p: float = 1.0, seed: int = 0) -> list:
-    """Answers `question` about each image (codes [B, N]) with KV-cached decoding; returns B strings."""
+  def mmu(self, codes, question, *, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
+          top_p: float = 1.0, seed: int = 0, pad_multiple: int = 1) -> list:
+    """Answers `question` (one string, or one per image) about each image (codes [B, N]) with KV-cached decoding;
+    returns B strings. `pad_multiple`: left-pad the prompts to a multiple of it, so that batches of questions of
+    different lengths share a compiled program."""
     ids = self.layout.image_ids(np.asarray(codes))
-    q = self.text_tokenizer.encode([prompting.mmu_question_text(question)] * len(ids))
+    questions = [question] * len(ids) if isinstance(question, str) else list(question)
+    if len(questions) != len(ids):
+      raise ValueError(f"{len(questions)} questions for {len(ids)} images")
+    q = self.text_tokenizer.encode([prompting.mmu_question_text(text) for text in questions])
     prompts = prompting.mmu_gen_prompt(ids, q, self.layout)
     lengths = np.array([len(p) for p in prompts], np.int32)
     batch = prompting.left_pad(prompts, self.layout.pad_id)
+    extra = -batch.shape[1] % pad_multiple
+    batch = np.pad(batch, ((0, 0), (extra, 0)), constant_values=self.layout.pad_id)
     sc = autoregressive.SamplingConfig(max_new_tokens=max_new_tokens, eos_ids=(self.layout.eos_id,),
                                        pad_id=self.layout.pad_id, temperature=temperature, top_k=top_k, top_p=top_p)
     tokens, lens = autoregressive.generate_with_model(self.cfg, self.params, batch, lengths, jax.random.key(seed),

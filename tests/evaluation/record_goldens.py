@@ -1,0 +1,84 @@
+"""Records the golden outputs of the evaluation networks from their reference implementations, once:
+
+  python -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch pytorch-fid==0.3.0 transformers numpy
+  /tmp/torchenv/bin/python tests/evaluation/record_goldens.py     # from the repo root; writes goldens/*.npz
+
+Weights come from golden_weights.draw (a fixed numpy seed per parameter name), so the tests rebuild them without
+torch. Nothing is downloaded: pytorch-fid's weight download is replaced by those drawn weights, and CLIP is a tiny
+random configuration of transformers' CLIPModel. The tests (test_eval_networks.py) need only the .npz files.
+"""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import golden_weights  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+OUT = pathlib.Path(__file__).resolve().parent / "goldens"
+CLIP_CONFIG = {
+    "projection_dim": 24,
+    "text_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+                    "vocab_size": 100, "max_position_embeddings": 16, "hidden_act": "quick_gelu",
+                    "layer_norm_eps": 1e-5, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1},
+    "vision_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+                      "image_size": 32, "patch_size": 8, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
+}
+
+
+def _float_shapes(module):
+  return [(k, tuple(v.shape)) for k, v in module.state_dict().items() if v.dtype.is_floating_point]
+
+
+def record_inception():
+  from pytorch_fid import inception as fid_inception  # pylint: disable=g-import-not-at-top
+  import torchvision  # pylint: disable=g-import-not-at-top
+  shapes = _float_shapes(torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008,
+                                                         init_weights=False))
+  state = {k: torch.from_numpy(v) for k, v in golden_weights.state_dict(shapes).items()}
+  fid_inception.load_state_dict_from_url = lambda *a, **k: state  # no download: the drawn weights instead
+  net = fid_inception.InceptionV3([fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (2, 48, 40, 3), dtype=np.uint8)  # resized to 299² inside, as FID does
+  with torch.no_grad():
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    feats = net(x)[0][:, :, 0, 0].numpy()
+    small = torch.from_numpy(rng.uniform(0, 1, (1, 3, 90, 40)).astype(np.float32))
+    resized = F.interpolate(small, size=(61, 61), mode="bilinear", align_corners=False)
+  np.savez_compressed(OUT / "fid_inception.npz", names=json.dumps(shapes), images=images, features=feats,
+                      resize_input=small.permute(0, 2, 3, 1).numpy(), resize_61=resized.permute(0, 2, 3, 1).numpy())
+  print("fid_inception.npz: features", feats.shape, "mean |f|", float(np.abs(feats).mean()))
+
+
+def record_clip():
+  import transformers  # pylint: disable=g-import-not-at-top
+  config = transformers.CLIPConfig(text_config=CLIP_CONFIG["text_config"], vision_config=CLIP_CONFIG["vision_config"],
+                                   projection_dim=CLIP_CONFIG["projection_dim"])
+  model = transformers.CLIPModel(config).eval()
+  shapes = [(k, s) for k, s in _float_shapes(model)]
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in golden_weights.state_dict(shapes).items()}, strict=False)
+  rng = np.random.default_rng(2)
+  pixels = rng.normal(0, 1, (2, 32, 32, 3)).astype(np.float32)
+  ids = rng.integers(3, 90, (3, 16)).astype(np.int64)
+  ids[0, 5], ids[1, 15], ids[2, 0] = 99, 99, 99  # the end token (the largest id) at three places
+  with torch.no_grad():
+    img = model.get_image_features(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2))
+    txt = model.get_text_features(input_ids=torch.from_numpy(ids))
+  img = getattr(img, "pooler_output", img).numpy()
+  txt = getattr(txt, "pooler_output", txt).numpy()
+  processor = transformers.CLIPImageProcessor(size={"shortest_edge": 20}, crop_size={"height": 16, "width": 16})
+  photo = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+  processed = processor(images=[photo], return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
+  np.savez_compressed(OUT / "clip.npz", names=json.dumps(shapes), config=json.dumps(CLIP_CONFIG), pixels=pixels,
+                      ids=ids, image_embeds=img, text_embeds=txt, photo=photo, processed=processed)
+  print("clip.npz: image", img.shape, "text", txt.shape)
+
+
+if __name__ == "__main__":
+  OUT.mkdir(exist_ok=True)
+  record_inception()
+  record_clip()
