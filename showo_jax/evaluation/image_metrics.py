@@ -35,27 +35,30 @@ def _batches(items, size):
 
 
 def inception_features(folder: str, variables, *, batch_size: int = 50, log=print) -> np.ndarray:
-  """[N, 2048] pool features of every image under `folder`. Same-size images share a batch, padded to
-  `batch_size` so that each image size compiles once."""
+  """[N, 2048] pool features of every image under `folder`, read batch by batch (30k images never sit in memory
+  at once). A batch holds consecutive images of one size and is padded to `batch_size`, so that each image size
+  compiles once."""
   files = images_lib.list_images(folder)
   if not files:
     raise FileNotFoundError(f"{folder}: no image files ({', '.join(images_lib.IMAGE_EXTENSIONS)})")
-  by_size, order = {}, []
-  for rel in files:
-    image = np.asarray(_open_rgb(folder, rel))
-    by_size.setdefault(image.shape, []).append((len(order), image))
-    order.append(rel)
   out = np.zeros((len(files), inception.FEATURES), np.float64)
-  done = 0
-  for group in by_size.values():
-    for batch in _batches(group, batch_size):
-      x = np.stack([im for _, im in batch])
-      pad = batch_size - len(x)
-      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
-      feats = np.asarray(inception.features(variables, x))[:len(batch)]
-      out[[i for i, _ in batch]] = feats
-      done += len(batch)
-    log(f"fid: {folder}: {done}/{len(files)} images")
+  batch, start = [], 0
+
+  def flush():
+    x = np.stack(batch)
+    pad = batch_size - len(x)
+    x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
+    out[start:start + len(batch)] = np.asarray(inception.features(variables, x))[:len(batch)]
+
+  for i, rel in enumerate(files):
+    image = np.asarray(_open_rgb(folder, rel))
+    if batch and (len(batch) == batch_size or image.shape != batch[0].shape):
+      flush()
+      batch, start = [], i
+      if start // batch_size % 20 == 0:
+        log(f"fid: {folder}: {start}/{len(files)} images")
+    batch.append(image)
+  flush()
   return out
 
 

@@ -216,4 +216,4 @@ def from_torch_state_dict(state: dict, source: str = "the weights") -> dict:
 def load_weights(path: str) -> dict:
   """Flax variables from a safetensors conversion of pt_inception-2015-12-05-*.pth (README shows the one-line
   conversion); ValueError naming the file for anything else."""
-  return from_torch_state_dict(weight_files.read_state_dict(path), path)
+  return jax.tree.map(jnp.asarray, from_torch_state_dict(weight_files.read_state_dict(path), path))

@@ -122,7 +122,9 @@ def _image_folder(folder, n, seed):
 
 
 def test_fid_of_folders_and_of_cached_statistics(tmp_path, inception_file):
-  real, fake = _image_folder(tmp_path / "real", 3, 0), _image_folder(tmp_path / "fake", 3, 1)
+  real, fake = _image_folder(tmp_path / "real", 3, 0), _image_folder(tmp_path / "fake", 4, 1)
+  odd = np.random.default_rng(5).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+  Image.fromarray(odd).save(fake / "1.png")  # another size between two: its own batch
   stats = tmp_path / "real_stats.npz"
   r = _ok("fid", "--real", real, "--fake", fake, "--inception", inception_file, "--batch-size", 2,
           "--save-real-stats", stats)
@@ -132,7 +134,10 @@ def test_fid_of_folders_and_of_cached_statistics(tmp_path, inception_file):
   feats = [image_metrics.inception_features(str(d), variables, batch_size=2, log=lambda _: None) for d in (real, fake)]
   mu, sigma = frechet.statistics(feats[0])
   want = frechet.distance(mu, sigma, *frechet.statistics(feats[1]))
-  assert r["fid"] == pytest.approx(want, rel=1e-6) and r["fid"] > 1.0 and r["fake_images"] == 3
+  assert r["fid"] == pytest.approx(want, rel=1e-6) and r["fid"] > 1.0 and r["fake_images"] == 4
+  alone = np.asarray(inception.features(variables, np.stack([odd, odd])))[0]
+  np.testing.assert_allclose(feats[1][1], alone, rtol=1e-5, atol=1e-5)
+  assert np.all(np.abs(feats[1]).sum(1) > 0)
   cached = image_metrics.folder_statistics(str(stats), None)
   np.testing.assert_allclose(cached[0], mu, rtol=1e-12)
   np.testing.assert_allclose(cached[1], sigma, rtol=1e-12, atol=1e-12)
