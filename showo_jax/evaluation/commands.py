@@ -50,7 +50,11 @@ def _geneval(args):
        f"per prompt, batches of {args.batch_size}")
   record = dict(settings, checkpoint=paths.resolve(args.checkpoint), prompts=paths.resolve(args.prompts),
                 resolution=int(pipe.config.data.resolution))
-  generate = lambda texts, seed: pipe.t2i(texts, seed=seed, **settings)  # pylint: disable=unnecessary-lambda-assignment
+
+  def generate(texts, seed):  # the last batch is padded to the batch size: one compiled program for the run
+    padded = list(texts) + [texts[-1]] * (args.batch_size - len(texts))
+    return pipe.t2i(padded, seed=seed, **settings)[:len(texts)]
+
   counts = geneval.write_folders(args.out, prompts, generate, images_per_prompt=args.images_per_prompt,
                                  batch_size=args.batch_size, seed=args.seed, settings=record, log=_log)
   _show(dict(counts, out=args.out, prompts=len(prompts)))
