@@ -68,8 +68,8 @@ def _parser():
   fid = sub.add_parser("fid", help="Fréchet Inception distance between two image sets")
   fid.add_argument("--real", required=True, help="image folder, or statistics .npz written by --save-real-stats")
   fid.add_argument("--fake", required=True, help="image folder (GenEval folders too: every image under it)")
-  fid.add_argument("--inception", required=True, help="FID InceptionV3 weights: pt_inception-2015-12-05-*.pth "
-                   "converted to .safetensors (README, 'Evaluation protocols')")
+  fid.add_argument("--inception", required=True, help="FID InceptionV3 weights: pytorch-fid's "
+                   "pt_inception-2015-12-05-*.pth (read without torch) or a .safetensors conversion")
   fid.add_argument("--save-real-stats", default="", help="write the real set's statistics here (.npz)")
   fid.add_argument("--batch-size", type=int, default=50, help="images per forward pass")
 

@@ -214,6 +214,6 @@ def from_torch_state_dict(state: dict, source: str = "the weights") -> dict:
 
 
 def load_weights(path: str) -> dict:
-  """Flax variables from a safetensors conversion of pt_inception-2015-12-05-*.pth (README shows the one-line
-  conversion); ValueError naming the file for anything else."""
+  """Flax variables from pytorch-fid's pt_inception-2015-12-05-*.pth (or its .safetensors / .npz conversion);
+  ValueError naming the file for anything else."""
   return jax.tree.map(jnp.asarray, from_torch_state_dict(weight_files.read_state_dict(path), path))

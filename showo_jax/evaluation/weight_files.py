@@ -1,6 +1,5 @@
-"""Weight files of the evaluation networks (FID Inception, CLIP), read through the path layer: safetensors
-(the standard conversion of a PyTorch checkpoint) or .npz; a PyTorch pickle is refused with the conversion to
-run, since reading one needs torch."""
+"""Weight files of the evaluation networks (FID Inception, CLIP), read through the path layer: safetensors,
+.npz, or a PyTorch state dict (`torch.save`, read without torch by torch_pickle.py)."""
 
 import io
 
@@ -8,19 +7,18 @@ import numpy as np
 import safetensors.numpy
 
 from showo_jax.common import paths
+from showo_jax.evaluation import torch_pickle
 
-TORCH_TO_SAFETENSORS = ('python -c "import sys, torch, safetensors.torch as s; s.save_file({k: v.contiguous() '
-                        'for k, v in torch.load(sys.argv[1], map_location=\'cpu\').items() '
-                        'if v.dtype.is_floating_point}, sys.argv[2])" IN.pth OUT.safetensors')
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 
 def read_state_dict(path: str) -> dict:
-  """{name: float array} of a .safetensors or .npz file; ValueError naming the file for anything else."""
+  """{name: array} of a .safetensors, .npz or torch.save file; ValueError naming the file for anything else."""
   if not paths.isfile(path):
     raise FileNotFoundError(f"{path}: no such weight file")
-  if path.endswith((".pth", ".pt", ".bin", ".ckpt")):
-    raise ValueError(f"{path}: a PyTorch pickle needs torch to read; convert it once with {TORCH_TO_SAFETENSORS}")
   data = paths.read_bytes(path)
+  if path.endswith(TORCH_SUFFIXES):
+    return torch_pickle.load(data, path)
   try:
     if path.endswith(".npz"):
       with np.load(io.BytesIO(data)) as f:

@@ -1,7 +1,7 @@
 """Records the golden outputs of the evaluation networks from their reference implementations, once:
 
   python -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch pytorch-fid==0.3.0 transformers numpy
-  /tmp/torchenv/bin/python tests/evaluation/record_goldens.py     # from the repo root; writes goldens/*.npz
+  /tmp/torchenv/bin/python tests/evaluation/record_goldens.py     # from the repo root; writes goldens/*
 
 Weights come from golden_weights.draw (a fixed numpy seed per parameter name), so the tests rebuild them without
 torch. Nothing is downloaded: pytorch-fid's weight download is replaced by those drawn weights, and CLIP is a tiny
@@ -78,7 +78,24 @@ def record_clip():
   print("clip.npz: image", img.shape, "text", txt.shape)
 
 
+def record_torch_files():
+  """A state dict in both torch.save formats, with what the reader must get right: a transposed (strided)
+  tensor, two tensors sharing one storage at different offsets, a scalar, float64 and int64."""
+  rng = np.random.default_rng(4)
+  base = torch.from_numpy(rng.normal(size=(4, 6)).astype(np.float32))
+  state = {"conv.weight": torch.from_numpy(rng.normal(size=(3, 2, 3, 3)).astype(np.float32)),
+           "fc.weight": base.t(), "shared.a": base.view(-1)[2:8], "shared.b": base.view(-1)[10:14].view(2, 2),
+           "scale": torch.tensor(1.5), "double": torch.from_numpy(rng.normal(size=(5,))),
+           "bn.num_batches_tracked": torch.tensor(7, dtype=torch.int64)}
+  torch.save(state, OUT / "torch_zip.pth")
+  torch.save(state, OUT / "torch_legacy.pth", _use_new_zipfile_serialization=False)
+  np.savez(OUT / "torch_files.npz", **{k: v.numpy() for k, v in state.items()})
+  print("torch_zip.pth, torch_legacy.pth:", sorted(state))
+
+
+RECORDERS = {"inception": record_inception, "clip": record_clip, "torch_files": record_torch_files}
+
 if __name__ == "__main__":
   OUT.mkdir(exist_ok=True)
-  record_inception()
-  record_clip()
+  for name in sys.argv[1:] or RECORDERS:  # e.g. `record_goldens.py clip` records only clip.npz
+    RECORDERS[name]()

@@ -3,7 +3,9 @@
 from a fixed numpy seed (golden_weights.py); the weights go through the same file loaders as real ones."""
 
 import json
+import os
 import pathlib
+import pickle
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ import safetensors.numpy
 
 from showo_jax.evaluation import clip
 from showo_jax.evaluation import inception
+from showo_jax.evaluation import torch_pickle
+from showo_jax.evaluation import weight_files
 from tests.evaluation import golden_weights
 
 GOLDENS = pathlib.Path(__file__).resolve().parent / "goldens"
@@ -61,9 +65,31 @@ def test_inception_weights_of_the_wrong_shape_are_one_line_errors(fid_golden, tm
   safetensors.numpy.save_file(state, str(bad))
   with pytest.raises(ValueError, match=r"missing Mixed_6b.branch7x7_2.conv.weight"):
     inception.load_weights(str(bad))
-  with pytest.raises(ValueError, match=r"PyTorch pickle.*safetensors"):
-    (tmp_path / "w.pth").write_bytes(b"x")
+  (tmp_path / "w.pth").write_bytes(b"x")
+  with pytest.raises(ValueError, match=r"w.pth: not a readable torch.save state dict"):
     inception.load_weights(str(tmp_path / "w.pth"))
+
+
+@pytest.mark.parametrize("name", ["torch_zip.pth", "torch_legacy.pth"])
+def test_torch_save_files_read_without_torch(name):
+  """Both torch.save formats (recorded by torch itself): strided and storage-sharing tensors, a scalar, dtypes."""
+  got = weight_files.read_state_dict(str(GOLDENS / name))
+  want = _golden("torch_files.npz")
+  assert sorted(got) == sorted(want)
+  for key, value in want.items():
+    assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+    np.testing.assert_array_equal(got[key], value)
+
+
+def test_a_weights_pickle_cannot_run_code(tmp_path):
+  class Exploit:
+    def __reduce__(self):
+      return (os.system, ("touch " + str(tmp_path / "ran"),))
+  data = b"".join(pickle.dumps(x, protocol=2) for x in (torch_pickle.LEGACY_MAGIC, 1001, {}, Exploit()))
+  (tmp_path / "evil.pth").write_bytes(data)
+  with pytest.raises(ValueError, match=r"evil.pth: not a readable torch.save state dict .*system is not allowed"):
+    weight_files.read_state_dict(str(tmp_path / "evil.pth"))
+  assert not (tmp_path / "ran").exists()
 
 
 @pytest.fixture(scope="module")
