@@ -121,12 +121,12 @@ def write_mme(out: str, items: list, answers: list) -> dict:
 
 def vqa_items(questions: str, images: str, fmt: str) -> list:
   """VQAv2's official questions JSON ({"data_subtype", "questions": [{question_id, image_id, question}]}, images
-  COCO_{subtype}_{image_id:012d}.jpg) or GQA's ({question_id: {imageId, question}}, images {imageId}.jpg)."""
+  COCO_{subtype}_{image_id:012d}.jpg, test-dev's being test2015's) or GQA's ({question_id: {imageId, question}}, images {imageId}.jpg)."""
   data = _json(questions, fmt)
   items = []
   try:
     if fmt == "vqav2":
-      subtype = data["data_subtype"]
+      subtype = data["data_subtype"].replace("test-dev", "test")  # test-dev questions are on test2015 images
       for q in data["questions"]:
         items.append({"id": q["question_id"], "prompt": q["question"] + SHORT,
                       "image": _image(images, f"COCO_{subtype}_{q['image_id']:012d}.jpg", questions)})

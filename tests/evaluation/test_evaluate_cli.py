@@ -246,7 +246,10 @@ def test_mme_vqa_and_mmmu_files_in_each_benchmarks_format(workdir, tmp_path):
 
   coco = tmp_path / "coco"
   names = _digits(coco, 2)
-  vqa = {"data_subtype": "val2014", "questions": [{"question_id": 7, "image_id": 0, "question": "What is it?"},
+  for name in names:  # test-dev questions name the test2015 images
+    os.rename(coco / name, coco / name.replace("val2014", "test2015"))
+  names = [name.replace("val2014", "test2015") for name in names]
+  vqa = {"data_subtype": "test-dev2015", "questions": [{"question_id": 7, "image_id": 0, "question": "What is it?"},
                                                   {"question_id": 9, "image_id": 1, "question": "How many?"}]}
   (tmp_path / "vqa.json").write_text(json.dumps(vqa))
   _ok("vqa", "--checkpoint", workdir, "--questions", tmp_path / "vqa.json", "--images", coco, "--format", "vqav2",
