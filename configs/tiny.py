@@ -27,7 +27,7 @@ def get_config(arg: str = ""):
   # training digits, 94-95 % held out), T2I has room (98-99 % class consistency against a 90 % target), so most
   # rows go to MMU: 8/2/22 for 2,500 steps gave 93.6 % validation MMU, 8/2/30 for 3,500 steps 95.8 / 94.6 %
   # (seeds 0 / 1), 4/2/34 for 3,500 steps 95.2 % (seed 1), T2I 98.5-99 % throughout.
-  c.train.update(steps=args.steps or 4000, batch_t2i=4, batch_lm=2, batch_mmu=34, log_every=25,
+  c.train.update(steps=args.steps or 3000, batch_t2i=4, batch_lm=2, batch_mmu=34, log_every=25,
                  checkpoint_every=500, sample_every=500, seed=args.seed)
   c.train.sample_guidance = 2.0  # CFG weight of in-training samples and of `evaluate` (cond dropout is 10 %)
   # The MMU answer is 1 of the ~15 labelled text tokens, the rest being the fixed prompt: at 3 the answer stayed
@@ -36,9 +36,13 @@ def get_config(arg: str = ""):
   c.loss.mmu_coeff = 8.0
   # lr on validation (4/2/34 × 4,000 steps, seeds 0 / 1 / 2): 2e-3 gave MMU 95.2 / 95.0 / 94.4 %, 3e-3 gave
   # 96.2 / 95.0 / 95.6 % (T2I 95.5 / 93.5 / 99.0 %); 3e-3 on test: MMU 94.8 / 94.6 / 95.8 %, T2I 99.0 / 94.5 / 98.5 %.
-  c.optimizer.update(lr=3e-3, warmup_steps=100, final_lr_fraction=0.1, weight_decay=0.01, grad_clip_norm=1.0)
+  # Steps and weight decay on validation (AMD EPYC family 25 model 17, seed 0, dropout 0.1 unless said): 4,000
+  # steps at weight decay 0.01 gave MMU 93.4 % / T2I 97.0 % in 24.4 min; 3,000 at 0.1 gave 94.0 / 93.5 %; 3,000 at
+  # 0.1 with dropout 0.2 gave 94.6 / 99.0 % (the choice); adding 20 MMU copies instead of 10 gave 94.0 / 95.5 %.
+  # MMU's training loss falls to ~0.01, so regularisation, not steps, is what the held-out digits need.
+  c.optimizer.update(lr=3e-3, warmup_steps=100, final_lr_fraction=0.1, weight_decay=0.1, grad_clip_norm=1.0)
   # Residual/embedding dropout, on validation on one machine (2-core AMD EPYC family 25; figures move by up to 4
   # points between machines): 0 → 0.1 took MMU from 91.8 to 93.8 % (seed 0) and 95.8 to 96.8 % (seed 1), T2I
-  # 99.5 → 96.5 % (seed 0); an EMA of 0.999 gave nothing (95.8 %, seed 1).
-  m.dropout_rate = 0.1
+  # 99.5 → 96.5 % (seed 0); an EMA of 0.999 gave nothing (95.8 %, seed 1); 0.2 with the settings above: see there.
+  m.dropout_rate = 0.2
   return c
