@@ -23,6 +23,9 @@ from showo_jax.inference import pipeline
 from tests import train_fixtures
 from tests.evaluation import golden_weights
 
+# One worker runs the whole module (setup.cfg: --dist loadgroup), so its trained fixtures are built once.
+pytestmark = pytest.mark.xdist_group("evaluate_cli")
+
 GOLDENS = os.path.join(os.path.dirname(__file__), "goldens")
 PROMPTS = ["a handwritten digit three", "a handwritten digit seven", "a handwritten digit one"]
 
