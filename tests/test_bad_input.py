@@ -17,9 +17,6 @@ from showo_jax.data import records
 from showo_jax.interop import conversion
 from tests import train_fixtures
 
-# One worker runs the whole module (setup.cfg: --dist loadgroup), so its trained fixtures are built once.
-pytestmark = pytest.mark.xdist_group("bad_input")
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -15,9 +15,6 @@ from showo_jax.training import trainer
 
 from tests import train_fixtures
 
-# One worker runs the whole module (setup.cfg: --dist loadgroup), so its trained fixtures are built once.
-pytestmark = pytest.mark.xdist_group("sample_cli")
-
 RES = 32  # showo_config("tiny") resolution; the tokenizer below downsamples by 8 → a 4×4 grid = 16 tokens
 
 

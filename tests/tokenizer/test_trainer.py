@@ -21,8 +21,7 @@ from showo_jax.tokenizer import pretokenize
 from showo_jax.tokenizer import trainer as tt
 
 
-pytestmark = [pytest.mark.usefixtures("fast_compiles"),  # unoptimised XLA: faster compiles
-              pytest.mark.xdist_group("tokenizer_trainer")]  # one worker: its fixtures are built once (--dist loadgroup)
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # unoptimised XLA: faster compiles
 
 
 def _micro(**overrides):
