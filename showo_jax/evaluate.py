@@ -38,28 +38,19 @@ def _parser():
   sub = p.add_subparsers(dest="mode", required=True, parser_class=cli.Parser)
 
   def model(sp):
-    sp.add_argument("--checkpoint", required=True, help="training workdir, checkpoints folder or step folder")
-    sp.add_argument("--tokenizer", default="", help="image tokenizer checkpoint ('' = the one the config names)")
-    sp.add_argument("--text-tokenizer", default="", help="tokenizer.json ('' = the one the config names)")
+    cli.add_checkpoint_args(sp)
     sp.add_argument("--batch-size", type=int, default=16, help="samples per forward pass")
-
-  def maskgit(sp, steps=None, guidance=None):
-    sp.add_argument("--steps", type=int, default=steps, help="MaskGIT steps")
-    sp.add_argument("--guidance", type=float, default=guidance, help="classifier-free guidance weight")
-    sp.add_argument("--temperature", type=float, default=None if steps is None else 1.0,
-                    help="Gumbel temperature of the confidences")
-    sp.add_argument("--schedule", default=None if steps is None else "cosine", help="inference mask schedule")
 
   emb = sub.add_parser("embedded", help="the embedded default's report card")
   emb.add_argument("--workdir", required=True, help="training workdir; eval.json and eval.png are written here")
   emb.add_argument("--checkpoint", default="", help="checkpoint to evaluate ('' = the workdir's latest)")
-  maskgit(emb)
+  cli.add_maskgit_args(emb)
   emb.add_argument("--per-class", "--per_class", dest="per_class", type=int, default=20,
                    help="generated images per digit")
   emb.add_argument("--seed", type=int, default=0, help="sampling seed")
 
   gen = sub.add_parser("geneval", help="GenEval's image folders")
-  model(gen), maskgit(gen, steps=50, guidance=5.0)
+  model(gen), cli.add_maskgit_args(gen, steps=50, guidance_weight=5.0, temperature=1.0, schedule="cosine")
   gen.add_argument("--prompts", required=True, help="GenEval's evaluation_metadata.jsonl (one JSON object a line)")
   gen.add_argument("--out", required=True, help="folder: OUT/00000/metadata.jsonl, OUT/00000/samples/00000.png, …")
   gen.add_argument("--images-per-prompt", type=int, default=4, help="images per prompt")

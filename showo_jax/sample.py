@@ -30,24 +30,11 @@ def _parser():
   sub = p.add_subparsers(dest="mode", required=True, parser_class=cli.Parser)
 
   def common(sp):
-    sp.add_argument("--checkpoint", required=True, help="training workdir, checkpoints folder or step folder")
-    sp.add_argument("--tokenizer", default="", help="image tokenizer checkpoint ('' = the one the config names)")
-    sp.add_argument("--text-tokenizer", default="", help="tokenizer.json ('' = the one the config names)")
+    cli.add_checkpoint_args(sp)
     sp.add_argument("--seed", type=int, default=0, help="sampling seed")
 
-  def maskgit(sp, guidance=True):
-    sp.add_argument("--steps", type=int, default=None, help="MaskGIT steps (1 to the image's token count, "
-                    "since each step fixes at least one token; default: the checkpoint's config.train.sample_steps)")
-    if guidance:
-      sp.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w >= 0 "
-                      "(default: config.train.sample_guidance)")
-    sp.add_argument("--temperature", type=float, default=None, help="Gumbel temperature of the confidences "
-                    "(default: config.train.sample_temperature)")
-    sp.add_argument("--schedule", default=None, help="inference mask schedule: cosine | linear | pow<k> | sigmoid "
-                    "(default: config.train.sample_schedule)")
-
   t2i = sub.add_parser("t2i", help="text -> image", description="text -> image with MaskGIT decoding and classifier-free guidance")
-  common(t2i), maskgit(t2i)
+  common(t2i), cli.add_maskgit_args(t2i)
   t2i.add_argument("--prompt", required=True, action="append", help="repeat for several prompts; '' = none")
   t2i.add_argument("--num", type=int, default=1, help="images per prompt")
   t2i.add_argument("--out", default="", help="write one PNG grid here")
@@ -64,20 +51,20 @@ def _parser():
   mmu.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = all)")
   mmu.add_argument("--json", action="store_true", help='print a JSON list of {"image", "answer"}')
   inpaint = sub.add_parser("inpaint", help="regenerate the white part of --mask")
-  common(inpaint), maskgit(inpaint)
+  common(inpaint), cli.add_maskgit_args(inpaint)
   inpaint.add_argument("--image", required=True, help="the image to edit")
   inpaint.add_argument("--mask", required=True, help="image of the same framing (white = regenerate, black = keep), "
                        f"or a region: {' | '.join(commands.MASK_REGIONS)}")
   inpaint.add_argument("--prompt", required=True, help="what the whole image shows ('' = unconditional)")
   inpaint.add_argument("--out", required=True, help="output PNG")
   extra = sub.add_parser("extrapolate", help="extend the image by half its size in one direction")
-  common(extra), maskgit(extra)
+  common(extra), cli.add_maskgit_args(extra)
   extra.add_argument("--direction", required=True, help="|".join(commands.DIRECTIONS))
   extra.add_argument("--image", required=True, help="the image to extend")
   extra.add_argument("--prompt", required=True, help="what the extended image shows ('' = unconditional)")
   extra.add_argument("--out", required=True, help="output PNG")
   mixed = sub.add_parser("mixed", help="text -> image -> text from one prompt (no CFG)")
-  common(mixed), maskgit(mixed, guidance=False)
+  common(mixed), cli.add_maskgit_args(mixed, guidance=False)
   mixed.add_argument("--prompt", required=True, help="the text to continue")
   mixed.add_argument("--out", required=True, help="folder: text.txt and image_0.png, ...")
   mixed.add_argument("--max-text-tokens", type=int, default=64, help="text tokens to generate (at most the "

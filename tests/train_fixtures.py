@@ -5,6 +5,8 @@ Also a config file for the training CLI (launch/scaling_check.sh):
 where DATA already holds the records (`make_records(DATA)`; written once, before processes start).
 """
 
+import contextlib
+import io
 import os
 
 import jax
@@ -20,6 +22,14 @@ from showo_jax.interop import magvit_keys
 from showo_jax.tokenizer import config as tokenizer_config
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def run_main(main, *argv):
+  """(exit status, stdout, stderr) of an entry point's `main(argv)` run in-process (its compiles are shared)."""
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = main([str(a) for a in argv])
+  return code, out.getvalue(), err.getvalue()
 
 
 def make_records(folder: str, num: int = 64, codebook: int = 64, tokens: int = 16, seed: int = 0):

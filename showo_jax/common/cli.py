@@ -47,6 +47,29 @@ class Parser(argparse.ArgumentParser):
     self.exit(BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
 
 
+def add_checkpoint_args(parser: argparse.ArgumentParser):
+  """The options that say which trained Show-o to load (sample and evaluate)."""
+  parser.add_argument("--checkpoint", required=True, help="training workdir, checkpoints folder or step folder")
+  parser.add_argument("--tokenizer", default="", help="image tokenizer checkpoint ('' = the one the config names)")
+  parser.add_argument("--text-tokenizer", default="", help="tokenizer.json ('' = the one the config names)")
+
+
+def add_maskgit_args(parser: argparse.ArgumentParser, *, guidance: bool = True, steps=None, guidance_weight=None,
+                     temperature=None, schedule=None):
+  """MaskGIT decoding options; a default of None means the checkpoint's config.train.sample_* setting."""
+  def default(value, name):
+    return f"default: {value}" if value is not None else f"default: config.train.sample_{name}"
+  parser.add_argument("--steps", type=int, default=steps, help="MaskGIT steps (1 to the image's token count, since "
+                      f"each step fixes at least one token; {default(steps, 'steps')})")
+  if guidance:
+    parser.add_argument("--guidance", type=float, default=guidance_weight, help="classifier-free guidance weight "
+                        f"w >= 0 ({default(guidance_weight, 'guidance')})")
+  parser.add_argument("--temperature", type=float, default=temperature, help="Gumbel temperature of the "
+                      f"confidences ({default(temperature, 'temperature')})")
+  parser.add_argument("--schedule", default=schedule, help="inference mask schedule: cosine | linear | pow<k> | "
+                      f"sigmoid ({default(schedule, 'schedule')})")
+
+
 def run(fn, *, bad_input=(), failures=(), output=None) -> int:
   """Calls fn() and maps what it raises to one stderr line and the exit status above (fn's int result, else 0).
 

@@ -14,6 +14,7 @@ itself; TensorStore (Orbax's array writer) is pointed at it here, with anonymous
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -126,6 +127,24 @@ def _fs(path):
 
 def read_text(path) -> str:
   return Path(path).read_bytes().decode("utf-8")
+
+
+def read_jsonl(path, what: str) -> list:
+  """[(line number, value)] of a JSON-lines file, blank lines skipped. `what` names the file in errors (a flag such
+  as "--questions"): a missing file, a line that is not JSON (with its number) and a file with no lines are one
+  line each."""
+  if not isfile(path):
+    raise FileNotFoundError(f"{what} {path}: no such file")
+  rows = []
+  for number, line in enumerate(read_text(path).splitlines(), 1):
+    if line.strip():
+      try:
+        rows.append((number, json.loads(line)))
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+  if not rows:
+    raise ValueError(f"{what} {path}: the file has no lines")
+  return rows
 
 
 def read_bytes(path) -> bytes:

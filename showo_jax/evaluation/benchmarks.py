@@ -38,25 +38,10 @@ def _json(path: str, what: str):
     raise ValueError(f"{path}: not a {what} JSON file ({e.msg} at line {e.lineno})") from None
 
 
-def _jsonl(path: str) -> list:
-  if not paths.isfile(path):
-    raise FileNotFoundError(f"--questions {path}: no such file")
-  rows = []
-  for n, line in enumerate(paths.read_text(path).splitlines(), 1):
-    if line.strip():
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-  if not rows:
-    raise ValueError(f"--questions {path}: no questions in the file")
-  return rows
-
-
 def pope_items(questions: str, images: str) -> list:
   """POPE's question file (JSONL: question_id, image, text[, label])."""
   items = []
-  for n, row in enumerate(_jsonl(questions), 1):
+  for n, row in paths.read_jsonl(questions, "--questions"):
     try:
       items.append({"id": row["question_id"], "image": _image(images, row["image"], f"{questions}:{n}"),
                     "prompt": row["text"] + SHORT, "question": row["text"], "label": row.get("label")})
@@ -165,7 +150,7 @@ def _options(row, where):
 def mmmu_items(questions: str, images: str) -> list:
   """MMMU questions (JSONL: id, question, options, image or images[, question_type])."""
   items = []
-  for n, row in enumerate(_jsonl(questions), 1):
+  for n, row in paths.read_jsonl(questions, "--questions"):
     where = f"{questions}:{n}"
     try:
       image = row["image"] if "image" in row else row["images"][0]

@@ -25,21 +25,11 @@ from showo_jax.data import images as images_lib
 def read_prompts(path: str) -> list:
   """The prompt file's lines as dicts (blank lines skipped); ValueError naming the file and line if one is not a
   JSON object with a non-empty "prompt" string."""
-  if not paths.isfile(path):
-    raise FileNotFoundError(f"--prompts {path}: no such file")
   rows = []
-  for number, line in enumerate(paths.read_text(path).splitlines(), 1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+  for number, row in paths.read_jsonl(path, "--prompts"):
     if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
       raise ValueError(f'{path}:{number}: need a JSON object with a non-empty "prompt" string')
     rows.append(row)
-  if not rows:
-    raise ValueError(f"--prompts {path}: no prompts in the file")
   return rows
 
 

@@ -7,7 +7,6 @@ The answer parsing follows each benchmark's own scorer: POPE keeps the first sen
 """
 
 import collections
-import json
 import re
 
 from showo_jax.common import paths
@@ -46,22 +45,11 @@ def pope_scores(labels, answers) -> dict:
           "yes_ratio": pred.count("yes") / len(pred), "num_questions": len(truth)}
 
 
-def _jsonl(path: str, what: str) -> list:
-  rows = []
-  for n, line in enumerate(paths.read_text(path).splitlines(), 1):
-    if line.strip():
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {path} line {n} is not JSON: {e.msg}") from None
-  return rows
-
-
 def pope_files(questions: str, answers: str) -> dict:
   """POPE from its question file (JSONL `question_id`, `label`) and an answer file (JSONL `question_id`, `text`)."""
-  qs = _jsonl(questions, "POPE question file")
+  qs = [row for _, row in paths.read_jsonl(questions, "POPE question file")]
   given = {}
-  for row in _jsonl(answers, "POPE answer file"):
+  for _, row in paths.read_jsonl(answers, "POPE answer file"):
     given[row["question_id"]] = row["text"]
   missing = [q["question_id"] for q in qs if q["question_id"] not in given]
   if missing:

@@ -2,8 +2,6 @@
 InceptionV3 and a tiny random CLIP: GenEval's layout and resume, FID and CLIP score of folders, the understanding
 benchmarks' answer files and scores, and bad inputs as one `error:` line with exit status 2."""
 
-import contextlib
-import io
 import json
 import os
 
@@ -31,10 +29,7 @@ PROMPTS = ["a handwritten digit three", "a handwritten digit seven", "a handwrit
 
 
 def _run(*argv):
-  out, err = io.StringIO(), io.StringIO()
-  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    code = evaluate.main([str(a) for a in argv])
-  return code, out.getvalue(), err.getvalue()
+  return train_fixtures.run_main(evaluate.main, *argv)
 
 
 def _ok(*argv):

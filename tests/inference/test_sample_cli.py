@@ -1,8 +1,6 @@
 """`python -m showo_jax.sample` end to end on a 2-step tiny model and a random tiny MAGVIT: every mode, the
 output files and formats, determinism, and each kind of bad input (one `error:` line, non-zero exit)."""
 
-import contextlib
-import io
 import json
 import os
 
@@ -55,11 +53,7 @@ def images(tmp_path_factory):
 
 
 def _run(*argv):
-  """(exit status, stdout, stderr) of `sample.main(argv)` run in-process."""
-  out, err = io.StringIO(), io.StringIO()
-  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    code = sample.main([str(a) for a in argv])
-  return code, out.getvalue(), err.getvalue()
+  return train_fixtures.run_main(sample.main, *argv)
 
 
 def _ok(*argv):
