@@ -45,4 +45,9 @@ def get_config(arg: str = ""):
   # points between machines): 0 → 0.1 took MMU from 91.8 to 93.8 % (seed 0) and 95.8 to 96.8 % (seed 1), T2I
   # 99.5 → 96.5 % (seed 0); an EMA of 0.999 gave nothing (95.8 %, seed 1); 0.2 with the settings above: see there.
   m.dropout_rate = 0.2
+  # A 3×3 convolution over each image's 8×8 token grid, added to the token embeddings (not in the official
+  # model; `config.model.image_conv`): the 1-D positions never say which tokens are neighbours in the image, and
+  # 4,000 digits are too few to learn it. On validation (seed 0, the settings above): MMU 94.6 → 97.6 %, T2I
+  # 99.0 → 96.0 %. Tried before it: 2-D rotary positions inside image blocks, 90.6 % / 77.0 %.
+  m.image_conv = 3
   return c

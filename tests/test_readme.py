@@ -94,9 +94,12 @@ DOWNLOADED = ("hub/",)
 
 @pytest.fixture(scope="module")
 def stand_in(tmp_path_factory):
-  """A tiny trained workdir (synthetic records, a random 32 px tokenizer) in place of the main job's."""
+  """Tiny trained workdirs (synthetic records, a random 32 px tokenizer) in place of the main job's, with its
+  image-grid convolution, and of a run of the official architecture (/tmp/showo_tiny_plain)."""
   root = tmp_path_factory.mktemp("readme")
-  workdir = train_fixtures.trained_workdir(str(root / "showo_tiny"), str(root / "data"))
+  default = config_base.load_config_file(str(ROOT / "configs" / "tiny.py"))
+  workdir = train_fixtures.trained_workdir(str(root / "showo_tiny"), str(root / "data"), default.model.image_conv)
+  train_fixtures.trained_workdir(str(root / "showo_tiny_plain"), str(root / "data"))
   return root, workdir
 
 

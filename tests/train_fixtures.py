@@ -72,11 +72,13 @@ def get_config(arg: str = ""):
   return tiny_config(args.folder, steps=args.steps)
 
 
-def trained_workdir(workdir: str, data: str) -> str:
+def trained_workdir(workdir: str, data: str, image_conv: int = 0) -> str:
   """A tiny trained workdir (2 steps on `data`'s synthetic records) with a random 32 px tokenizer beside it in
   WORKDIR/tokenizer: a stand-in for the main job's, for the CLIs that read one."""
   from showo_jax.training import trainer  # pylint: disable=g-import-not-at-top
-  trainer.train_and_evaluate(tiny_config(data, steps=2), workdir)
+  config = tiny_config(data, steps=2)
+  config.model.image_conv = image_conv
+  trainer.train_and_evaluate(showo_config.validate(config), workdir)
   tiny_magvit_npz(os.path.join(workdir, "tokenizer", "magvit.npz"))
   return workdir
 

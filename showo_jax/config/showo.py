@@ -7,6 +7,8 @@ Command-line overrides come from absl's `config_flags` (`--config configs/showo.
 --config.model.num_layers=4`), see config/base.py `define_config_flag`.
 """
 
+import math
+
 import jax
 import ml_collections
 
@@ -61,6 +63,10 @@ def model_config(size: str) -> ConfigDict:
       dropout_rate=0.0,  # training only: on the embeddings and on each residual branch (phi's embd/resid_pdrop)
       image_embedding_init="normal",  # or "codebook_bits": image-code rows of the embedding and the head
       # start linear in the code's LFQ bits (models/vocab.py codebook_bit_rows); scratch training only
+      # 0 (official) or an odd k: a k×k convolution over each image block's token grid (square, of
+      # data.num_image_tokens tokens) added to its embeddings (models/transformer.py ImageConv), a locality
+      # prior for small data. Not in the official model, so such checkpoints do not export.
+      image_conv=0,
       dtype="float32",  # of every matmul operand (weights and activations); products accumulate in float32
       param_dtype="float32",
       # The residual stream and the projections' outputs: "auto" = `dtype` on GPU/TPU, float32 on CPU (bf16
@@ -179,6 +185,14 @@ def validate(config) -> ConfigDict:
     _check(m[name] in config_base.DTYPES, f"config.model.{name}={m[name]!r} is not one of {config_base.DTYPES}")
   _check(m.get("image_embedding_init", "normal") in ("normal", "codebook_bits"),
          f"config.model.image_embedding_init={m.get('image_embedding_init')!r} is not 'normal' or 'codebook_bits'")
+  conv = m.get("image_conv", 0)
+  _check(isinstance(conv, int) and conv >= 0 and (conv == 0 or conv % 2 == 1),
+         f"config.model.image_conv={conv!r} must be 0 (off) or an odd kernel size")
+  if conv:
+    side = math.isqrt(int(config.data.num_image_tokens))
+    _check(side * side == int(config.data.num_image_tokens),
+           f"config.model.image_conv={conv} needs a square token grid; config.data.num_image_tokens="
+           f"{config.data.num_image_tokens} is not a square")
   _check(0 <= m.get("dropout_rate", 0.0) < 1, f"config.model.dropout_rate={m.get('dropout_rate')} must be in [0, 1)")
   _check(m.get("matmul_precision", "default") in MATMUL_PRECISIONS,
          f"config.model.matmul_precision={m.get('matmul_precision')!r} is not one of {MATMUL_PRECISIONS}")
@@ -276,7 +290,16 @@ def transformer_config(config) -> transformer.TransformerConfig:
       # Configs saved before the field existed ran at jax's default.
       matmul_precision=str(m.get("matmul_precision", "default")),
       activations=activation_dtype(m), attention_impl=str(m.get("attention_impl", "xla")),
-      attention_block=int(m.get("attention_block", 128)), **_lora_fields(m))
+      attention_block=int(m.get("attention_block", 128)), **_lora_fields(m), **_image_grid_fields(config))
+
+
+def _image_grid_fields(config) -> dict:
+  conv = int(config.model.get("image_conv", 0))  # configs saved before the field existed: none
+  if not conv:
+    return {}
+  layout = vocab_layout(config)
+  return dict(image_conv=conv, image_grid=math.isqrt(int(config.data.num_image_tokens)), soi_id=layout.soi_id,
+              eoi_id=layout.eoi_id)
 
 
 def lora_targets(model) -> tuple:

@@ -211,6 +211,9 @@ def export_showo(checkpoint: str, output: str, *, overwrite: bool = False, merge
   """
   ckpt, step, config = _open_checkpoint(checkpoint)
   try:
+    if config.model.get("image_conv", 0):
+      raise CheckpointError(f"{checkpoint}: trained with config.model.image_conv={config.model.image_conv} (a "
+                            "convolution over the image-token grid), which the official model has no place for")
     saved = ckpt.saved_leaves(step)
     plan = _export_plan(config, saved, checkpoint)
     adapters = _adapters(saved)

@@ -8,6 +8,8 @@ Two families (SPEC §1):
 The attention mask is omni-attention (models/omni_mask.py), precomputed: a boolean [B, L, L] or its compact
 `omni_mask.Spans`. `attention_impl` picks the kernel (models/attention.py `attend`): "xla" (the reference),
 "flash" (Pallas, reads Spans, never builds [L, L]), "blockwise" (its XLA twin) or "cudnn" (GPU).
+Optionally (`image_conv`, not in the official model) a k×k convolution over each image block's token grid is added
+to the image tokens' embeddings (`ImageConv`).
 
 Decode mode (`Transformer(cfg, decode=True)`) keeps a key/value cache in the Linen "cache" collection:
 `cached_key`/`cached_value` [B, max_len, Hkv, D] and a `cache_index` per layer. Each call writes its Lq new
@@ -77,6 +79,13 @@ class TransformerConfig:
   lora_alpha: float = 16.0
   lora_dropout: float = 0.0
   lora_targets: tuple = ()  # short names of LORA_TARGETS[family]
+  # A k×k convolution over each image block's token grid, added to its embeddings (not in the official model;
+  # `ImageConv`): k = image_conv (0 = off), on a square grid of side image_grid, blocks opened and closed by
+  # soi_id / eoi_id.
+  image_conv: int = 0
+  image_grid: int = 0
+  soi_id: int = -1
+  eoi_id: int = -1
 
   @property
   def is_phi(self) -> bool:
@@ -250,6 +259,8 @@ class Transformer(nn.Module):
         num_embeddings=cfg.vocab_size, features=cfg.hidden_size, dtype=cfg.activation_dtype,
         param_dtype=cfg.weight_dtype,
         embedding_init=layers.normal_init(cfg.init_std, (axes.VOCAB, axes.EMBED)))
+    if cfg.image_conv:
+      self.image_conv = ImageConv(cfg)
     block = DecoderBlock
     if cfg.remat_policy != "none" and not self.decode:  # no backward pass when decoding
       block = nn.remat(block, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
@@ -275,7 +286,10 @@ class Transformer(nn.Module):
     cos, sin = layers.rotary_tables(positions, cfg.rotary_dim, cfg.rope_theta)
     if isinstance(allowed, omni_mask.Spans) and cfg.attention_impl not in ("flash", "blockwise"):
       allowed = omni_mask.expand(allowed)  # once, not in every layer
-    x = self.embed_dropout(self.embed(input_ids))
+    x = self.embed(input_ids)
+    if cfg.image_conv:
+      x = x + self.image_conv(x, input_ids)
+    x = self.embed_dropout(x)
     self.sow("intermediates", "embeddings", x)
     if cfg.scan_layers:
       x, _ = self.layers(x, allowed, cos, sin)
@@ -286,6 +300,50 @@ class Transformer(nn.Module):
     self.sow("intermediates", "final_norm_out", x)
     logits = self.lm_head(x).astype(jnp.float32)
     return nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.ACT_VOCAB))
+
+
+def image_grid_index(input_ids, side: int, soi_id: int, eoi_id: int):
+  """(in_block bool [B, L], k int [B, L]): whether each token is the k-th image token of a block.
+
+  The k-th token after a `<|soi|>` of the same call (k < side², no `<|eoi|>` between) is at row k // side and
+  column k % side of its image. Every caller runs an image block in one call that starts at its `<|soi|>`
+  (training, MaskGIT over a cached prefix, prefill), which this relies on; k is 0 outside blocks.
+  """
+  idx = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+  last_soi = jax.lax.cummax(jnp.where(input_ids == soi_id, idx, -1), axis=1)
+  last_eoi = jax.lax.cummax(jnp.where(input_ids == eoi_id, idx, -1), axis=1)
+  k = idx - last_soi - 1
+  in_block = (last_soi >= 0) & (last_soi > last_eoi) & (k >= 0) & (k < side * side)
+  return in_block, jnp.where(in_block, k, 0)
+
+
+def grid_taps(x, in_block, k, side: int, kernel: int):
+  """[B, L, kernel², D]: each image token's kernel × kernel neighbourhood on its grid (zeros off the grid and
+  for tokens outside blocks), rows of the window first."""
+  rows, cols = k // side, k % side
+  taps = []
+  for dr in range(-(kernel // 2), kernel // 2 + 1):
+    for dc in range(-(kernel // 2), kernel // 2 + 1):
+      shift = dr * side + dc  # the neighbour's offset in the sequence
+      valid = (in_block & jnp.roll(in_block, -shift, axis=1) & (rows + dr >= 0) & (rows + dr < side)
+               & (cols + dc >= 0) & (cols + dc < side))
+      taps.append(jnp.where(valid[..., None], jnp.roll(x, -shift, axis=1), 0))
+  return jnp.stack(taps, axis=2)
+
+
+class ImageConv(nn.Module):
+  """A k×k convolution (no bias) over the token grid of every image block, zero elsewhere: a locality prior
+  for the image-token embeddings, which a sequence model must otherwise learn from data (the 1-D positions say
+  nothing of which tokens are neighbours in the image)."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x, input_ids):
+    cfg = self.cfg
+    in_block, k = image_grid_index(input_ids, cfg.image_grid, cfg.soi_id, cfg.eoi_id)
+    taps = grid_taps(x, in_block, k, cfg.image_grid, cfg.image_conv)  # [B, L, k², D]
+    y = _dense(cfg, cfg.hidden_size, [None, axes.EMBED], [axes.MLP], "proj", axis=(-2, -1), use_bias=False)(taps)
+    return jnp.where(in_block[..., None], y, 0).astype(x.dtype)
 
 
 def init_cache(cfg: TransformerConfig, batch_size: int, max_len: int):

@@ -20,6 +20,7 @@ def forward_flops_per_sequence(config, seq_len: int) -> float:
   q_out, kv_out = m.num_heads * d, m.num_kv_heads * d
   mlp = (3 if m.family == "llama" else 2) * e * f
   per_token_params = l * (e * q_out + 2 * e * kv_out + q_out * e + mlp) + e * m.vocab_size  # + lm head
+  per_token_params += m.get("image_conv", 0) ** 2 * e * e  # the image-grid conv runs at every position, then masks
   attention = l * 2 * seq_len * q_out  # q·kᵀ and p·v, per query token
   return 2.0 * seq_len * (per_token_params + attention)
 

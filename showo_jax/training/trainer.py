@@ -117,7 +117,8 @@ def _init_from(run: Run, state, source: str):
   extra = sorted("/".join(k) for k in loaded if k not in fresh)
   if extra:
     raise ValueError(f"config.train.init_from={source!r} holds parameters this config has not ({extra[0]}, ...): "
-                     f"set config.model.lora like the source's, or merge its adapters (convert export --merge-lora)")
+                     f"set config.model (lora, image_conv) like the source's, or merge its adapters (convert export "
+                     "--merge-lora)")
   params = flax.traverse_util.unflatten_dict({k: loaded.get(k, v) for k, v in fresh.items()})
   params = jax.device_put(params, run.state_shardings.params)
   return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params) if state.ema_params is not None else None)

@@ -60,6 +60,7 @@ def test_tiny_layout_matches_parity(parity_json):
     ("loss.cond_dropout_prob", -0.1, "config.loss.cond_dropout_prob=-0.1"),
     ("data.max_text_len", 0, "config.data.max_text_len=0"),
     ("model.vocab.bos_id", 100, "bos_id=100 is not a text id"),
+    ("model.image_conv", 2, "config.model.image_conv=2 must be 0 (off) or an odd kernel size"),
 ])
 def test_validate_names_the_bad_field(field, value, message):
   config = showo_config.showo_config("tiny")
@@ -71,6 +72,16 @@ def test_validate_names_the_bad_field(field, value, message):
   with pytest.raises(config_base.ConfigError) as e:
     showo_config.validate(config)
   assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_image_conv_needs_a_square_grid():
+  config = showo_config.showo_config("tiny")
+  config.model.image_conv = 3
+  showo_config.validate(config)
+  assert showo_config.transformer_config(config).image_grid == 8
+  config.data.num_image_tokens = 72
+  with pytest.raises(config_base.ConfigError, match="image_conv=3 needs a square token grid; config.data.num_image_tokens=72 is not a square"):
+    showo_config.validate(config)
 
 
 def _parse_flags(argv):
