@@ -44,4 +44,5 @@ def get_config(arg: str = ""):
   # The figures above were measured with dropout 0.1 in the fine-tuning run, on a base trained with the main
   # job's settings until 2026-12-07 (dropout 0.1, weight decay 0.01, 4,000 steps); keep the dropout they had.
   c.model.dropout_rate = 0.1
+  c.train.sample_guidance = 2.0  # and the guidance they were evaluated with (the main job's was 2 then, 4 since)
   return c
