@@ -108,7 +108,8 @@ class Run:
 
 def _init_from(run: Run, state, source: str):
   """Replaces the params of a fresh state with those of another checkpoint (params only). LoRA factors the source
-  lacks (a base model) keep their fresh values (B = 0: the adapted model starts as the source)."""
+  lacks (a base model) keep their fresh values (B = 0: the adapted model starts as the source), and so does an
+  image-grid convolution (`model.image_conv`) added on top of an official-architecture source."""
   base = run.config.copy_and_resolve_references()
   if "lora" in base.model:
     base.model.lora.rank = 0
