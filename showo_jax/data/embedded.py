@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from showo_jax.common import paths
-from showo_jax.data import images as images_lib
+from showo_jax.data import png
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 QUESTION = "What digit is this?"
@@ -137,6 +137,27 @@ def split_indices(n: int, split: str):
   raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
 
 
+def open_source(source: str):
+  """(uint8 images [N, 32, 32, 3], their record fields) of the image source `embedded:SOURCE`, SOURCE =
+  `SPLIT[*K][:VIEW]`: a split (`train`, `validation`, `test`), with `*K` plus K - 1 randomly distorted copies
+  (`augmented_copies`), seen in a view (`view_fields`; `sideways` turns the images)."""
+  spec = f"embedded:{source}"
+  split, _, view = source.partition(":")
+  split, _, copies = split.partition("*")
+  if copies and not (copies.isdigit() and int(copies) >= 1):
+    raise ValueError(f"image source {spec!r}: copies after '*' must be an integer >= 1")
+  if view and view not in VIEWS:
+    raise ValueError(f"image source {spec!r}: unknown view {view!r} (after ':'); use one of {', '.join(VIEWS)}")
+  images, labels = load_mnist()
+  idx = split_indices(len(images), split)
+  images, labels = images[idx], labels[idx]
+  if copies and int(copies) > 1:
+    images, labels = augmented_copies(images, labels, int(copies))
+  if view == "sideways":
+    images = turn_sideways(images)
+  return images, view_fields(labels, view or "default")
+
+
 def load_text(split: str = "train"):
   """Documents of the Lee corpus (one per line), newlines dropped. The corpus repeats 7 of its 300 documents, so a
   held-out split leaves out the ones that also appear in the training split (never trained on means not at all)."""
@@ -181,7 +202,7 @@ def write_digit_folder(folder: str, split: str = "test", num: int = 10, view: st
   written, lines = [], []
   for i, picture, fields in zip(picked, pictures, view_fields(labels[picked], view)):
     name = f"{split}_{i:04d}_{DIGITS[labels[i]]}" + ("_sideways" if view == "sideways" else "")
-    images_lib.save_png(picture, paths.join(folder, name + ".png"))
+    png.save_png(picture, paths.join(folder, name + ".png"))
     paths.write_text(paths.join(folder, name + ".txt"), fields["caption"] + "\n")
     lines.append(json.dumps({"image": name + ".png", "caption": fields["caption"], "conversations": [
         {"from": "human", "value": fields["question"]}, {"from": "gpt", "value": fields["answer"]}]}))

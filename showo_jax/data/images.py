@@ -29,6 +29,8 @@ import numpy as np
 from PIL import Image
 
 from showo_jax.common import paths
+from showo_jax.data import embedded
+from showo_jax.data import png
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 CAPTIONS_FILE = "captions.jsonl"  # sidecar of an image folder: {"file": "a/b.png", "caption": ..., "label": ...}
@@ -155,10 +157,8 @@ def pair_grid(originals: np.ndarray, reconstructions: np.ndarray, *, pairs_per_r
   return grid
 
 
-def save_png(array: np.ndarray, path: str):
-  buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, format="PNG")
-  paths.write_bytes(path, buffer.getvalue())
+# Defined in png.py so that embedded.py writes its digit folders without importing this module, which reads them.
+save_png = png.save_png
 
 
 ###########################  Collections  ###########################
@@ -232,25 +232,8 @@ class ImageCollection:
       raise ValueError(f"image source {spec!r}: not an image folder, records:FOLDER, tfds:NAME[:SPLIT]@DIR, "
                        "embedded:SPLIT[*K][:VIEW] (e.g. embedded:train, embedded:test:sideways)")
 
-  def _open_embedded(self, split: str):
-    """`SPLIT[*K][:VIEW]`: a split (`train`, `validation`, `test`), with `*K` plus K - 1 randomly distorted copies
-    (`embedded.augmented_copies`), seen in a view (`embedded.view_fields`; `sideways` turns the images)."""
-    from showo_jax.data import embedded  # pylint: disable=g-import-not-at-top
-    split, _, view = split.partition(":")
-    split, _, copies = split.partition("*")
-    if copies and not (copies.isdigit() and int(copies) >= 1):
-      raise ValueError(f"image source {self.spec!r}: copies after '*' must be an integer >= 1")
-    if view and view not in embedded.VIEWS:
-      raise ValueError(f"image source {self.spec!r}: unknown view {view!r} (after ':'); use one of "
-                       f"{', '.join(embedded.VIEWS)}")
-    images, labels = embedded.load_mnist()
-    idx = embedded.split_indices(len(images), split)
-    images, labels = images[idx], labels[idx]
-    if copies and int(copies) > 1:
-      images, labels = embedded.augmented_copies(images, labels, int(copies))
-    if view == "sideways":
-      images = embedded.turn_sideways(images)
-    self._fields = embedded.view_fields(labels, view or "default")
+  def _open_embedded(self, source: str):
+    images, self._fields = embedded.open_source(source)
     if images.shape[1] != self.resolution and self.resize:
       images = np.stack([load_image(im, self.resolution) for im in images])
     elif images.shape[1] != self.resolution:
