@@ -1,5 +1,9 @@
 """LoRA adapters in the backbone: a zero update at init, merging equals the adapted model, a rank-r adapter
-recovers a planted rank-r delta, logical axis names like the base kernels, unknown targets refused."""
+recovers a planted rank-r delta, the update scaled by alpha / r (0.75, in the layer and the merge), LoRA dropout
+on the adapter's input in training and off at evaluation, logical axis names like the base kernels, unknown
+targets refused."""
+
+import dataclasses
 
 import flax
 import flax.linen as nn
@@ -121,3 +125,81 @@ def test_adapters_carry_the_kernels_axis_names():
 def test_unknown_target_is_refused_by_name():
   with pytest.raises(ValueError, match="fc1.*llama"):
     _init(_cfg("llama", False, rank=2, targets=("q", "fc1")), _ids())
+
+
+def _adapted_dense(rank, alpha, dropout, deterministic, k=24, n=20):
+  """A Dense with a rank-`rank` adapter, its params with a non-zero B (a trained adapter), and an input."""
+  layer = dense.Dense(features=(n,), kernel_axes=(axes.EMBED, axes.MLP), use_bias=False, lora_rank=rank,
+                      lora_alpha=alpha, lora_dropout=dropout, deterministic=deterministic)
+  rng = np.random.default_rng(4)
+  params = {"kernel": rng.normal(0, 0.3, (k, n)), "lora_a": rng.normal(0, 0.3, (k, rank)),
+            "lora_b": rng.normal(0, 0.3, (rank, n))}
+  x = rng.normal(size=(64, k))
+  return layer, {name: jnp.float32(v) for name, v in params.items()}, jnp.float32(x)
+
+
+def _f64(*arrays):
+  return [np.asarray(a, np.float64) for a in arrays]
+
+
+def test_adapter_scale_is_alpha_over_rank_in_the_layer_and_in_the_merge():
+  """alpha 3, rank 4: the update is scaled by 0.75 (not alpha, not 1/rank, not alpha/sqrt(rank)), against a
+  float64 recomputation of y = x W + (alpha / r) x A B and of the merged W + (alpha / r) A B."""
+  layer, p, x = _adapted_dense(rank=4, alpha=3.0, dropout=0.0, deterministic=True)
+  w, a, b, x64 = _f64(p["kernel"], p["lora_a"], p["lora_b"], x)
+  want = x64 @ w + 0.75 * (x64 @ a) @ b
+  got = np.asarray(layer.apply({"params": p}, x), np.float64)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+  assert np.abs(0.75 * (x64 @ a) @ b).max() > 0.1 * np.abs(want).max()  # the update is not negligible
+  # The merge, of a per-layer tree and of a scanned one (two layers stacked).
+  merged = lora.merge({"mlp": {"fc1": dict(p)}}, 3.0, scanned=False)
+  np.testing.assert_allclose(np.asarray(merged["mlp"]["fc1"]["kernel"], np.float64), w + 0.75 * a @ b,
+                             rtol=0, atol=1e-6)
+  assert set(merged["mlp"]["fc1"]) == {"kernel"}
+  stacked = {name: jnp.stack([v, 2 * v]) for name, v in p.items()}
+  merged = lora.merge({"layers": {"mlp": {"fc1": stacked}}}, 3.0, scanned=True)["layers"]["mlp"]["fc1"]["kernel"]
+  want = np.stack([w + 0.75 * a @ b, 2 * w + 0.75 * (2 * a) @ (2 * b)])
+  np.testing.assert_allclose(np.asarray(merged, np.float64), want, rtol=0, atol=1e-5)
+
+
+def test_lora_dropout_drops_the_adapters_input_in_training_only():
+  """rate 0.5: in training the adapter sees x with about half its entries zeroed and the rest scaled by 2 (the
+  base path sees all of x), y = x W + (alpha / r) · dropout(x) A B with that very mask; at evaluation the layer
+  is bit for bit the layer without dropout."""
+  rate, scale = 0.5, 0.75
+  layer, p, x = _adapted_dense(rank=4, alpha=3.0, dropout=rate, deterministic=False)
+  y, seen = layer.apply({"params": p}, x, rngs={"dropout": jax.random.key(7)}, capture_intermediates=True)
+  h = np.asarray(seen["intermediates"]["Dropout_0"]["__call__"][0], np.float64)  # what the adapter multiplied
+  x64, w, a, b = _f64(x, p["kernel"], p["lora_a"], p["lora_b"])
+  kept = h != 0
+  np.testing.assert_allclose(h[kept], x64[kept] / (1 - rate), rtol=1e-6)
+  assert abs(1 - kept.mean() - rate) < 0.05, kept.mean()  # 1,536 entries: 4 standard deviations is 0.05
+  want = x64 @ w + scale * (h @ a) @ b
+  np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=0, atol=1e-5 * np.abs(want).max())
+  # Evaluation: the same params, no rng; equal to a layer built without dropout, and unlike training.
+  evaluated = layer.clone(deterministic=True).apply({"params": p}, x)
+  plain, _, _ = _adapted_dense(rank=4, alpha=3.0, dropout=0.0, deterministic=True)
+  np.testing.assert_array_equal(np.asarray(evaluated), np.asarray(plain.apply({"params": p}, x)))
+  assert np.abs(np.asarray(y) - np.asarray(evaluated)).max() > 1e-2
+  # Another rng draws another mask.
+  other = layer.apply({"params": p}, x, rngs={"dropout": jax.random.key(8)})
+  assert np.abs(np.asarray(other) - np.asarray(y)).max() > 1e-2
+
+
+def test_the_backbone_applies_lora_dropout_in_training_and_not_in_evaluation():
+  """Through the transformer: with lora dropout the training forward (deterministic=False, a dropout rng) moves
+  the logits, the evaluation forward gives the logits of the same adapters without dropout, bit for bit."""
+  ids = _ids()
+  cfg = _cfg("phi", False, rank=4, targets=_ALL["phi"])
+  params = _init(cfg, ids)
+  flat = flax.traverse_util.flatten_dict(params)
+  rng = np.random.default_rng(5)
+  params = flax.traverse_util.unflatten_dict(
+      {k: (jnp.asarray(rng.normal(0, 0.5, v.shape), v.dtype) if k[-1] == "lora_b" else v) for k, v in flat.items()})
+  with_dropout = dataclasses.replace(cfg, lora_dropout=0.5)
+  model = transformer.Transformer(with_dropout)
+  spans = omni_mask.causal_spans(*ids.shape)
+  trained = model.clone(deterministic=False).apply({"params": params}, ids, spans, rngs={"dropout": jax.random.key(1)})
+  evaluated = model.apply({"params": params}, ids, spans)
+  np.testing.assert_array_equal(np.asarray(evaluated), np.asarray(_logits(cfg, params, ids)))
+  assert np.abs(np.asarray(trained) - np.asarray(evaluated)).max() > 1e-3
