@@ -9,7 +9,7 @@ Cloud object stores have no append and no directory rename, so:
 - `local_copy` gives libraries that only read local files (ArrayRecord, tokenizers) a cached local copy.
 
 `STORAGE_EMULATOR_HOST` (the standard variable of GCS emulators) is honoured by every client: gcsfs reads it
-itself; TensorStore (Orbax's array writer) is pointed at it here, with anonymous credentials.
+itself; TensorStore (Orbax's array writer) is pointed at it by `configure_gcs`, with anonymous credentials.
 """
 
 import contextlib
@@ -30,26 +30,39 @@ def is_cloud(path) -> bool:
   return str(path).startswith(CLOUD_SCHEMES)
 
 
-def _configure_cloud():
+_UNSET = object()
+_gcs_configured_for = _UNSET  # the STORAGE_EMULATOR_HOST (or None) the GCS clients were last set up for
+
+
+def configure_gcs():
+  """Sets up what the GCS clients need, once per emulator setting: no cached listings in gcsfs (fsspec's `gcs`
+  config), and with `STORAGE_EMULATOR_HOST` TensorStore's endpoint and test token, anonymous gcsfs, and no
+  bucket-type probe. Values already set (in the environment or fsspec's config) are kept. `resolve` calls it for
+  a gs:// path, the one place every cloud path goes through before a client (this layer, Orbax) sees it."""
+  global _gcs_configured_for
+  host = os.environ.get("STORAGE_EMULATOR_HOST") or None
+  if host == _gcs_configured_for:
+    return
   import fsspec  # pylint: disable=g-import-not-at-top
   # No cached listings: Orbax writes array data through TensorStore, around gcsfs, so a cached listing of a
   # step folder would miss files (and other hosts' writes).
   fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
-  host = os.environ.get("STORAGE_EMULATOR_HOST")
-  if not host:
-    return
-  os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", host if "://" in host else "http://" + host)
-  os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
-  # An emulator has no control plane: gcsfs's bucket-type probe (gRPC) would retry against it for minutes.
-  os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-  fsspec.config.conf["gcs"].setdefault("token", "anon")  # no credential lookup per call
+  if host:
+    os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", host if "://" in host else "http://" + host)
+    os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
+    # An emulator has no control plane: gcsfs's bucket-type probe (gRPC) would retry against it for minutes.
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    fsspec.config.conf["gcs"].setdefault("token", "anon")  # no credential lookup per call
+  _gcs_configured_for = host
 
 
 def resolve(path) -> str:
-  """An absolute local path (`~` expanded) or the cloud URL as given (never `os.path.abspath`'d)."""
+  """An absolute local path (`~` expanded) or the cloud URL as given (never `os.path.abspath`'d). Pure for a
+  local path; a gs:// path sets up the GCS clients first (`configure_gcs`, once per emulator setting)."""
   path = os.fspath(path) if not isinstance(path, str) else path
   if is_cloud(path):
-    _configure_cloud()
+    if path.startswith("gs://"):
+      configure_gcs()
     return path.rstrip("/") if path.count("/") > 3 else path
   return os.path.abspath(os.path.expanduser(path))
 
