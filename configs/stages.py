@@ -10,7 +10,7 @@ per-device batch sizes of the official configs times `devices` give the global b
 
 Each stage starts from the previous one with one flag, `--config.train.init_from=PREVIOUS_WORKDIR` (params only;
 the optimizer and data position start fresh, as the official runs did). The data sources are record folders
-written by the dataset builders (README, "Datasets"): set `--config.data.t2i_records=…,…`,
+written by the dataset builders (docs/datasets.md): set `--config.data.t2i_records=…,…`,
 `--config.data.mmu_records=…`, `--config.data.lm_records=…`; several comma-separated folders in one task are
 mixed with the weights in `--config.data.<task>_weights` (same order; default equal).
 The official loader modes ("max_size_cycle" for pretraining, "min_size" for instruction tuning) only decide when

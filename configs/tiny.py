@@ -23,7 +23,7 @@ def get_config(arg: str = ""):
                 lm_window_chars=400, embedded_mmu_copies=10)
   c.tokenizer.magvit = tokenizer_config.magvit_config("tiny")
   c.tokenizer.magvit.train.seed = args.seed
-  # Rows per step, chosen on the validation split (README, "Quick start"): MMU is what stays underfit (98 % on
+  # Rows per step, chosen on the validation split (docs/results.md): MMU is what stays underfit (98 % on
   # training digits, 94-95 % held out), T2I has room (98-99 % class consistency against a 90 % target), so most
   # rows go to MMU: 8/2/22 for 2,500 steps gave 93.6 % validation MMU, 8/2/30 for 3,500 steps 95.8 / 94.6 %
   # (seeds 0 / 1), 4/2/34 for 3,500 steps 95.2 % (seed 1), T2I 98.5-99 % throughout.

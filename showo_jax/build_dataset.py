@@ -1,4 +1,4 @@
-r"""Builds the training datasets of the paper's recipe as ArrayRecord folders (README, "Datasets").
+r"""Builds the training datasets of the paper's recipe as ArrayRecord folders (docs/datasets.md).
 
   python -m showo_jax.build_dataset text     --input refinedweb/ --output data/refinedweb
   python -m showo_jax.build_dataset imagenet --input imagenet/ --class-names LOC_synset_mapping.txt \

@@ -23,7 +23,7 @@
   lm_perplexity           next-token perplexity on the split's held-out documents
   sideways_*              only for the fine-tuning demo (configs/tiny_finetune.py)
 The MaskGIT settings of `embedded` default to the checkpoint's config.train.sample_*; those of `geneval` to
-the official demo's t2i settings (README, "Evaluation protocols"). The networks FID and CLIP score need are
+the official demo's t2i settings (docs/evaluation.md). The networks FID and CLIP score need are
 files the user supplies.
 Exit status: 0 done, 2 bad input or usage (one line `error: ...` naming it), 1 an unexpected failure.
 """

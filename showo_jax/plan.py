@@ -8,7 +8,7 @@ abstract inputs — ShapeDtypeStructs carrying the run's shardings — so nothin
 are XLA's buffer assignment for one device; parameters and optimizer state are split out from the abstract
 state's per-device shard shapes. Where this host has fewer devices than the mesh needs, the CLI re-executes
 itself (same process, `os.execve`) on that many fake CPU devices: the CPU compiler then plans the buffers,
-which is close to but not the same as what the GPU or TPU compiler would do (README, "Planning").
+which is close to but not the same as what the GPU or TPU compiler would do (docs/planning.md).
 """
 
 import json

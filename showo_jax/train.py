@@ -51,7 +51,7 @@ def _config_help() -> str:
     for part in field.split("."):
       value = value.get(part) if value is not None else None
     lines.append(f"  {field:<22} {text}" + (f" [{value!r}]" if config is not None else ""))
-  lines.append("Every field and its meaning: showo_jax/config/showo.py (README, \"Configs\").")
+  lines.append("Every field and its meaning: showo_jax/config/showo.py (docs/configs.md).")
   return "\n".join(lines)
 
 

@@ -125,19 +125,21 @@ def test_downward_and_sideways_imports_pass(module, source):
   assert violations(source, module) == []
 
 
-def test_the_readme_map_matches_the_tree():
-  readme = (PACKAGE.parent / "README.md").read_text()
-  section = readme[readme.index("## Architecture"):]
-  section = section[:section.find("\n## ", 5) if "\n## " in section[5:] else len(section)]
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"  # the one map of the package
+
+
+def test_the_architecture_map_matches_the_tree():
+  section = ARCHITECTURE.read_text()
   paths = set(re.findall(r"`(showo_jax/[\w/.]*)`", section))
   missing = sorted(p for p in paths if not (PACKAGE.parent / p).exists())
-  assert not missing, f"README's Architecture names paths that do not exist: {missing}"
+  assert not missing, f"{ARCHITECTURE.name} names paths that do not exist: {missing}"
   folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
   unlisted = [f for f in folders if f"showo_jax/{f}/" not in paths]
-  assert not unlisted, f"folders missing from README's Architecture table: {unlisted}"
+  assert not unlisted, f"folders missing from {ARCHITECTURE.name}'s table: {unlisted}"
   assert sorted(folders) == sorted(l for l in LAYERS if l), "every folder has a layer, every layer a folder"
   rows = [m for m in re.findall(r"^\| `showo_jax/(\w+)/` \|", section, flags=re.M)]
-  assert rows == [l for l in LAYERS if l], f"README lists the folders in the order {rows}, the layers are {LAYERS}"
+  assert rows == [l for l in LAYERS if l], f"{ARCHITECTURE.name} lists the folders in the order {rows}, the " \
+      f"layers are {LAYERS}"
 
 
 ENTRY_POINTS = ("train", "train_tokenizer", "tokenize_images", "build_dataset", "sample", "evaluate", "convert",
@@ -168,8 +170,14 @@ def test_files_stay_small():
   assert not too_long, "\n".join(too_long)
 
 
-def test_files_the_readme_names_exist():
-  readme = (PACKAGE.parent / "README.md").read_text()
-  named = set(re.findall(r"`((?:tests|showo_jax|configs|launch)/[\w/.]+\.(?:py|sh))`", readme))
-  missing = sorted(p for p in named if not (PACKAGE.parent / p).exists())
-  assert named and not missing, f"README names files that do not exist: {missing}"
+def test_files_and_pages_the_documents_name_exist():
+  root = PACKAGE.parent
+  documents = [root / "README.md", root / "tests" / "README.md"] + sorted((root / "docs").glob("*.md"))
+  missing = []
+  for document in documents:
+    text = document.read_text()
+    named = set(re.findall(r"`((?:tests|showo_jax|configs|launch|docs)/[\w/.-]+\.(?:py|sh|md))`", text))
+    missing += [f"{document.relative_to(root)}: `{p}`" for p in sorted(named) if not (root / p).exists()]
+    links = set(re.findall(r"\]\(((?!https?:)[^)#]+)\)", text))  # relative Markdown links
+    missing += [f"{document.relative_to(root)}: ({p})" for p in sorted(links) if not (document.parent / p).exists()]
+  assert not missing, "documents name files that do not exist:\n" + "\n".join(missing)

@@ -1,7 +1,8 @@
-"""The README's commands cannot drift: every entry point, subcommand and flag they use exists, and the quick ones
-(sampling, the digit PNGs, tokenize_images, convert) run as written on a tiny trained workdir standing in for
-/tmp/showo_tiny."""
+"""The commands of README.md and docs/*.md cannot drift: every entry point, subcommand and flag they use exists,
+and the quick ones (sampling, the digit PNGs, tokenize_images, convert) run as written on a tiny trained workdir
+standing in for /tmp/showo_tiny."""
 
+import functools
 import glob
 import importlib
 import os
@@ -21,9 +22,13 @@ ARGPARSE_TOOLS = ("sample", "evaluate", "convert", "build_dataset", "bench")
 ABSL_TOOLS = ("train", "train_tokenizer", "plan", "tokenize_images")
 
 
+DOCUMENTS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+
+
 def readme_commands():
-  """[(tool, args)] of every `python -m showo_jax.TOOL …` line in the README's bash blocks, in order."""
-  text = (ROOT / "README.md").read_text()
+  """[(tool, args)] of every `python -m showo_jax.TOOL …` line in the bash blocks of README.md and docs/*.md, in
+  order."""
+  text = "\n".join(path.read_text() for path in DOCUMENTS)
   out = []
   for block in re.findall(r"```bash\n(.*?)```", text, re.S):
     variables = {}
@@ -45,7 +50,7 @@ def readme_commands():
 COMMANDS = readme_commands()
 
 
-def test_the_readme_shows_every_tool_and_sampling_mode():
+def test_the_documents_show_every_tool_and_sampling_mode():
   tools = {tool for tool, _ in COMMANDS}
   assert set(ARGPARSE_TOOLS + ABSL_TOOLS) <= tools, set(ARGPARSE_TOOLS + ABSL_TOOLS) - tools
   sampled = {args[0] for tool, args in COMMANDS if tool == "sample"}
@@ -53,33 +58,34 @@ def test_the_readme_shows_every_tool_and_sampling_mode():
   assert {args[0] for tool, args in COMMANDS if tool == "convert"} >= {"import", "export"}
 
 
+@functools.lru_cache(maxsize=None)  # one `--help` process per tool, not per command
 def _absl_options(tool: str) -> set:
   r = subprocess.run([sys.executable, "-m", f"showo_jax.{tool}", "--help"], cwd=ROOT, capture_output=True,
                      text=True, timeout=120)
   assert r.returncode == 0, r.stderr
-  names = set(re.findall(r"^  --([\w-]+)", r.stdout, re.M))
+  names = set(re.findall(r"^  --([\w-]+)", r.stdout, re.M)) | {"help"}
   return names | {f"no{n}" for n in names}
 
 
 @pytest.mark.parametrize("index", range(len(COMMANDS)), ids=[f"{t} {' '.join(a[:1])}" for t, a in COMMANDS])
 def test_every_readme_command_parses(index):
   tool, args = COMMANDS[index]
-  assert tool in ARGPARSE_TOOLS + ABSL_TOOLS, f"the README runs an unknown entry point showo_jax.{tool}"
+  assert tool in ARGPARSE_TOOLS + ABSL_TOOLS, f"README/docs run an unknown entry point showo_jax.{tool}"
   if tool in ARGPARSE_TOOLS:
     parser = importlib.import_module(f"showo_jax.{tool}")._parser()  # pylint: disable=protected-access
     try:
       parser.parse_args(args)
     except SystemExit as e:
-      pytest.fail(f"README: python -m showo_jax.{tool} {' '.join(args)}: does not parse (exit {e.code})")
+      pytest.fail(f"README/docs: python -m showo_jax.{tool} {' '.join(args)}: does not parse (exit {e.code})")
     return
   options = _absl_options(tool)
   for arg in args:
     if arg.startswith("--") and not arg.startswith("--config."):
       name = arg[2:].split("=", 1)[0]
-      assert name in options, f"README: python -m showo_jax.{tool} has no flag --{name}"
+      assert name in options, f"README/docs: python -m showo_jax.{tool} has no flag --{name}"
   if any(a.startswith("--config") for a in args):
     problem = config_base.config_flag_problem([tool] + args)
-    assert problem is None, f"README: python -m showo_jax.{tool}: {problem}"
+    assert problem is None, f"README/docs: python -m showo_jax.{tool}: {problem}"
 
 
 RUNNABLE = ("sample", "build_dataset digits", "build_dataset jsonl", "tokenize_images", "convert export",
@@ -123,3 +129,14 @@ def test_the_quick_readme_commands_run_as_written(stand_in):
     assert r.returncode == 0, f"python -m showo_jax.{tool} {' '.join(args)}\n{r.stderr[-3000:]}"
     ran.append(f"{tool} {args[0]}")
   assert len(ran) >= 9, ran
+
+
+def test_the_readme_is_a_short_page_with_the_two_commands_first():
+  """A newcomer's page: at most about 15 KB, its first code block the install, the main job and the tests, and the
+  test command the one CI runs."""
+  text = (ROOT / "README.md").read_text()
+  assert len(text.encode()) <= 15_500, f"README.md is {len(text.encode())} bytes: move reference material to docs/"
+  first_block = re.search(r"```bash\n(.*?)```", text, re.S)[1]
+  commands = [line.split("#")[0].strip() for line in first_block.splitlines()]
+  assert commands[1].startswith("python -m showo_jax.train --config configs/tiny.py --workdir "), commands
+  assert commands[2] in (ROOT / ".ci" / "run").read_text().splitlines(), (commands[2], "is not what .ci/run runs")

@@ -1,7 +1,7 @@
 """What every entry point shares: one exit-code convention, one-line errors, and `--help` that exits 0 and shows
 every option with its help text and default.
 
-Exit status (README, "Exit status"): 0 done, also after a SIGTERM preemption that saved (rerun to continue);
+Exit status (docs/cli.md): 0 done, also after a SIGTERM preemption that saved (rerun to continue);
 1 a failure while running (a non-finite loss, an unexpected error); 2 bad input or usage, in one line that names
 the bad thing; 130 stopped by Ctrl-C after saving what the phase allows.
 """

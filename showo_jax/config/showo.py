@@ -70,7 +70,7 @@ def model_config(size: str) -> ConfigDict:
       dtype="float32",  # of every matmul operand (weights and activations); products accumulate in float32
       param_dtype="float32",
       # The residual stream and the projections' outputs: "auto" = `dtype` on GPU/TPU, float32 on CPU (bf16
-      # elementwise work is slower there, measured in README "Speed"). Norm statistics, softmax, logits, losses
+      # elementwise work is slower there, measured in docs/benchmarks.md). Norm statistics, softmax, logits, losses
       # are float32 whatever this says.
       activation_dtype="auto",
       # "xla" (reference; dense [B, L, L] mask), "flash" (Pallas kernel over the compact mask, GPU/TPU; on CPU

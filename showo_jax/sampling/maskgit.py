@@ -52,7 +52,7 @@ class MaskGitConfig:
   codebook_start: int  # token id of code 0 (layout.image_offset)
   codebook_size: int
   mask_id: int
-  num_steps: int = 18  # official default; the README uses 50 (t2i 512²) and 16 (256² editing)
+  num_steps: int = 18  # official default; the official README uses 50 (t2i 512²) and 16 (256² editing)
   schedule: str = "cosine"  # mask_schedule name
   guidance_scale: float = 0.0  # w of (1 + w)·cond − w·uncond (read by `t2i_tokens_to_logits`)
   temperature: float = 1.0  # T0 of the Gumbel noise on the confidence

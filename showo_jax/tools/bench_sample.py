@@ -30,7 +30,7 @@ from showo_jax.sampling import autoregressive
 from showo_jax.sampling import maskgit
 
 T2I_STEPS = 16
-GUIDANCE = 1.75  # the README's editing/256² value; any w != 0 runs the batched cond+uncond forward
+GUIDANCE = 1.75  # the official README's editing/256² value; any w != 0 runs the batched cond+uncond forward
 MMU_IMAGE_TOKENS = 256
 MMU_TEXT_TOKENS = 14
 MMU_NEW_TOKENS = 32
