@@ -93,3 +93,61 @@ def random_llama_state(rng, *, vocab, hidden, layers, heads, kv_heads, inter, pr
               p + "mlp.gate_proj.weight": n(inter, hidden), p + "mlp.up_proj.weight": n(inter, hidden),
               p + "mlp.down_proj.weight": n(hidden, inter)})
   return s
+
+
+# ------------------------------------------------------------------------------ omni-attention masks (SPEC §4)
+
+
+def _in_image(row, soi, eoi):
+  """SPEC §4.1: a position is in an image when more <|soi|> than <|eoi|> have been seen up to it, or it is one."""
+  opened = closed = 0
+  out = []
+  for t in row:
+    opened += t == soi
+    closed += t == eoi
+    out.append(opened > closed or t in (soi, eoi))
+  return out
+
+
+def _row_mask(row, task, layout):
+  """bool [L, L] of one sequence: allowed[i][j] = query i may attend to key j."""
+  n = len(row)
+  pad = [t == layout.pad_id for t in row]
+  image = _in_image(row, layout.soi_id, layout.eoi_id)
+  allowed = np.zeros((n, n), bool)
+  if task == 0:  # t2i, SPEC §4.1 with rm_pad_in_image: pe = the last pad
+    pe = max((j for j in range(n) if pad[j]), default=-1)
+    for i in range(n):
+      for j in range(n):
+        if image[i]:  # the whole sequence except pads
+          allowed[i, j] = not pad[j]
+        else:  # causal; text after the pads loses them
+          allowed[i, j] = j <= i and not (i > pe and j <= pe)
+  elif task == 1:  # lm: SPEC §4.1 without rm_pad_in_image, plain causal
+    for i in range(n):
+      allowed[i, :i + 1] = True
+  elif task == 2:  # mmu, SPEC §4.2: causal plus columns 0…e, e = the first <|eoi|> (each row its own)
+    e = next((j for j in range(n) if row[j] == layout.eoi_id), -1)
+    for i in range(n):
+      for j in range(n):
+        allowed[i, j] = j <= i or j <= e
+  elif task == 3:  # mixed, SPEC §3.5: causal across segments, an image sees its own segment whole
+    for i in range(n):
+      if pad[i]:  # pads see only themselves, and no real token sees a pad
+        allowed[i, i] = True
+        continue
+      last = i
+      if image[i]:  # the segment ends at the first <|eoi|> at or after i (or with the sequence)
+        last = next((j for j in range(i, n) if row[j] == layout.eoi_id), n - 1)
+      for j in range(last + 1):
+        allowed[i, j] = not pad[j]
+  else:
+    raise ValueError(f"unknown task {task}")
+  return allowed
+
+
+def omni_allowed(ids, tasks, layout):
+  """bool [B, L, L]: the omni-attention mask of each row's task (0 t2i, 1 lm, 2 mmu, 3 mixed), decided position
+  by position from the token ids: the oracle for models/omni_mask.py's dense builders and its spans."""
+  ids = np.asarray(ids)
+  return np.stack([_row_mask([int(t) for t in row], int(task), layout) for row, task in zip(ids, tasks)])

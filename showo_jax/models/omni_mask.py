@@ -17,7 +17,8 @@ No row is ever fully blocked (each query sees at least itself).
 Every one of these masks is also a `Spans`: per query row a key range [start, end] and whether the row skips
 pad keys, plus per key whether it is a pad. `omni_spans` / `t2i_spans` build that O(L) form, which fused
 attention kernels read instead of an [L, L] array (models/flash_attention.py); `expand` turns it back into
-the boolean mask, and the two agree exactly (tests/models/test_omni_mask.py).
+the boolean mask. The dense builders do not use the spans: both forms are checked against a reference written
+position by position from SPEC (tests/numpy_reference.py `omni_allowed`) in tests/models/test_omni_mask.py.
 """
 
 import functools
@@ -118,7 +119,14 @@ def mixed_mask(ids, layout: Layout) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnums=1)
 def _mixed(ids: jax.Array, layout: Layout) -> jax.Array:
-  return _expand(*_mixed_spans(ids, layout))
+  length = ids.shape[1]
+  is_pad = ids == layout.pad_id
+  is_eoi = (ids == layout.eoi_id).astype(jnp.int32)
+  # A block row i sees a later key j iff no <|eoi|> lies in [i, j): the <|eoi|> counts before i and j agree.
+  eoi_before = jnp.cumsum(is_eoi, axis=1) - is_eoi  # [B, L]
+  same_block = eoi_before[:, :, None] == eoi_before[:, None, :]
+  real_rows = (_causal(length)[None] | (_in_image(ids, layout)[:, :, None] & same_block)) & ~is_pad[:, None, :]
+  return jnp.where(is_pad[:, :, None], jnp.eye(length, dtype=bool)[None], real_rows)
 
 
 def omni_attention_mask(ids, task_ids, layout: Layout) -> jax.Array:
@@ -130,6 +138,11 @@ def omni_attention_mask(ids, task_ids, layout: Layout) -> jax.Array:
     layout: the vocabulary.
   """
   ids = _ids(ids)
+  return _omni(ids, _task_ids(task_ids, ids), layout)
+
+
+def _task_ids(task_ids, ids: jax.Array) -> jax.Array:
+  """task_ids as int [B], refused if it does not have one known task per row of `ids`."""
   task_ids = jnp.asarray(task_ids).reshape(-1)
   if task_ids.shape[0] != ids.shape[0]:
     raise ValueError(f"task_ids has {task_ids.shape[0]} entries for {ids.shape[0]} sequences")
@@ -138,7 +151,7 @@ def omni_attention_mask(ids, task_ids, layout: Layout) -> jax.Array:
     if bad.any():
       raise ValueError(f"task_ids[{int(np.argmax(bad))}] = {int(np.asarray(task_ids)[bad][0])} is not one of "
                        f"{TASKS}")
-  return _omni(ids, task_ids, layout)
+  return task_ids
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -267,10 +280,7 @@ _t2i_spans_jit = jax.jit(_t2i_spans, static_argnums=1)
 def omni_spans(ids, task_ids, layout: Layout) -> Spans:
   """The compact form of `omni_attention_mask(ids, task_ids, layout)` (same arguments and checks)."""
   ids = _ids(ids)
-  task_ids = jnp.asarray(task_ids).reshape(-1)
-  if task_ids.shape[0] != ids.shape[0]:
-    raise ValueError(f"task_ids has {task_ids.shape[0]} entries for {ids.shape[0]} sequences")
-  return _omni_spans(ids, task_ids, layout)
+  return _omni_spans(ids, _task_ids(task_ids, ids), layout)
 
 
 @functools.partial(jax.jit, static_argnums=2)

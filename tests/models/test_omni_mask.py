@@ -1,4 +1,5 @@
-"""Omni-attention masks: official parity masks, hand-written small masks, jit, properties."""
+"""Omni-attention masks: official parity masks, hand-written small masks, jit, properties, and the dense
+builders and the compact spans against a reference written position by position from SPEC."""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from showo_jax.models import omni_mask as om
 from showo_jax.models.vocab import VocabLayout
+from tests import numpy_reference
 
 TINY = VocabLayout(llm_vocab_size=100, codebook_size=64, bos_id=99, eos_id=99)
 # pad 10, soi 11, eoi 12, t2i 15, mmu 16, image codes 20…23, [MASK] 24.
@@ -43,6 +45,9 @@ def test_parity_concatenated_batch(parity_showo):
   np.testing.assert_array_equal(got, allowed)
   np.testing.assert_array_equal(_np(om.to_allowed(parity_showo["attention_mask"])), allowed)
   np.testing.assert_array_equal(_np(om.to_allowed(parity_showo["attention_allowed"])), allowed)
+  # The SPEC reference that the builders are checked against below gives the official masks too.
+  np.testing.assert_array_equal(numpy_reference.omni_allowed(parity_showo["input_ids"], [0, 0, 0, 0, 1, 1, 2, 2],
+                                                             TINY), allowed)
   # Row 1 is the left-padded null prompt: its image rows see <|t2i|>, BOS, EOS and the image block only.
   np.testing.assert_array_equal(np.flatnonzero(allowed[1, 50]), np.arange(14, 83))
 
@@ -125,6 +130,7 @@ def test_mixed_two_images():
                    "111111111110",
                    "000000000001")
   np.testing.assert_array_equal(_np(om.mixed_mask([ids], SMALL))[0], expected)
+  np.testing.assert_array_equal(numpy_reference.omni_allowed([ids], [om.TASK_MIXED], SMALL)[0], expected)
   # A left pad is invisible to every real token.
   left = _np(om.mixed_mask([[PAD] + ids[:-1]], SMALL))[0]
   np.testing.assert_array_equal(left[1:, 1:], expected[:-1, :-1])
@@ -138,10 +144,15 @@ def test_mixed_task_batch():
   assert got.shape == (5, 9, 9) and got.dtype == bool
   for row, expected in enumerate([T2I_MASK, MMU_MASK, LM_MASK, MIXED_MASK, np.tril(np.ones((9, 9), bool))]):
     np.testing.assert_array_equal(got[row], expected, err_msg=f"row {row}")
-  with pytest.raises(ValueError, match=r"task_ids\[1\] = 7"):
-    om.omni_attention_mask(ids[:2], [0, 7], SMALL)
-  with pytest.raises(ValueError, match="2 entries for 5"):
-    om.omni_attention_mask(ids, [0, 1], SMALL)
+  reference = numpy_reference.omni_allowed(ids, [0, 2, 1, 3, 1], SMALL)
+  np.testing.assert_array_equal(reference, got)
+  np.testing.assert_array_equal(_np(om.expand(om.omni_spans(ids, [0, 2, 1, 3, 1], SMALL))), reference)
+  # Both forms refuse an unknown task rather than treating it as mixed.
+  for build in (om.omni_attention_mask, om.omni_spans):
+    with pytest.raises(ValueError, match=r"task_ids\[1\] = 7 is not one of"):
+      build(ids[:2], [0, 7], SMALL)
+    with pytest.raises(ValueError, match="2 entries for 5"):
+      build(ids, [0, 1], SMALL)
 
 
 def test_runs_under_jit():
@@ -202,14 +213,17 @@ def test_no_row_fully_blocked(ids, tasks):
 @settings(max_examples=60, deadline=None)
 @given(ids=st.lists(st.lists(_token, min_size=16, max_size=16), min_size=4, max_size=4),
        tasks=st.lists(st.integers(0, 3), min_size=4, max_size=4))
-def test_spans_expand_to_the_dense_masks(ids, tasks):
-  """The O(L) form that fused kernels read is the same mask as the dense builders, row for row, also for
-  malformed sequences (pads anywhere, unbalanced <|soi|>/<|eoi|>). The t2i, lm and mmu builders are written
-  independently of the spans (and checked against the official masks above), so an off-by-one in a span fails."""
+def test_dense_and_spans_equal_the_reference(ids, tasks):
+  """The dense builders and the O(L) form that fused kernels read both give the mask that
+  numpy_reference.omni_allowed decides position by position from SPEC, row for row, also for malformed
+  sequences (pads anywhere, unbalanced <|soi|>/<|eoi|>). Neither library form is built from the other."""
   ids = np.asarray(ids)
-  np.testing.assert_array_equal(_np(om.expand(om.omni_spans(ids, tasks, SMALL))),
-                                _np(om.omni_attention_mask(ids, tasks, SMALL)))
-  np.testing.assert_array_equal(_np(om.expand(om.t2i_spans(ids, SMALL))), _np(om.predict_next_mask(ids, SMALL)))
+  want = numpy_reference.omni_allowed(ids, tasks, SMALL)
+  np.testing.assert_array_equal(_np(om.omni_attention_mask(ids, tasks, SMALL)), want)
+  np.testing.assert_array_equal(_np(om.expand(om.omni_spans(ids, tasks, SMALL))), want)
+  t2i = numpy_reference.omni_allowed(ids, [om.TASK_T2I] * len(ids), SMALL)
+  np.testing.assert_array_equal(_np(om.expand(om.t2i_spans(ids, SMALL))), t2i)
+  np.testing.assert_array_equal(_np(om.predict_next_mask(ids, SMALL)), t2i)
 
 
 def test_spans_on_the_official_batch(parity_showo):
@@ -229,3 +243,4 @@ def test_mixed_block_runs_to_the_next_eoi():
   got = _np(om.mixed_mask(ids, SMALL))[0]
   expected = _grid("1000000", "1111000", "1111000", "1111000", "1111100", "1111110", "1111111")
   np.testing.assert_array_equal(got, expected)
+  np.testing.assert_array_equal(numpy_reference.omni_allowed(ids, [om.TASK_MIXED], SMALL)[0], expected)
