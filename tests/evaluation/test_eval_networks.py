@@ -1,6 +1,7 @@
 """The FID InceptionV3 and CLIP towers in Flax against golden outputs of their reference implementations
 (pytorch-fid 0.3.0's InceptionV3, transformers' CLIPModel), recorded once by record_goldens.py with weights drawn
-from a fixed numpy seed (golden_weights.py); the weights go through the same file loaders as real ones."""
+from a fixed numpy seed (golden_weights.py); the weights go through the same file loaders as real ones.
+goldens/versions.json names the library versions that wrote each golden; a mismatch shows them."""
 
 import json
 import os
@@ -25,6 +26,32 @@ def _golden(name):
     return {k: f[k] for k in f.files}
 
 
+def _recorded_with(name) -> str:
+  versions = json.loads((GOLDENS / "versions.json").read_text())[name]
+  return f"{name} was recorded with " + ", ".join(f"{k} {v}" for k, v in versions.items())
+
+
+def test_every_golden_names_the_versions_that_wrote_it():
+  versions = json.loads((GOLDENS / "versions.json").read_text())
+  files = sorted(p.name for p in GOLDENS.iterdir() if p.name != "versions.json")
+  assert sorted(versions) == files
+  needs = {"fid_inception.npz": ("pytorch-fid", "torchvision"), "clip.npz": ("transformers",)}
+  for name in files:
+    for package in ("torch", "numpy") + needs.get(name, ()):
+      assert versions[name].get(package), f"{name}: no {package} version in versions.json"
+
+
+def _assert_inputs_told_apart(got, want, name):
+  """The golden rows (outputs of different inputs) differ by at least 30 %, and got's differences from row 0 are
+  want's to 0.1 % of their size: a network that ignores its input (or most of it) fails here."""
+  for i in range(1, len(want)):
+    delta_want, delta_got = want[i] - want[0], got[i] - got[0]
+    size = np.linalg.norm(delta_want)
+    assert size > 0.3 * np.linalg.norm(want[0]), f"{_recorded_with(name)}: its inputs {i} and 0 hardly differ"
+    error = np.linalg.norm(delta_got - delta_want) / size
+    assert error < 1e-3, f"output {i} - output 0 is off by {error:.1%} of its size; {_recorded_with(name)}"
+
+
 @pytest.fixture(scope="module")
 def fid_golden():
   return _golden("fid_inception.npz")
@@ -44,8 +71,10 @@ def test_fid_inception_features_equal_pytorch_fid(fid_golden, inception_file):
   got = np.asarray(inception.features(variables, fid_golden["images"]))
   want = fid_golden["features"]
   assert got.shape == (2, 2048)
-  np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * np.abs(want).max())
+  np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * np.abs(want).max(),
+                             err_msg=_recorded_with("fid_inception.npz"))
   assert np.abs(want).mean() > 0.1  # features of O(1): a pool branch average- instead of max-pooled moves them by ~5
+  _assert_inputs_told_apart(got, want, "fid_inception.npz")  # images of noise and of a smooth ramp
 
 
 def test_fid_resize_is_torch_bilinear_without_antialias(fid_golden):
@@ -110,8 +139,12 @@ def test_clip_towers_equal_transformers(clip_golden):
   model = clip.CLIP(config)
   img = model.apply({"params": params}, clip_golden["pixels"], method=clip.CLIP.encode_image)
   txt = model.apply({"params": params}, clip_golden["ids"].astype(np.int32), method=clip.CLIP.encode_text)
-  np.testing.assert_allclose(np.asarray(img), clip_golden["image_embeds"], rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(txt), clip_golden["text_embeds"], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(img), clip_golden["image_embeds"], rtol=1e-4, atol=1e-5,
+                             err_msg=_recorded_with("clip.npz"))
+  np.testing.assert_allclose(np.asarray(txt), clip_golden["text_embeds"], rtol=1e-4, atol=1e-5,
+                             err_msg=_recorded_with("clip.npz"))
+  _assert_inputs_told_apart(np.asarray(img), clip_golden["image_embeds"], "clip.npz")
+  _assert_inputs_told_apart(np.asarray(txt), clip_golden["text_embeds"], "clip.npz")
 
 
 def test_clip_preprocessing_equals_clip_image_processor(clip_golden):
