@@ -1,8 +1,8 @@
 """Per-function XLA compiler options (passed as `jax.jit(..., compiler_options=...)`, so no global flags).
 
 XLA:CPU hands convolutions, reductions and elementwise chains to YNNPACK "library fusions" by default. For the
-MAGVIT-v2 convolution stacks that is slower on AVX2 CPUs: measured on the 2-core AMD EPYC of this project, the
-tiny encoder tokenizes 1.6× more images/s with those fusions off (`python -m showo_jax.bench tokenizer`).
+MAGVIT-v2 convolution stacks that is slower on AVX2 CPUs (the tiny encoder tokenizes about 1.6× more images/s
+with those fusions off; `python -m showo_jax.bench tokenizer` prints both settings).
 Other backends get no options.
 """
 
