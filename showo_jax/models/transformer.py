@@ -125,14 +125,13 @@ class TransformerConfig:
     return self.lora_rank if module_name in {known[t] for t in self.lora_targets} else 0
 
 
-def _dense(cfg: TransformerConfig, features, in_names, out_names, name, axis=-1, use_bias=None, out_dtype=None,
+def _dense(cfg: TransformerConfig, features, in_names, out_names, name, use_bias=None, out_dtype=None,
            deterministic=True):
   """A dense layer with logically partitioned kernel and bias (bias only for phi by default), and a LoRA
-  adapter where cfg.lora_targets names it."""
+  adapter where cfg.lora_targets names it. It contracts the last len(in_names) axes of its input."""
   use_bias = cfg.is_phi if use_bias is None else use_bias
   features = tuple(features) if isinstance(features, (tuple, list)) else (features,)
-  num_in = len(axis) if isinstance(axis, (tuple, list)) else 1
-  return dense.Dense(features=features, kernel_axes=tuple(in_names) + tuple(out_names), num_in_axes=num_in,
+  return dense.Dense(features=features, kernel_axes=tuple(in_names) + tuple(out_names), num_in_axes=len(in_names),
                      use_bias=use_bias, init_std=cfg.init_std, dtype=cfg.compute_dtype,
                      out_dtype=out_dtype or cfg.activation_dtype, param_dtype=cfg.weight_dtype, precision=cfg.precision,
                      lora_rank=cfg.lora_rank_of(name), lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -182,8 +181,7 @@ class Attention(nn.Module):
     if impl in ("flash", "blockwise") and self.decode and not isinstance(allowed, omni_mask.Spans):
       impl = "xla"
     out = attention.attend(q, k, v, allowed, impl, cfg.activation_dtype, cfg.precision, cfg.attention_block)
-    return _dense(cfg, cfg.hidden_size, [axes.HEADS, axes.HEAD_DIM], [axes.EMBED], "o_proj", axis=(-2, -1),
-                  deterministic=det)(out)
+    return _dense(cfg, cfg.hidden_size, [axes.HEADS, axes.HEAD_DIM], [axes.EMBED], "o_proj", deterministic=det)(out)
 
   def _update_cache(self, k, v):
     """Writes k, v [B, Lq, Hkv, D] at the cache index; returns the whole cache [B, max_len, Hkv, D]."""
@@ -342,7 +340,9 @@ class ImageConv(nn.Module):
     cfg = self.cfg
     in_block, k = image_grid_index(input_ids, cfg.image_grid, cfg.soi_id, cfg.eoi_id)
     taps = grid_taps(x, in_block, k, cfg.image_grid, cfg.image_conv)  # [B, L, k², D]
-    y = _dense(cfg, cfg.hidden_size, [None, axes.EMBED], [axes.MLP], "proj", axis=(-2, -1), use_bias=False)(taps)
+    # The output is the embedding (it is added to the residual stream). Its input is an embedding too, but flax
+    # refuses a logical name twice in one array, so that axis stays unnamed; one fsdp axis shards the kernel.
+    y = _dense(cfg, cfg.hidden_size, [None, None], [axes.EMBED], "proj", use_bias=False)(taps)
     return jnp.where(in_block[..., None], y, 0).astype(x.dtype)
 
 

@@ -1,5 +1,6 @@
 """The convolution over image-token grids (`config.model.image_conv`): which tokens it sees, its numbers against
-a float64 2-D convolution, text unchanged, and the cached sampling paths equal to the full forward."""
+a float64 2-D convolution, its kernel's sharding, text unchanged, and the cached sampling paths equal to the full
+forward."""
 
 import dataclasses
 import functools
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from showo_jax.common import axes
 from showo_jax.config import showo as showo_config
 from showo_jax.data import prompting
 from showo_jax.models import omni_mask
@@ -73,6 +75,17 @@ def _conv_cfg(kernel):
   config.model.matmul_precision = "highest"
   config.model.image_conv = kernel
   return showo_config.transformer_config(config), config
+
+
+def test_kernel_output_axis_is_the_embedding():
+  """The conv's output is added to the residual stream: its kernel's output axis is the embedding axis (fully
+  sharded over fsdp by the default rules), not an MLP axis split over tensor."""
+  cfg, _ = _conv_cfg(3)
+  model = transformer.Transformer(cfg)
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4, 4), bool))
+  kernel = variables["params"]["image_conv"]["proj"]["kernel"]
+  assert kernel.names == (None, None, axes.EMBED) and kernel.value.shape == (9, cfg.hidden_size, cfg.hidden_size)
+  assert nn.logical_to_mesh_axes(kernel.names, axes.DEFAULT_RULES) == jax.P(None, None, "fsdp")
 
 
 @pytest.fixture(scope="module")
