@@ -30,7 +30,9 @@ class TrainState:
   step: jax.Array  # int32 scalar: optimizer updates done
   params: Any
   opt_state: Any
-  ema_params: Any = None  # moving average of params (config.train.ema_decay > 0), else None
+  # Moving average of the trained params (config.train.ema_decay > 0), else None. Frozen params never change, so
+  # their average is themselves: `inference_params` takes them from `params` instead of keeping a second copy.
+  ema_params: Any = None
 
 
 def init_params(rng, model: transformer.Transformer, seq_len: int):
@@ -42,13 +44,13 @@ def init_state(rng, model: transformer.Transformer, tx, seq_len: int, ema: bool 
                bit_layout: vocab_lib.VocabLayout = None, trainable: str = "all") -> TrainState:
   """Boxed (logically annotated) initial state; jit it with out_shardings and nn.unbox the result. With
   `bit_layout`, the image-code rows of the embedding and the head are `vocab.codebook_bit_rows`. The optimizer
-  state covers only the `trainable` parameters (training/trainable.py)."""
+  state and the EMA cover only the `trainable` parameters (training/trainable.py)."""
   params = init_params(rng, model, seq_len)
   if bit_layout is not None:
     params = _codebook_bit_init(jax.random.fold_in(rng, 1), params, bit_layout, model.cfg)
   trained, _ = trainable_lib.split(params, trainable_lib.trainable_paths(params, trainable))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trained),
-                    ema_params=params if ema else None)
+                    ema_params=trained if ema else None)
 
 
 def _codebook_bit_init(rng, params, layout, cfg):
@@ -72,9 +74,29 @@ def ema_decay_at(step, decay: float):
   return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
 
 
-def inference_params(state):
-  """The params to sample and evaluate with: the EMA when the run keeps one."""
-  return state.ema_params if state.ema_params is not None else state.params
+def inference_params(state, paths=None):
+  """The full params to sample and evaluate with: when the run keeps an EMA, the EMA of the trained params
+  (`paths`, None = all) and the frozen params as they are."""
+  if state.ema_params is None:
+    return state.params
+  return trainable_lib.join(state.ema_params, trainable_lib.split(state.params, paths)[1])
+
+
+def checkpoint_state(state, paths=None):
+  """The state as saved: `ema_params` holds the full inference tree, so that export, `load_checkpoint` and
+  init_from read every parameter there, as they do in checkpoints of runs that averaged frozen params too. Its
+  frozen leaves are the params' own arrays: no device memory is added, only their bytes on disk."""
+  if state.ema_params is None:
+    return state
+  return state.replace(ema_params=inference_params(state, paths))
+
+
+def from_checkpoint(state, paths=None):
+  """The inverse of `checkpoint_state`: the EMA of the trained params only. The frozen leaves dropped are
+  equal to `params` bit for bit (an average of a constant that starts at it), also in older checkpoints."""
+  if state.ema_params is None:
+    return state
+  return state.replace(ema_params=trainable_lib.split(state.ema_params, paths)[0])
 
 
 def make_gradient_fn(model: transformer.Transformer, config, paths=None):
@@ -141,11 +163,12 @@ def make_train_step(model: transformer.Transformer, tx, config, lr_schedule, pat
     out, grads = gradients(state.params, batch, jax.random.fold_in(rng, state.step))
     trained, frozen = trainable_lib.split(state.params, paths)
     updates, opt_state = tx.update(grads, state.opt_state, trained)
-    params = trainable_lib.join(optax.apply_updates(trained, updates), frozen)
+    trained = optax.apply_updates(trained, updates)
+    params = trainable_lib.join(trained, frozen)
     ema = None
     if ema_decay > 0:
       d = ema_decay_at(state.step, ema_decay)
-      ema = jax.tree.map(lambda e, p: e + (1.0 - d) * (p - e), state.ema_params, params)
+      ema = jax.tree.map(lambda e, p: e + (1.0 - d) * (p - e), state.ema_params, trained)
     metrics = dict(out)
     metrics["grad_norm"] = optimizer_lib.global_norm(grads)
     metrics["param_norm"] = optimizer_lib.global_norm(params)

@@ -70,6 +70,8 @@ class Run:
       self.trainable_paths = trainable_lib.trainable_paths(boxed.params, trainable)
       self.state_shardings = sharding.logical_shardings(boxed, self.mesh, self.rules)
       self.abstract_state = checkpointing.abstract_with_shardings(step_lib.strip_boxes(boxed), self.state_shardings)
+      # What a checkpoint holds (train_step.checkpoint_state): the EMA as a full tree, sharded like the params.
+      self.checkpoint_abstract = step_lib.checkpoint_state(self.abstract_state, self.trainable_paths)
       sharding.check_divisible(self.abstract_state.params)
       self._init = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=self.state_shardings)
       batch_sh = sharding.batch_sharding(self.mesh)
@@ -122,7 +124,10 @@ def _init_from(run: Run, state, source: str):
                      "--merge-lora)")
   params = flax.traverse_util.unflatten_dict({k: loaded.get(k, v) for k, v in fresh.items()})
   params = jax.device_put(params, run.state_shardings.params)
-  return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params) if state.ema_params is not None else None)
+  ema = None
+  if state.ema_params is not None:
+    ema = jax.tree.map(jnp.copy, trainable_lib.split(params, run.trainable_paths)[0])
+  return state.replace(params=params, ema_params=ema)
 
 
 def _check_saved_step(ckpt, saved_step: int, device_metrics):
@@ -162,7 +167,8 @@ def _restore(ckpt, run: Run, config, data_iter):
   """The newest intact checkpoint's step and state (None, None when there is none)."""
   def restore(step):
     checkpointing.check_compatible(ckpt.saved_config(step), config.to_dict(), _RESUME_FIELDS)
-    return ckpt.restore(step, run.abstract_state, data_iter=data_iter)[0]
+    state = ckpt.restore(step, run.checkpoint_abstract, data_iter=data_iter)[0]
+    return step_lib.from_checkpoint(state, run.trainable_paths)
   return ckpt.restore_newest_intact(restore)
 
 
@@ -239,12 +245,12 @@ def _train(run: Run, config, workdir: str):
           bar.set_postfix(loss=f"{final['loss']:.3f}")
       if save:
         checkpointing.check_finite(state, step, ckpt)  # the loss and grad norm were checked by the flush
-        ckpt.save(step, state, data_iter=data_iter, config=config)
+        ckpt.save(step, step_lib.checkpoint_state(state, run.trainable_paths), data_iter=data_iter, config=config)
         just_saved = step
         writer.flush()
         staging.sync()
       if sampler is not None and step % config.train.sample_every == 0:
-        sampler.write(step, step_lib.inference_params(state), writer)
+        sampler.write(step, step_lib.inference_params(state, run.trainable_paths), writer)
       if preempted:
         break
     flushed = logger.flush()

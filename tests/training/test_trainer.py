@@ -22,10 +22,11 @@ def _final_params(workdir):
 
 
 def _lora(config, lora: bool):
-  """The config with rank-2 adapters (dropout on, so their random stream must resume too) trained alone."""
+  """The config with rank-2 adapters (dropout on, so their random stream must resume too) trained alone, with an
+  EMA (of the adapters only; the checkpoint serves it as a full tree)."""
   if lora:
     config.model.lora.update(rank=2, targets="q,v,fc2", dropout=0.1)
-    config.train.trainable = "lora"
+    config.train.update(trainable="lora", ema_decay=0.5)
     config.optimizer.warmup_steps = 0  # lr > 0 from the first update: B leaves zero at step 1
   return config
 
@@ -49,6 +50,8 @@ def test_resume_is_bit_exact(tmp_path, lora):
     b_factors = [v for k, v in flat.items() if "lora_b" in k]
     assert len(b_factors) == 3 * train_fixtures.tiny_config(data).model.num_layers
     assert all(np.abs(v).max() > 0 for v in b_factors)
+    # What export, init_from and evaluation read: every parameter of the model, from the EMA entry.
+    checkpoints.load_params(straight, _lora(train_fixtures.tiny_config(data), lora))
   rows = [json.loads(l) for l in open(os.path.join(straight, "metrics.jsonl"))]
   assert [r["step"] for r in rows] == [1, 2, 3]
   for key in ("loss", "loss_t2i", "loss_lm", "loss_mmu", "grad_norm", "lr", "step_time_s", "tokens_per_s", "mfu"):
