@@ -32,10 +32,6 @@ from showo_jax.models import omni_mask
 
 IMPLEMENTATIONS = ("xla", "flash", "blockwise", "cudnn")
 
-# Added to blocked scores: exp underflows to exactly 0 there, and a fully blocked row (not produced by the
-# omni-attention builders) still gets a finite uniform softmax instead of NaNs, as with a select.
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
-
 # dot_general dimension numbers over [B, Hkv, rows, cols] operands; the G query heads that share a kv head are
 # stacked along the query rows (Lg = G·Lq), so each product is one [Lg, ·]·[·, ·] matrix product per (b, kv head).
 _BATCH = ((0, 1), (0, 1))
@@ -81,7 +77,7 @@ def _forward(q, k, v, allowed, dtype, precision):
   qh = (_rows_first(q, hkv).astype(jnp.float32) * scale).astype(cdt)
   kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   # An additive bias rather than a select: XLA:CPU fuses the add into the max/exp passes, not the select.
-  bias = jnp.where(allowed, 0.0, _MASK_VALUE)[:, None]  # f32 [B, 1, Lq, Lk]
+  bias = jnp.where(allowed, 0.0, omni_mask.MASK_VALUE)[:, None]  # f32 [B, 1, Lq, Lk]
   if h > hkv:
     bias = jnp.tile(bias, (1, 1, h // hkv, 1))  # [B, 1, Lg, Lk]
   s = _dot(qh, kh, _QK, cdt, precision) + bias  # f32 [B,Hkv,Lg,Lk]
@@ -133,13 +129,11 @@ def _attention_bwd(dtype, precision, res, dout):
 attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def attend(q, k, v, mask, impl: str, dtype, precision: Optional[jax.lax.Precision] = None, block: int = 128,
-           cudnn_implementation: str = "cudnn"):
+def attend(q, k, v, mask, impl: str, dtype, precision: Optional[jax.lax.Precision] = None, block: int = 128):
   """Attention with the kernel `impl` (IMPLEMENTATIONS); q [B, Lq, H, D], k/v [B, Lk, Hkv, D] → [B, Lq, H, D].
 
   `mask` is a bool [B, Lq, Lk] or an `omni_mask.Spans` (expanded for "xla" and "cudnn"; "flash" needs Spans).
-  "flash" runs once per shard of the active mesh (batch and heads). `cudnn_implementation` exists for the CPU
-  tests, which run the same call with jax's XLA implementation ("xla").
+  "flash" runs once per shard of the active mesh (batch and heads).
   """
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"attention_impl={impl!r} is not one of {IMPLEMENTATIONS}")
@@ -158,6 +152,6 @@ def attend(q, k, v, mask, impl: str, dtype, precision: Optional[jax.lax.Precisio
                               (axes.BATCH, axes.LENGTH))
   allowed = omni_mask.expand(mask) if isinstance(mask, omni_mask.Spans) else mask
   if impl == "cudnn":
-    out = jax.nn.dot_product_attention(q, k, v, mask=allowed[:, None], implementation=cudnn_implementation)
+    out = jax.nn.dot_product_attention(q, k, v, mask=allowed[:, None], implementation="cudnn")
     return out.astype(dtype)
   return attention(q, k, v, allowed, dtype, precision)

@@ -26,7 +26,6 @@ from jax.experimental import pallas as pl
 
 from showo_jax.models import omni_mask
 
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 _NT = (((1,), (1,)), ((), ()))  # a [M, D] · b [N, D] → [M, N]
 _NN = (((1,), (0,)), ((), ()))  # a [M, K] · b [K, N] → [M, N]
 _TN = (((0,), (0,)), ((), ()))  # a [K, M] · b [K, N] → [M, N]
@@ -62,7 +61,7 @@ def _forward_kernel(start_ref, end_ref, skip_ref, kpad_ref, q_ref, k_ref, v_ref,
     ks = pl.multiple_of(kb * block_k, block_k)
     k, v = k_ref[pl.ds(ks, block_k), :], v_ref[pl.ds(ks, block_k), :]
     ok = _visible(start, end, skip, kpad_ref[pl.ds(ks, block_k)], ks, block_k)
-    s = jnp.where(ok, _dot(q, k, _NT, precision) * scale, _MASK_VALUE)
+    s = jnp.where(ok, _dot(q, k, _NT, precision) * scale, omni_mask.MASK_VALUE)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
     p = jnp.where(ok, jnp.exp(s - m_new[:, None]), 0.0)
     corr = jnp.exp(m - m_new)
@@ -70,7 +69,7 @@ def _forward_kernel(start_ref, end_ref, skip_ref, kpad_ref, q_ref, k_ref, v_ref,
     return acc, m_new, l * corr + jnp.sum(p, axis=1)
 
   lo, hi = _key_blocks(start, end, block_k)
-  init = (jnp.zeros((rows, q.shape[1]), jnp.float32), jnp.full((rows,), _MASK_VALUE, jnp.float32),
+  init = (jnp.zeros((rows, q.shape[1]), jnp.float32), jnp.full((rows,), omni_mask.MASK_VALUE, jnp.float32),
           jnp.zeros((rows,), jnp.float32))
   acc, m, l = jax.lax.fori_loop(lo, hi, body, init)
   o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)  # l > 0: every row sees at least one key
@@ -295,7 +294,7 @@ def _blockwise_forward(q, k, v, spans, scale, block, precision):
   def one(args):
     qb, *rows = args
     s, ok = _block_scores(qb, k, rows, key_pad, scale, precision)
-    m = jnp.max(jnp.where(ok, s, _MASK_VALUE), axis=-1, keepdims=True)
+    m = jnp.max(jnp.where(ok, s, omni_mask.MASK_VALUE), axis=-1, keepdims=True)
     p = jnp.where(ok, jnp.exp(s - m), 0.0)
     l = jnp.sum(p, axis=-1, keepdims=True)
     o = jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), v, precision=precision,

@@ -163,6 +163,12 @@ def _omni(ids: jax.Array, task_ids: jax.Array, layout: Layout) -> jax.Array:
   return jnp.where(task == TASK_T2I, _predict_next(ids, layout, True), out)
 
 
+# The float32 score of a blocked key in the attention kernels (models/attention.py, models/flash_attention.py):
+# exp underflows to exactly 0 there, and a finite value (not -inf) keeps a fully blocked row, which the
+# builders above never produce, free of NaNs.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
 def additive_mask(allowed, dtype=jnp.float32) -> jax.Array:
   """0 where allowed, -0.7·finfo(dtype).max where blocked; same shape as `allowed`.
 
