@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+from showo_jax.models.omni_mask import MASK_VALUE  # the same finite stand-in for -inf as the model's
 
 
 def plain_matmul(x, kernel, n_in: int, dtype, precision=None):
@@ -36,7 +36,7 @@ def dot_product_attention(q, k, v, allowed, dtype, precision=None):
   q = q.reshape(b, lq, hkv, h // hkv, d)
   scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, precision=precision, preferred_element_type=jnp.float32)
   scores = scores / np.sqrt(d).astype(np.float32)
-  scores = jnp.where(allowed[:, None, None, :, :], scores, _MASK_VALUE)
+  scores = jnp.where(allowed[:, None, None, :, :], scores, MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v, precision=precision, preferred_element_type=jnp.float32)
   return out.reshape(b, lq, h, d).astype(dtype)
