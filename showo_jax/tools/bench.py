@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from showo_jax.common import cpu_features
+from showo_jax.common import peak as peak_lib
 from showo_jax.common import sharding
 from showo_jax.common import xla_options
 from showo_jax.config import base as config_base
@@ -97,60 +97,48 @@ def _random_batch(config, rng):
   return {"input_ids": ids, "labels": labels, "task_ids": tasks}
 
 
-def _on_accelerator() -> bool:
-  return jax.devices()[0].platform != "cpu"
-
-
-def _peak_size() -> int:
-  return 8192 if _on_accelerator() else 2048  # an accelerator needs a big product to reach its peak
-
-
-# The matmul peaks measured: (operand dtype, result dtype). A step's MFU is against the best peak of its compute
-# dtype (its products take that dtype and return float32; bf16 → bf16 can be faster on accelerators).
+# Matmul peaks reported beside the results, for reference: (operand dtype, result dtype). A row's MFU is against
+# common/peak.py's choice for its dtype and precision, the trainer's denominator.
 PEAKS = {"float32": ("float32", "float32"), "bfloat16->float32": ("bfloat16", "float32"),
          "bfloat16": ("bfloat16", "bfloat16")}
 
 
-def _peak_dtype(config, peaks: dict) -> str:
-  """The name in PEAKS of the MFU denominator of `config`'s step: the best measured peak of its dtype."""
-  if str(config.model.dtype) == "float32":
-    return "float32"
-  if not _on_accelerator() and not cpu_features.has_bf16_units():
-    return "float32"  # the bf16 operands are widened to f32 inside every product (layers.product_operands)
-  return max(("bfloat16->float32", "bfloat16"), key=lambda name: peaks[name])
-
-
-def _peak_sampler(size: int = 2048, name="float32"):
-  """A function returning one sample of the PEAKS[name] matmul FLOP/s (the best of 3 products of `size`²)."""
-  dtype, out = PEAKS[name]
-  a = jax.device_put(jnp.ones((size, size), jnp.dtype(dtype)), jax.local_devices()[0])
-  f = flops_lib.matmul(jnp.dtype(out))
+def _measured_peak(operands: str, out: str, repeats: int = 5) -> float:
+  """Median FLOP/s of `operands` × `operands` → `out` products on the first device (peak_lib's product)."""
+  device = jax.local_devices()[0]
+  size = peak_lib.default_size(device)
+  a = jax.device_put(jnp.ones((size, size), jnp.dtype(operands)), device)
+  f = peak_lib.matmul(out_dtype=jnp.dtype(out))
   f(a).block_until_ready()
-
-  def sample() -> float:
-    best = float("inf")
-    for _ in range(3):
-      t0 = time.perf_counter()
-      f(a).block_until_ready()
-      best = min(best, time.perf_counter() - t0)
-    return 2.0 * size**3 / best
-  return sample
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return 2.0 * size**3 / statistics.median(times)
 
 
-def bench_train_step(config, steps: int, peak: float, peak_name: str = "float32") -> dict:
-  """Median step time etc.; MFU against the peak re-measured between the timed steps.
+def _step_peak(config, devices) -> peak_lib.Peak:
+  return peak_lib.choose(devices, config.model.dtype, config.model.get("matmul_precision", "default"))
+
+
+def bench_train_step(config, steps: int) -> dict:
+  """Median step time etc.; MFU against the step's peak (common/peak.py, as the trainer's), re-measured
+  between the timed steps where it is measured.
 
   Other processes on a shared CPU change the share of it this process gets from minute to minute, so the
-  step times are set against matmul-peak samples taken between them (`mfu`); `mfu_vs_start_peak` uses the
-  single peak measured at the start of the run.
+  step times are set against peak samples taken between them (`mfu`); `mfu_vs_start_peak` uses the single
+  sample taken before the first timed step.
   """
   from showo_jax.training import trainer  # pylint: disable=g-import-not-at-top
   config.mesh.update(data=1, fsdp=1, tensor=1)
-  run = trainer.Run(config, mesh=sharding.make_mesh(config.mesh, jax.devices()[:1]))
+  devices = jax.devices()[:1]
+  run = trainer.Run(config, mesh=sharding.make_mesh(config.mesh, devices))
   state = run.init_state(0)
   batch = _random_batch(config, np.random.default_rng(0))
   rng = jax.random.key(0)
-  sample_peak = _peak_sampler(_peak_size(), peak_name)
+  peak = _step_peak(config, devices)
+  sample_peak = peak_lib.sampler(peak, devices[0])
   t0 = time.perf_counter()
   state, metrics = run.step(state, batch, rng)
   jax.block_until_ready(metrics)
@@ -164,19 +152,19 @@ def bench_train_step(config, steps: int, peak: float, peak_name: str = "float32"
     times.append(time.perf_counter() - t0)
     peaks.append(sample_peak())
   step_s = statistics.median(times)
-  local_peak = statistics.median(peaks)
+  local_peak = statistics.median(peaks) * peak.chips
   tokens = batch["input_ids"].size
   flops = flops_lib.train_flops_per_step(config)
   return {"step_time_s": step_s, "tokens_per_s": tokens / step_s, "tflops_per_s": flops / step_s / 1e12,
-          "mfu": flops / step_s / local_peak, "mfu_vs_start_peak": flops / step_s / peak,
-          "peak_tflops_interleaved": local_peak / 1e12, "load_average": (load + os.getloadavg()[0]) / 2,
+          "mfu": flops / step_s / local_peak, "mfu_vs_start_peak": flops / step_s / (peaks[0] * peak.chips),
+          "mfu_peak": peak.source, "peak_tflops_interleaved": local_peak / 1e12,
+          "load_average": (load + os.getloadavg()[0]) / 2,
           "peak_memory_gb": _peak_memory_bytes() / 2**30, "compile_s": compile_s,
           "loss": float(metrics["loss"]), "steps_timed": steps}
 
 
 def cmd_train(args) -> dict:
-  peaks = {name: flops_lib.measure_matmul_peak(_peak_size(), jnp.dtype(d), out_dtype=jnp.dtype(o))
-           for name, (d, o) in PEAKS.items()}
+  peaks = {name: _measured_peak(d, o) for name, (d, o) in PEAKS.items()}
   out = {"machine": machine(), "f32_matmul_peak_tflops": peaks["float32"] / 1e12, "results": {}}
   print(f"machine: {out['machine']}")
   for name, peak in peaks.items():
@@ -191,14 +179,12 @@ def cmd_train(args) -> dict:
       config = make()
       config.model.update(dtype=dtype, activation_dtype=args.activations,
                           attention_impl=args.attention)
-      peak_name = _peak_dtype(config, peaks)
-      r = bench_train_step(config, args.steps, peaks[peak_name], peak_name)
-      r.update(mfu_peak=peak_name, activations=showo_config.activation_dtype(config.model),
-               attention=config.model.attention_impl)
+      r = bench_train_step(config, args.steps)
+      r.update(activations=showo_config.activation_dtype(config.model), attention=config.model.attention_impl)
       out["results"][f"{name}/{dtype}"] = r
       print(f"{name:6s} {dtype:8s} step {r['step_time_s'] * 1e3:8.1f} ms  {r['tokens_per_s']:9.0f} tok/s  "
-            f"MFU {100 * r['mfu']:5.1f}% of the {peak_name} peak ({r['peak_tflops_interleaved'] * 1e3:.1f} GFLOP/s "
-            f"between steps; {100 * r['mfu_vs_start_peak']:.1f}% of the start peak)  "
+            f"MFU {100 * r['mfu']:5.1f}% of the peak ({r['mfu_peak']}: {r['peak_tflops_interleaved'] * 1e3:.1f} "
+            f"GFLOP/s between steps; {100 * r['mfu_vs_start_peak']:.1f}% of the start peak)  "
             f"peak mem {r['peak_memory_gb']:.2f} GB  load {r['load_average']:.1f}")
     f32, bf16 = out["results"][f"{name}/float32"], out["results"][f"{name}/bfloat16"]
     print(f"{name:6s} bf16 speed-up over f32: {f32['step_time_s'] / bf16['step_time_s']:.2f}x")
@@ -236,7 +222,6 @@ def cmd_data(args) -> dict:
   from showo_jax.training import prepare  # pylint: disable=g-import-not-at-top
   workdir = args.workdir or tempfile.mkdtemp(prefix="showo_bench_")
   out = {"machine": machine(), "workdir": workdir}
-  peak = flops_lib.measure_matmul_peak()
   print(f"machine: {out['machine']}")
   for name, make in (("tiny", tiny_config), ("medium", medium_config)):
     config = make()
@@ -256,7 +241,7 @@ def cmd_data(args) -> dict:
       for _ in range(n):
         next(it)
       rates[task] = n / (time.perf_counter() - t0)
-    step_rate = 1.0 / bench_train_step(config, max(3, args.steps // 10), peak)["step_time_s"]
+    step_rate = 1.0 / bench_train_step(config, max(3, args.steps // 10))["step_time_s"]
     together = 1.0 / sum(1.0 / r for r in rates.values())  # one process builds all three per step
     out[name] = {"batches_per_s": rates, "train_steps_per_s": step_rate, "data_steps_per_s": together}
     for task, r in rates.items():

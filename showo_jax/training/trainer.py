@@ -4,6 +4,7 @@ Resume order (first that applies): 1. the workdir's latest checkpoint (state + d
 `config.train.init_from` (params only: one of our checkpoints, or an official Show-o state dict); 3. scratch.
 """
 
+import dataclasses
 import functools
 import logging
 import math
@@ -20,6 +21,7 @@ from showo_jax.common import interrupts
 from showo_jax.common import metrics as metrics_lib
 from showo_jax.common import optimizer as optimizer_lib
 from showo_jax.common import paths
+from showo_jax.common import peak as peak_lib
 from showo_jax.common import sharding
 from showo_jax.common import workdir_lock
 from showo_jax.config import showo as showo_config
@@ -141,14 +143,28 @@ def _check_saved_step(ckpt, saved_step: int, device_metrics):
         f"gave it, was moved aside, the newest kept is step {ckpt.latest_step()} (lower the learning rate)")
 
 
-def _peak_flops(config) -> float:
-  peak = float(config.train.peak_tflops_per_device) * 1e12
-  if peak > 0:
-    return peak * (1 if jax.default_backend() == "cpu" else jax.device_count())
-  # On CPU the fake devices share the same cores: one machine peak. The dtype is the step's products': bf16
-  # operands summed in f32 (a float32 step is measured against f32).
-  dtype = jnp.dtype(config.model.dtype)
-  return flops_lib.measure_matmul_peak(dtype=dtype, out_dtype=jnp.float32)
+def _peak_flops(config, devices) -> float:
+  """FLOP/s of all the chips among `devices` (the mesh's) on the step's products: the MFU denominator."""
+  m = config.model
+  return peak_lib.peak_flops(devices, m.dtype, m.get("matmul_precision", "default"),
+                             float(config.train.peak_tflops_per_device))
+
+
+@dataclasses.dataclass
+class StepClock:
+  """The loop's timing state: the step and time of the last host-metrics read, and the work of one step."""
+  step: int
+  time: float
+  tokens_per_step: int
+  flops_per_step: float
+  peak_flops: float  # of all the chips (common/peak.py)
+
+  def rates(self, step: int, now: float) -> dict:
+    """Step time, tokens/s and MFU averaged over the steps since the last call; then starts from `step`."""
+    dt = (now - self.time) / max(step - self.step, 1)
+    self.step, self.time = step, now
+    return {"step_time_s": dt, "tokens_per_s": self.tokens_per_step / dt,
+            "mfu": self.flops_per_step / dt / self.peak_flops}
 
 
 def train_and_evaluate(config, workdir: str):
@@ -178,7 +194,7 @@ def _train(run: Run, config, workdir: str):
     interrupts.stop("the data preparation finished")
   tokens_per_step = sum(_batch_sizes(config).values()) * run.seq_len
   flops_per_step = flops_lib.train_flops_per_step(config)
-  peak = _peak_flops(config)
+  peak = _peak_flops(config, run.mesh.devices.flat)
 
   datasets = pipeline.task_datasets(data.sources, _batch_sizes(config), data.text_tokenizer, data.layout, config,
                                     seed=config.train.seed, process_index=jax.process_index(),
@@ -203,15 +219,13 @@ def _train(run: Run, config, workdir: str):
 
   staging = paths.Staging(workdir)  # metrics, TensorBoard and train.log (copied up at each save on a bucket)
   writer = metrics_lib.MetricWriter(staging, resume_step=start)
-  last = {"time": time.perf_counter(), "step": start}
+  clock = StepClock(start, time.perf_counter(), tokens_per_step, flops_per_step, peak)
 
   def host_metrics(step, host):
     del host
-    now = time.perf_counter()  # read one step late, so this spans whole steps (dispatch to dispatch)
-    dt = (now - last["time"]) / max(step - last["step"], 1)
-    last.update(time=now, step=step)
-    return {"step_time_s": dt, "tokens_per_s": tokens_per_step / dt, "mfu": flops_per_step / dt / peak,
-            "corrupt_records": float(sum(getattr(s, "num_corrupt", 0) for s in data.sources.values()))}
+    # Read one step late, so the time spans whole steps (dispatch to dispatch).
+    return dict(clock.rates(step, time.perf_counter()),
+                corrupt_records=float(sum(getattr(s, "num_corrupt", 0) for s in data.sources.values())))
 
   logger = metrics_lib.BufferedLogger(writer, host_metrics)
   sampler = None
