@@ -32,6 +32,12 @@ def _rows(workdir):
   return [json.loads(x)["step"] for x in paths.read_text(paths.join(workdir, "metrics.jsonl")).splitlines()]
 
 
+def _saved_steps(folder):
+  """The steps Orbax committed: in a bucket a step's folder fills in place and its commit file comes last."""
+  return sorted(int(n) for n in paths.listdir(folder)
+                if n.isdigit() and paths.exists(f"{folder}/{n}/commit_success.txt"))
+
+
 def test_the_path_layer_on_a_bucket(gcs_bucket, tmp_path):
   base = f"{gcs_bucket}/layer"
   assert paths.resolve(base + "/") == base  # never os.path.abspath'd into ./gs:/...
@@ -62,11 +68,14 @@ def test_a_run_in_the_bucket_survives_kill_9_then_samples_and_evaluates_from_it(
   deadline = time.time() + 300
   while (not paths.exists(f"{workdir}/checkpoints/2/showo_manifest.json") and time.time() < deadline
          and proc.poll() is None):
-    time.sleep(0.2)
+    time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  assert proc.wait() == -signal.SIGKILL  # died of the kill: it neither finished nor failed before it
+  saved = _saved_steps(f"{workdir}/checkpoints")
+  assert saved and 2 <= saved[-1] < 6, saved  # killed before the last step's checkpoint
   r = _run(*cmd)
   assert r.returncode == 0, r.stderr[-3000:]
+  assert f"resuming at step {saved[-1]} of 6 steps" in r.stderr, r.stderr[-3000:]
   assert not (ROOT / "gs:").exists()  # no local folder named after the URL
   assert _rows(workdir) == list(range(1, 7))  # each step once, after the kill
   assert paths.exists(f"{workdir}/train.log") and paths.listdir(f"{workdir}/tensorboard")

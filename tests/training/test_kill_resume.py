@@ -15,14 +15,17 @@ from showo_jax.training import trainer
 from tests import train_fixtures
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Steps 3 to 10 (and their checkpoints) leave the kill, sent when step 2's checkpoint appears, seconds to land in.
+STEPS = 10
 
 
 def _config_file(tmp_path, data):
-  return train_fixtures.cli_config_file(tmp_path / "cfg.py", data, "int(arg or 6)", "c.train.checkpoint_every = 2")
+  return train_fixtures.cli_config_file(tmp_path / "cfg.py", data, f"int(arg or {STEPS})",
+                                       "c.train.checkpoint_every = 2")
 
 
 def _train_cmd(cfg, workdir, *extra):
-  return [sys.executable, "-m", "showo_jax.train", f"--config={cfg}:6", f"--workdir={workdir}", *extra]
+  return [sys.executable, "-m", "showo_jax.train", f"--config={cfg}:{STEPS}", f"--workdir={workdir}", *extra]
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
@@ -33,13 +36,17 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
   proc = subprocess.Popen(_train_cmd(cfg, workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
   while not (workdir / "checkpoints" / "2").exists() and time.time() < deadline and proc.poll() is None:
-    time.sleep(0.2)
+    time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert (workdir / "checkpoints" / "2").exists()
-  subprocess.run(_train_cmd(cfg, workdir), cwd=ROOT, check=True, capture_output=True, timeout=300)
+  assert proc.wait() == -signal.SIGKILL  # died of the kill: it neither finished nor failed before it
+  # Orbax renames a step's folder into place when it is complete: the newest such folder is what was saved.
+  saved = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert 2 <= saved < STEPS, saved  # killed before the last step's checkpoint
+  r = subprocess.run(_train_cmd(cfg, workdir), cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"resuming at step {saved} of {STEPS} steps" in r.stderr, r.stderr[-3000:]
   straight = str(tmp_path / "straight")
-  config = train_fixtures.tiny_config(data, steps=6)
+  config = train_fixtures.tiny_config(data, steps=STEPS)
   config.train.checkpoint_every = 2
   trainer.train_and_evaluate(config, straight)
   a, _ = checkpoints.load_checkpoint(str(workdir))
