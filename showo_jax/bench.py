@@ -3,9 +3,10 @@
 train: the matmul peaks of this machine, then for the tiny and the medium config (phi, width 512, 8 layers,
   8 heads, MLP 2048, text vocab 1,000 + codebook 8,192, 64 text + 256 image tokens → L = 323, batch t2i/lm/mmu
   4/2/2), in float32 and with bfloat16 compute (float32 params): median step time, tokens/s, MFU against the
-  measured peak, and peak memory. `--sizes` picks configs, `official` (the 1.3B model, batch 8/4/4) among them.
+  peak of common/peak.py (the trainer's), and peak memory. `--sizes` picks configs, `official` (the 1.3B model, batch 8/4/4) among them.
   Peaks are measured for f32, bf16 operands with f32 sums (what our products do) and bf16 → bf16 (8192² products
-  on an accelerator, 2048² on CPU); each row's MFU is against the best peak of its dtype. `--activations` and
+  on an accelerator, 2048² on CPU) and printed; each row's MFU is against `peak.choose` for its dtype and precision
+  (a datasheet figure on known GPUs, else the measured product the row's matmuls run). `--activations` and
   `--attention` set config.model.activation_dtype / attention_impl of every row. The machine line names the CPU
   model and its matmul-relevant flags (AVX-512, AVX512-BF16, AMX).
 data: batches/s of each task's input pipeline against the train step rate, for the tiny config (embedded

@@ -142,7 +142,7 @@ def showo_config(size: str = "tiny", res: int = 256) -> ConfigDict:
       # What trains: "all", "lora" (the adapters of config.model.lora), or comma-separated path patterns, e.g.
       # "lora,embed" (training/trainable.py); the rest is frozen (no gradient, no optimizer state).
       trainable="all",
-      peak_tflops_per_device=0.0,  # for MFU; 0 = measure a matmul of config.model.dtype once at startup
+      peak_tflops_per_device=0.0,  # per chip, for MFU; 0 = common/peak.py's (datasheet on known GPUs, else measured)
       distributed=False,  # jax.distributed.initialize() (multi-host)
   ))
   c.optimizer = ConfigDict(dict(
