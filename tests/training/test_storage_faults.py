@@ -120,7 +120,7 @@ def _mount_tmpfs(where: pathlib.Path, size: str) -> bool:
                         capture_output=True).returncode == 0
 
 
-def test_a_full_disk_is_one_line_and_the_rerun_continues(tmp_path, monkeypatch):
+def test_a_full_disk_is_one_line_and_the_rerun_continues(tmp_path, monkeypatch, capsys):
   """On a 2.2 MB tmpfs a checkpoint (1.3 MB) fits once, the next one does not: ENOSPC from TensorStore's
   writer thread. Where mounting is not allowed, the same ENOSPC is injected into the manifest write."""
   train_fixtures.make_records(str(tmp_path / "data"))
@@ -150,8 +150,17 @@ def test_a_full_disk_is_one_line_and_the_rerun_continues(tmp_path, monkeypatch):
       def full(step_dir):
         raise OSError(28, "No space left on device", os.path.join(step_dir, integrity.MANIFEST))
       monkeypatch.setattr(integrity, "write_manifest", full)
+      capsys.readouterr()
       assert cli.run(lambda: trainer.train_and_evaluate(config, str(workdir))) == cli.FAILURE
       monkeypatch.undo()
+      err = capsys.readouterr().err
+      assert "Traceback" not in err, err[-3000:]
+      errors = [x for x in err.splitlines() if x.startswith("error:")]
+      assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err[-3000:]
+      step_dir = workdir / "checkpoints" / "4"  # the first save after the resume at step 2
+      assert errors[0].startswith("error: no space left on the device (or quota exceeded) writing "
+                                  f"{step_dir / integrity.MANIFEST}: "), errors[0]
+      assert "the last complete checkpoint is intact" in errors[0], errors[0]
       assert integrity.verify(str(workdir / "checkpoints" / "2")) is None
       trainer.train_and_evaluate(config, str(workdir))
     leftovers = [p for p in workdir.rglob("*") if "tmp" in p.name]
