@@ -132,11 +132,17 @@ class Checkpointer:
       integrity.quarantine(self.directory, int(step), reason)
       self._manager.reload()
 
-  def restore_newest_intact(self, restore_fn):
+  def restore_newest_intact(self, restore_fn, target=None):
     """(step, restore_fn(step)) for the newest step that passes its digests and restores; (None, None) when
-    none does. A step whose files are damaged (a failed digest, a missing file, an empty folder, or, without a
-    manifest, a restore that fails on the data) is moved aside with one warning. A whole step that does not fit
-    this run (CheckpointMismatchError, or a state tree of another structure) is the caller's: it raises."""
+    none does.
+
+    Damage and a run that does not fit are told apart by what is read. Files that fail the manifest (a failed
+    digest, a missing file, an empty folder) are damage: the step is moved aside with one warning. When
+    restore_fn fails on files that pass, the saved state's leaf paths and shapes (Orbax's metadata) are compared
+    with `target`'s (the abstract state restore_fn restores into): a difference is this run's error
+    (CheckpointMismatchError naming the leaf; nothing is moved). Otherwise a step without a manifest is damage,
+    and on a step whose manifest holds, the files are whole and fit, so the error is raised as it is.
+    """
     for step in sorted(self.all_steps(), reverse=True):
       step_dir = self.step_dir(step)
       problem = integrity.verify(step_dir)
@@ -150,16 +156,42 @@ class Checkpointer:
         except CheckpointMismatchError:
           raise
         except Exception as e:  # pylint: disable=broad-except
-          reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-          if verified or "structure" in reason:  # whole files: the run's state differs from the saved one
+          difference = self.state_difference(step, target) if target is not None else None
+          if difference is not None:
             raise CheckpointMismatchError(
                 f"checkpoint step {step} in {self.directory} is intact but does not fit this run's state "
-                f"({type(e).__name__}: {reason}): was the model or optimizer config changed? (use a new "
-                "--workdir)") from None
+                f"({difference}): was the model or optimizer config changed? (use a new --workdir)") from None
+          if verified:
+            raise
+          reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
           problem = f"it does not restore: {type(e).__name__}: {reason}"
       integrity.quarantine(self.directory, step, problem)
       self._manager.reload()
     return None, None
+
+  def state_difference(self, step: int, target):
+    """The first difference between the saved `state`'s leaves (paths and shapes, from Orbax's metadata) and
+    those of `target` (arrays or ShapeDtypeStructs), in words; None when they agree or the metadata does not
+    read (then nothing is known about the tree)."""
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      saved_tree = handler.metadata(self._item_path(step, "state")).tree
+    except Exception:  # pylint: disable=broad-except
+      return None
+    finally:
+      handler.close()
+    is_leaf = lambda x: hasattr(x, "shape")  # pylint: disable=unnecessary-lambda-assignment
+    saved = {k: tuple(v.shape) for k, v in ocp.tree.to_flat_dict(saved_tree, is_leaf=is_leaf).items()}
+    wanted = {k: tuple(v.shape) for k, v in ocp.tree.to_flat_dict(target, is_leaf=is_leaf).items()}
+    for path in sorted(set(saved) | set(wanted)):
+      name = "/".join(path)
+      if path not in saved:
+        return f"this run has {name} {wanted[path]}, the checkpoint has not"
+      if path not in wanted:
+        return f"the checkpoint has {name} {saved[path]}, this run has not"
+      if saved[path] != wanted[path]:
+        return f"{name} is {saved[path]} in the checkpoint, {wanted[path]} in this run"
+    return None
 
   def restore(self, step: int, abstract_state, *, data_iter=None):
     """Restores `state` shaped and sharded like `abstract_state` (ShapeDtypeStructs with .sharding)."""

@@ -256,7 +256,7 @@ def _train_tokenizer(config, workdir: str):
   def restore(step):
     checkpointing.check_compatible(ckpt.saved_config(step), config.to_dict(), _RESUME_FIELDS)
     return ckpt.restore(step, run.abstract_state)[0]
-  latest, state = ckpt.restore_newest_intact(restore)
+  latest, state = ckpt.restore_newest_intact(restore, target=run.abstract_state)
   if latest is not None:
     if latest >= t.steps and (not config.data.eval_source or paths.exists(paths.join(workdir, EVAL_FILE))):
       ckpt.close()

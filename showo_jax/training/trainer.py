@@ -185,7 +185,7 @@ def _restore(ckpt, run: Run, config, data_iter):
     checkpointing.check_compatible(ckpt.saved_config(step), config.to_dict(), _RESUME_FIELDS)
     state = ckpt.restore(step, run.checkpoint_abstract, data_iter=data_iter)[0]
     return step_lib.from_checkpoint(state, run.trainable_paths)
-  return ckpt.restore_newest_intact(restore)
+  return ckpt.restore_newest_intact(restore, target=run.checkpoint_abstract)
 
 
 def _train(run: Run, config, workdir: str):

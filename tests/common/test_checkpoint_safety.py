@@ -19,20 +19,24 @@ def _state(step: int):
   return {"w": jnp.arange(4096, dtype=jnp.float32) * step, "b": {"x": jnp.full((64, 8), float(step))}}
 
 
-def _saved(tmp_path, steps=(1, 2, 3), keep=3):
+def _saved(tmp_path, steps=(1, 2, 3), keep=3, async_save=False):
   folder = str(tmp_path / "checkpoints")
-  ckpt = checkpointing.Checkpointer(folder, max_to_keep=keep, async_save=False)
+  ckpt = checkpointing.Checkpointer(folder, max_to_keep=keep, async_save=async_save)
   for s in steps:
     ckpt.save(s, _state(s))
   ckpt.close()
   return folder
 
 
-def _restore_newest(folder):
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _restore_newest(folder, target=None):
   ckpt = checkpointing.Checkpointer(folder, async_save=False)
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _state(0))
+  target = _abstract(_state(0)) if target is None else target
   try:
-    return ckpt.restore_newest_intact(lambda s: ckpt.restore(s, target)[0])
+    return ckpt.restore_newest_intact(lambda s: ckpt.restore(s, target)[0], target=target)
   finally:
     ckpt.close()
 
@@ -160,12 +164,57 @@ def test_an_intact_checkpoint_of_another_structure_raises_and_moves_nothing(tmp_
   """A resume with a config that changes the state's tree (e.g. gradient clipping switched off changes the
   optimizer state) is the user's mistake, not damage: one error, and every checkpoint stays where it is."""
   folder = _saved(tmp_path)
-  ckpt = checkpointing.Checkpointer(folder, async_save=False)
   other = {"w": jax.ShapeDtypeStruct((4096,), jnp.float32), "extra": jax.ShapeDtypeStruct((3,), jnp.float32)}
-  try:
-    with pytest.raises(checkpointing.CheckpointMismatchError, match="step 3 .* is intact but does not fit"):
-      ckpt.restore_newest_intact(lambda s: ckpt.restore(s, other)[0])
-  finally:
-    ckpt.close()
+  with pytest.raises(checkpointing.CheckpointMismatchError, match="step 3 .* is intact but does not fit"):
+    _restore_newest(folder, other)
   assert sorted(os.listdir(folder)) == ["1", "2", "3"]
   assert not os.path.exists(folder + ".quarantine")
+
+
+def _sharded_state(step: int):
+  """_state's arrays split over every device, as the trainer's state is."""
+  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  return jax.tree.map(lambda x: jax.device_put(x, data), _state(step))
+
+
+# Orbax leaves the reads of the other leaves running when one shape fails; they report when collected.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_async_saves_tell_damage_from_a_changed_state_by_what_is_read(tmp_path):
+  """Saved asynchronously, as the trainer saves, with the manifest written after Orbax's commit (a kill can land
+  between the two): damage is what fails the manifest, or a restore of the saved tree without one; a change of
+  the run's state is a saved tree or shape that differs from the target, with a manifest or without."""
+  folder = str(tmp_path / "checkpoints")
+  root = pathlib.Path(folder)
+  ckpt = checkpointing.Checkpointer(folder, max_to_keep=None, async_save=True)
+  for s in (1, 2, 3, 4):
+    ckpt.save(s, _sharded_state(s))
+  ckpt.close()
+  assert all(integrity.has_manifest(str(root / str(s))) for s in (1, 2, 3, 4))
+  target = _abstract(_sharded_state(0))
+  wider = dict(target, w=jax.ShapeDtypeStruct((8192,), jnp.float32, sharding=target["w"].sharding))
+  (root / "4" / integrity.MANIFEST).unlink()  # killed after Orbax's commit, before the manifest
+  changed = r"step 4 .* \(w is \(4096,\) in the checkpoint, \(8192,\) in this run\)"
+  for _ in range(2):  # without the manifest, then with it: this run's error either way, and nothing moves
+    with pytest.raises(checkpointing.CheckpointMismatchError, match=changed):
+      _restore_newest(folder, wider)
+    assert sorted(os.listdir(folder)) == ["1", "2", "3", "4"] and not os.path.exists(folder + ".quarantine")
+    integrity.write_manifest(str(root / "4"))
+  # Whole files of the run's tree whose restore fails all the same: neither damage nor a changed config.
+  ckpt = checkpointing.Checkpointer(folder, async_save=False)
+  def out_of_memory(step):
+    raise RuntimeError(f"RESOURCE_EXHAUSTED restoring step {step}")
+  try:
+    with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED restoring step 4"):
+      ckpt.restore_newest_intact(out_of_memory, target=target)
+  finally:
+    ckpt.close()
+  assert sorted(os.listdir(folder)) == ["1", "2", "3", "4"]
+  # Damage: a truncated data file, caught by the manifest (step 4) or, without one, by the restore (step 3).
+  _truncate(root / "4")
+  _truncate(root / "3")
+  (root / "3" / integrity.MANIFEST).unlink()
+  step, state = _restore_newest(folder, target)
+  assert step == 2
+  np.testing.assert_array_equal(state["w"], np.arange(4096, dtype=np.float32) * 2)
+  assert sorted(p.name.split("-")[0] for p in pathlib.Path(folder + ".quarantine").iterdir()) == ["3", "4"]
