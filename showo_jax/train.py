@@ -80,13 +80,12 @@ def main(argv):
     console.setup(verbose=_VERBOSE.value)  # the checks below already load libraries that log at INFO
     showo_config.validate(config)
     sharding.maybe_initialize_distributed(config.train.distributed)
-    from showo_jax.training import preflight  # pylint: disable=g-import-not-at-top  # jax after distributed init
-    from showo_jax.training import trainer  # pylint: disable=g-import-not-at-top
-    preflight.check_before_work(config)  # bad paths or records: one line, and no workdir made
+    from showo_jax.training import trainer  # pylint: disable=g-import-not-at-top  # jax after distributed init
+    run = trainer.check_before_work(config)  # a bad mesh, batch, path or records: one line, and no workdir made
     paths.makedirs(workdir)
     console.setup(paths.Staging(workdir).path("train.log"), verbose=_VERBOSE.value)  # synced up with metrics
     t0 = time.perf_counter()
-    final = trainer.train_and_evaluate(config, workdir)
+    final = trainer.train_and_evaluate(config, workdir, run)
     print(_summary(config, workdir, final or {}, time.perf_counter() - t0))
 
   from showo_jax.common import checkpointing  # pylint: disable=g-import-not-at-top

@@ -35,10 +35,11 @@ def main(argv):
   def work():
     tokenizer_config.validate_training(config)
     from showo_jax.tokenizer import trainer as tokenizer_trainer  # pylint: disable=g-import-not-at-top
+    checked = tokenizer_trainer.check_before_work(config, workdir)  # a bad mesh, batch or source: no workdir
     paths.makedirs(workdir)
     console.setup(paths.Staging(workdir).path("train.log"), verbose=_VERBOSE.value)  # synced up with metrics
     console.phase(f"image tokenizer: training MAGVIT-v2 ({config.train.steps} steps) -> {workdir}")
-    folder = tokenizer_trainer.train_tokenizer(config, workdir)
+    folder = tokenizer_trainer.train_tokenizer(config, workdir, checked)
     print(f"tokenizer checkpoint: {folder}")
 
   from showo_jax.common import checkpointing  # pylint: disable=g-import-not-at-top

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from showo_jax.config import base as config_base
@@ -78,8 +79,7 @@ def test_a_bad_mesh_fails_before_any_data_preparation(tmp_path):
   r = _run("showo_jax.train", "--config", "configs/tiny.py", "--config.mesh.fsdp=3", f"--workdir={workdir}")
   lines = r.stderr.strip().splitlines()
   assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: config.mesh"), r.stderr[-2000:]
-  # Neither the text BPE nor the image tokenizer was trained: nothing but the log was written.
-  assert not (workdir / "text_tokenizer.json").exists() and not (workdir / "tokenizer").exists()
+  assert not workdir.exists()  # not even the workdir and its train.log
 
 
 def test_a_tokenizer_that_does_not_fit_the_model_fails_before_any_work(tmp_path):
@@ -92,3 +92,52 @@ def test_a_tokenizer_that_does_not_fit_the_model_fails_before_any_work(tmp_path)
   assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
   assert "holds 16 image tokens per image but config.data.num_image_tokens = 64" in lines[0], lines[0]
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+  """A random 32 px MAGVIT-v2 (official layout), a copy of it with a NaN tensor, and a text document."""
+  from tests import train_fixtures  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("inputs")
+  train_fixtures.tiny_magvit_npz(str(root / "magvit.npz"))
+  weights = dict(np.load(root / "magvit.npz"))
+  first = next(iter(weights))
+  weights[first] = np.full_like(weights[first], np.nan)
+  np.savez(root / "nan.npz", **weights)
+  (root / "docs.jsonl").write_text('{"text": "a document"}\n')
+  return root
+
+
+# (id, tool, arguments: {out} the output folder, {inputs} the fixture's; text of the one error line): for each
+# tool the last check it makes before it writes (for the trainers: the mesh, batch, paths and image source).
+REFUSED = [
+    ("train batch", "train", "--config configs/tiny.py --workdir {out} --config.train.batch_t2i=3",
+     "is not divisible by data×fsdp"),
+    ("train init_from", "train", "--config configs/tiny.py --workdir {out} --config.train.init_from={inputs}/nope",
+     "init_from={inputs}/nope: no such file or folder"),
+    ("train_tokenizer mesh", "train_tokenizer", "--config configs/magvit2.py:size=tiny --workdir {out} "
+     "--config.mesh.fsdp=3", "3 does not divide the 8 devices"),
+    ("train_tokenizer source", "train_tokenizer", "--config configs/magvit2.py:size=tiny --workdir {out} "
+     "--config.data.source={inputs}/nope", "image source '{inputs}/nope': not an image folder"),
+    ("tokenize_images", "tokenize_images", "--checkpoint={inputs}/magvit.npz --input=embedded:test --output={out} "
+     "--records_per_shard=0", "--records-per-shard must be >= 1"),
+    ("build_dataset", "build_dataset", "text --input {inputs}/docs.jsonl --output {out} --records-per-shard 0",
+     "--records-per-shard must be >= 1"),
+    ("convert", "convert", "import --input {inputs}/nan.npz --output {out}", "non-finite values"),
+    ("sample", "sample", "t2i --checkpoint {inputs} --prompt x --num 0 --out-dir {out}", "--num must be >= 1"),
+    ("evaluate", "evaluate", "geneval --checkpoint {inputs} --prompts {inputs}/docs.jsonl --out {out} "
+     "--images-per-prompt 0", "--images-per-prompt must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("tool, args, message", [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])
+def test_a_refused_command_leaves_no_output_folder(inputs, tmp_path, tool, args, message):
+  """The README's rule: every check that needs no data runs before the output folder (a workdir and its
+  train.log, a record folder, a checkpoint) or any folder above it is made."""
+  fields = dict(out=tmp_path / "new" / "deeper" / "out", inputs=inputs)
+  r = _run(f"showo_jax.{tool}", *args.format(**fields).split())
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+  assert lines[-1].startswith("error: ") and message.format(**fields) in lines[-1], lines[-1]
+  assert [x for x in lines if x.startswith("error:")] == lines[-1:], r.stderr[-3000:]
+  assert list(tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))

@@ -47,6 +47,10 @@ def staged_output(output: str, overwrite: bool):
       paths.copy_tree(tmp, output)
     return
   parent = os.path.dirname(output)
+  made, folder = [], parent  # the parent folders this call makes, innermost first
+  while folder and not os.path.exists(folder):
+    made.append(folder)
+    folder = os.path.dirname(folder)
   os.makedirs(parent, exist_ok=True)
   _remove_abandoned(parent, os.path.basename(output))
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.converting-{os.getpid()}-", dir=parent)
@@ -57,6 +61,11 @@ def staged_output(output: str, overwrite: bool):
     yield tmp
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
+    for folder in made:  # a refused conversion leaves no empty folders behind either
+      try:
+        os.rmdir(folder)
+      except OSError:
+        break
     raise
   if not os.path.exists(output):
     os.rename(tmp, output)

@@ -236,21 +236,36 @@ def _export_params(state):
   return state.ema_params if state.ema_params is not None else state.params
 
 
-def train_tokenizer(config, workdir: str) -> str:
-  """Trains (or resumes) the tokenizer in `workdir`; returns its checkpoint folder (load_tokenizer reads it)."""
+def _open_images(config):
+  return images_lib.open_collection(config.data.source, config.data.resolution, resize=config.data.resize,
+                                    factor=tokenizer_config.downsample_factor(config),
+                                    image_field=config.data.image_field)
+
+
+def check_before_work(config, workdir: str):
+  """The checks that raise before anything is written: the config, the mesh and the batch divisibility (by
+  building the run) and, for a workdir not made yet (nothing to resume), the training images. Returns (run,
+  those images or None)."""
   tokenizer_config.validate_training(config)
+  sharding.maybe_initialize_distributed(config.train.distributed)
+  run = TokenizerRun(config)
+  sharding.check_batch(config.train.batch_size, run.mesh, "config.train.batch_size")
+  return run, (None if paths.exists(paths.resolve(workdir)) else _open_images(config))
+
+
+def train_tokenizer(config, workdir: str, checked=None) -> str:
+  """Trains (or resumes) the tokenizer in `workdir`; returns its checkpoint folder (load_tokenizer reads it).
+  `checked`: check_before_work's result when the caller ran it (the CLI, before it makes the workdir)."""
+  run, images = checked or check_before_work(config, workdir)
   workdir = paths.resolve(workdir)
   paths.makedirs(workdir)
   # One writer per workdir; Ctrl-C / SIGTERM: save at the next step, then stop (interrupts.Interrupted).
   with workdir_lock.WorkdirLock(workdir, "the tokenizer trainer"), interrupts.handling():
-    return _train_tokenizer(config, workdir)
+    return _train_tokenizer(run, images, config, workdir)
 
 
-def _train_tokenizer(config, workdir: str):
-  sharding.maybe_initialize_distributed(config.train.distributed)
+def _train_tokenizer(run: TokenizerRun, images, config, workdir: str):
   t = config.train
-  run = TokenizerRun(config)
-  sharding.check_batch(t.batch_size, run.mesh, "config.train.batch_size")
   ckpt = checkpointing.Checkpointer(paths.join(workdir, CHECKPOINTS), max_to_keep=t.keep_checkpoints)
 
   def restore(step):
@@ -262,9 +277,8 @@ def _train_tokenizer(config, workdir: str):
       ckpt.close()
       return ckpt.directory  # already complete
   factor = tokenizer_config.downsample_factor(config)
-  train_data = images_lib.StepBatches(images_lib.open_collection(
-      config.data.source, config.data.resolution, resize=config.data.resize, factor=factor,
-      image_field=config.data.image_field), t.batch_size, t.seed, jax.process_index(), jax.process_count())
+  train_data = images_lib.StepBatches(images if images is not None else _open_images(config), t.batch_size, t.seed,
+                                      jax.process_index(), jax.process_count())
   eval_images = reports.eval_images(config, factor)
   samples = eval_images if eval_images is not None else train_data.batch(0)
   if latest is not None:

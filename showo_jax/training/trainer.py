@@ -167,11 +167,20 @@ class StepClock:
             "mfu": self.flops_per_step / dt / self.peak_flops}
 
 
-def train_and_evaluate(config, workdir: str):
-  """Trains Show-o as configured; returns the host-side metrics (and "step") of the last logged step."""
+def check_before_work(config) -> Run:
+  """Every check that needs no data, raising before anything is written: the config, the mesh, the batch
+  divisibility and the parameter shardings (by building the Run, which is returned), then preflight's paths,
+  records and tokenizer."""
   showo_config.validate(config)
-  run = Run(config)  # the mesh, the batch divisibility and the parameter shardings, before any work
+  run = Run(config)
   preflight.check_before_work(config)
+  return run
+
+
+def train_and_evaluate(config, workdir: str, run: Run = None):
+  """Trains Show-o as configured; returns the host-side metrics (and "step") of the last logged step. `run`:
+  check_before_work's result when the caller ran it (the CLI, before it makes the workdir and its log)."""
+  run = run or check_before_work(config)
   workdir = paths.resolve(workdir)
   paths.makedirs(workdir)
   # One writer per workdir; from here on Ctrl-C / SIGTERM save what the running phase allows.
