@@ -17,6 +17,9 @@ from showo_jax.data import records
 from showo_jax.interop import conversion
 from tests import train_fixtures
 
+# One worker runs the whole module (setup.cfg: --dist loadgroup), so its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("bad_input")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -36,7 +39,7 @@ def _write(path, header_text: str, data: bytes):
 def world(tmp_path_factory):
   """A tiny trained workdir, its official export and damaged copies of it, record folders of the wrong kind."""
   root = tmp_path_factory.mktemp("bad_input")
-  run = train_fixtures.trained_workdir(str(root / "run"), str(root / "data"))
+  run = train_fixtures.shared_trained_workdir(tmp_path_factory, root)
   conversion.export_showo(run, str(root / "official"))
   weights = root / "official" / conversion.WEIGHTS
   header, data = _read(weights)

@@ -6,8 +6,11 @@ where DATA already holds the records (`make_records(DATA)`; written once, before
 """
 
 import contextlib
+import fcntl
 import io
 import os
+import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -81,6 +84,27 @@ def trained_workdir(workdir: str, data: str, image_conv: int = 0) -> str:
   trainer.train_and_evaluate(showo_config.validate(config), workdir)
   tiny_magvit_npz(os.path.join(workdir, "tokenizer", "magvit.npz"))
   return workdir
+
+
+def shared_trained_workdir(tmp_path_factory, root, name: str = "run", image_conv: int = 0) -> str:
+  """ROOT/NAME: a copy of `trained_workdir(image_conv=…)`, and ROOT/data a copy of its records. The run is trained
+  once per test session, whichever xdist worker asks first (the others wait on a file lock in the session's
+  shared temporary folder), since it is the same run every time; each module gets its own copy to write into."""
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent  # the folder all workers' temporary folders live in
+  built = base / f"shared_trained_conv{image_conv}"
+  with open(base / f"shared_trained_conv{image_conv}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (built / "DONE").exists():
+      shutil.rmtree(built, ignore_errors=True)
+      trained_workdir(str(built / "run"), str(built / "data"), image_conv)
+      (built / "DONE").touch()
+  root = pathlib.Path(root)
+  shutil.copytree(built / "run", root / name)
+  if not (root / "data").exists():
+    shutil.copytree(built / "data", root / "data")
+  return str(root / name)
 
 
 def tiny_magvit_npz(path: str, res: int = 32):

@@ -5,6 +5,7 @@ PSNR and codebook usage, lm perplexity on held-out text; for the fine-tuning dem
 "sideways") also the new task's MMU accuracy and T2I class consistency.
 """
 
+import functools
 import json
 import sys
 import time
@@ -18,6 +19,17 @@ from showo_jax.data import images as images_lib
 from showo_jax.evaluation import measures
 from showo_jax.inference.pipeline import apply_fn
 from showo_jax.inference.pipeline import Pipeline
+
+
+@functools.lru_cache(maxsize=2)
+def digit_judge(view: str = "upright") -> measures.PixelClassifier:
+  """The pixel classifier that judges generated digits, trained on the embedded training split (`view`: "upright"
+  or "sideways", the digits turned as the fine-tuning demo turns them). Its training is deterministic and the
+  costliest part of a tiny model's report (400 full-batch steps), so one process trains each view once."""
+  images, labels = embedded.load_mnist()
+  train = embedded.split_indices(len(images), "train")
+  digits = embedded.turn_sideways(images[train]) if view == "sideways" else images[train]
+  return measures.PixelClassifier(digits, labels[train])
 
 
 SPLITS = ("validation", "test")  # settings are chosen on validation; test figures are reported for the final choice
@@ -39,12 +51,12 @@ def evaluate(workdir: str, checkpoint: str = "", *, per_class: int = 20, seed: i
         "config.train.sample_* unless given)", file=sys.stderr)
   images, labels = embedded.load_mnist()
   train_idx = embedded.split_indices(len(images), "train")
-  classifier = measures.PixelClassifier(images[train_idx], labels[train_idx])
+  classifier = digit_judge("upright")
   report = {"checkpoint": paths.resolve(checkpoint or workdir), "sampling": settings,
             "maskgit_steps": settings["steps"], "guidance": settings["guidance"]}
   sideways = pipe.config.data.get("embedded_task", "") == "sideways"
   if sideways:  # the fine-tuning demo's task, judged by a classifier of turned training digits
-    turned_classifier = measures.PixelClassifier(embedded.turn_sideways(images[train_idx]), labels[train_idx])
+    turned_classifier = digit_judge("sideways")
   for split in SPLITS:
     idx = embedded.split_indices(len(images), split)
     report[split], generated, recon = _split_report(

@@ -49,7 +49,7 @@ def _bad(*argv, match):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   root = tmp_path_factory.mktemp("evaluate_cli")
-  return train_fixtures.trained_workdir(str(root / "run"), str(root / "data"))
+  return train_fixtures.shared_trained_workdir(tmp_path_factory, root)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import numpy as np
 from showo_jax.config import showo as showo_config
 from showo_jax.data import embedded
 from showo_jax.data import prompting
+from showo_jax.evaluation import embedded_report
 from showo_jax.evaluation import measures
 
 from tests import train_fixtures
@@ -67,9 +68,9 @@ def test_perplexity_equals_float64_recomputation(tmp_path):
 
 def test_pixel_classifier_recognises_real_test_digits():
   images, labels = embedded.load_mnist()
-  train = embedded.split_indices(len(images), "train")
   test = embedded.split_indices(len(images), "test")
-  judge = measures.PixelClassifier(images[train], labels[train])
+  judge = embedded_report.digit_judge("upright")  # the report's judge, trained once per process
+  assert embedded_report.digit_judge("upright") is judge
   assert judge.accuracy(images[test], labels[test]) >= 0.88
   # A blank image is not confidently any particular training digit class for all ten prompts.
   assert judge.accuracy(np.zeros((10,) + images.shape[1:], np.uint8), np.arange(10)) <= 0.2

@@ -6,7 +6,6 @@ import numpy as np
 
 from showo_jax.data import embedded
 from showo_jax.evaluation import embedded_report
-from showo_jax.evaluation import measures
 
 
 class _Pipe:
@@ -35,9 +34,8 @@ class _Pipe:
 
 def test_sideways_figures_on_known_answers_and_images():
   digits, labels = embedded.load_mnist()
-  train = embedded.split_indices(len(digits), "train")
   test = embedded.split_indices(len(digits), "test")
-  judge = measures.PixelClassifier(embedded.turn_sideways(digits[train]), labels[train])
+  judge = embedded_report.digit_judge("sideways")
   draw = lambda answer, turned: embedded_report._sideways_report(  # pylint: disable=protected-access
       _Pipe(answer, turned, digits[test], labels[test]), judge, digits[test], labels[test], {}, per_class=5, seed=0)
   yes = draw("Yes.", turned=True)

@@ -13,18 +13,16 @@ from showo_jax.training import trainer
 
 from tests import train_fixtures
 
+# One worker runs the whole module (setup.cfg: --dist loadgroup), so its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("sample_cli")
+
 RES = 32  # showo_config("tiny") resolution; the tokenizer below downsamples by 8 → a 4×4 grid = 16 tokens
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """A training workdir (2 steps) with the image tokenizer at its default place, WORKDIR/tokenizer/."""
-  root = tmp_path_factory.mktemp("sample_cli")
-  config = train_fixtures.tiny_config(str(root / "data"), steps=2)
-  wd = str(root / "run")
-  trainer.train_and_evaluate(config, wd)
-  train_fixtures.tiny_magvit_npz(os.path.join(wd, "tokenizer", "magvit.npz"))
-  return wd
+  return train_fixtures.shared_trained_workdir(tmp_path_factory, tmp_path_factory.mktemp("sample_cli"))
 
 
 @pytest.fixture(scope="module")

@@ -113,15 +113,11 @@ def test_export_merge_lora_round_trips_through_import(tmp_path, capsys, scan):
          "holds no LoRA adapters")
 
 
-def test_export_refuses_image_conv(tmp_path, capsys):
+def test_export_refuses_image_conv(tmp_path_factory, tmp_path, capsys):
   """A model with the image-grid convolution trains here, but the official layout has no place for it: export
   is one line, and nothing is written."""
-  from showo_jax.training import trainer  # pylint: disable=g-import-not-at-top
   from tests import train_fixtures  # pylint: disable=g-import-not-at-top
-  config = train_fixtures.tiny_config(str(tmp_path / "data"), steps=1)
-  config.model.image_conv = 3
-  workdir = str(tmp_path / "run")
-  trainer.train_and_evaluate(config, workdir)
+  workdir = train_fixtures.shared_trained_workdir(tmp_path_factory, tmp_path, image_conv=3)
   capsys.readouterr()
   out = str(tmp_path / "official")
   _fails(capsys, ["export", "--checkpoint", workdir, "--output", out], "config.model.image_conv=3")

@@ -21,6 +21,9 @@ from showo_jax.sampling import autoregressive as ar
 from showo_jax.sampling import maskgit
 from showo_jax.sampling import mixed
 
+# One worker runs the whole module (setup.cfg: --dist loadgroup), so its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("image_conv")
+
 TINY = vocab_lib.VocabLayout(llm_vocab_size=100, codebook_size=64, bos_id=99, eos_id=99)
 SOI, EOI = 1, 2
 

@@ -21,7 +21,9 @@ from showo_jax.tokenizer import pretokenize
 from showo_jax.tokenizer import trainer as tt
 
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # unoptimised XLA: faster compiles
+# Unoptimised XLA (faster compiles); one worker runs the whole module (setup.cfg: --dist loadgroup), so its trained
+# module fixtures are built once.
+pytestmark = [pytest.mark.usefixtures("fast_compiles"), pytest.mark.xdist_group("tokenizer_trainer")]
 
 
 def _micro(**overrides):
