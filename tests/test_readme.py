@@ -109,8 +109,9 @@ def stand_in(tmp_path_factory):
   return root, workdir
 
 
-def test_the_quick_readme_commands_run_as_written(stand_in):
+def test_the_quick_readme_commands_run_as_written(stand_in, monkeypatch):
   root, workdir = stand_in
+  monkeypatch.chdir(root)  # relative outputs land in the stand-in's folder
   ran = []
   for tool, args in dict.fromkeys((tool, tuple(args)) for tool, args in COMMANDS):  # a command shown twice runs once
     if not any(f"{tool} {' '.join(args)}".startswith(r) for r in RUNNABLE):
@@ -122,11 +123,14 @@ def test_the_quick_readme_commands_run_as_written(stand_in):
       arg = re.sub(r"/tmp/([^\s=]*)", lambda m: workdir + m[1][len("showo_tiny"):]  # pylint: disable=g-long-lambda
                    if re.match(r"showo_tiny(/|$)", m[1]) else f"{root}/{m[1]}", arg)
       argv += sorted(glob.glob(arg)) if "*" in arg else [arg]  # as the shell expands it
-    # Run from the stand-in's folder (relative outputs land there), importing this checkout's package.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    r = subprocess.run([sys.executable, "-m", f"showo_jax.{tool}", *argv], cwd=root, capture_output=True,
-                       text=True, timeout=300, env=env)
-    assert r.returncode == 0, f"python -m showo_jax.{tool} {' '.join(args)}\n{r.stderr[-3000:]}"
+    if tool in ARGPARSE_TOOLS:  # their main(argv), in this process: no new interpreter per command
+      code, _, stderr = train_fixtures.run_main(importlib.import_module(f"showo_jax.{tool}").main, *argv)
+    else:  # absl flags are global: run the command itself, importing this checkout's package
+      env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+      r = subprocess.run([sys.executable, "-m", f"showo_jax.{tool}", *argv], cwd=root, capture_output=True,
+                         text=True, timeout=300, env=env)
+      code, stderr = r.returncode, r.stderr
+    assert code == 0, f"python -m showo_jax.{tool} {' '.join(args)}\n{stderr[-3000:]}"
     ran.append(f"{tool} {args[0]}")
   assert len(ran) >= 9, ran
 

@@ -164,7 +164,7 @@ def test_flash_model_matches_the_official_logits_and_gradients(parity_showo):
     logits = model.apply({"params": p}, ids, spans)
     return losses.showo_loss(logits, ids, labels, TASKS_A, **showo_config.loss_settings(config))["loss"], logits
 
-  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  (loss, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
   assert _rel(logits, parity_showo["logits"]) <= 1e-4
   assert abs(float(loss) - float(parity_showo["loss_total"])) <= 1e-4 * float(parity_showo["loss_total"])
   official = showo_keys.params_to_official(jax.tree.map(np.asarray, grads), config)

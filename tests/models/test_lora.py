@@ -54,8 +54,8 @@ def test_adapters_start_as_the_base_model_and_merge_exactly(family, scan):
   per_layer = len(_ALL[family]) * (1 if scan else 2)
   assert len(adapters) == per_layer and all(not np.any(flat[k]) for k in adapters)  # B = 0
   # B = 0: the adapted model is the base model. Not bit for bit: the zero update is a product XLA may fuse into the
-  # base one, which changes the float32 rounding on some CPUs (9e-8 seen on an AMD EPYC family 25 model 17); a
-  # non-zero initial B (std 0.02) moves logits by ~1e-2.
+  # base one, which changes the float32 rounding (by ~1e-7 on some CPUs); a non-zero initial B (std 0.02) moves
+  # logits by ~1e-2.
   np.testing.assert_allclose(_logits(lora_cfg, adapted, ids), _logits(base_cfg, base, ids), rtol=0, atol=1e-6)
   # A trained (non-zero) B: merging gives the same logits within 1e-5 relative.
   rng = np.random.default_rng(0)

@@ -70,7 +70,7 @@ def _total_loss_fn(model, config, parity):
 def test_gradients_match_official(parity_showo):
   params, config = interop.load_official_showo(_state(parity_showo), **parity_facts.TINY_PHI)
   model = transformer.Transformer(showo_config.transformer_config(config))
-  loss, grads = jax.value_and_grad(_total_loss_fn(model, config, parity_showo))(params)
+  loss, grads = jax.jit(jax.value_and_grad(_total_loss_fn(model, config, parity_showo)))(params)
   assert abs(float(loss) - float(parity_showo["loss_total"])) <= 1e-4 * float(parity_showo["loss_total"])
   official = showo_keys.params_to_official(jax.tree.map(np.asarray, grads), config)
   worst = max(rel_err(official[k], parity_showo["grad." + k]) for k in official)
@@ -81,7 +81,7 @@ def test_gradients_match_official(parity_showo):
 def test_remat_and_scan_give_identical_numbers(parity_showo, policy):
   base_params, config = interop.load_official_showo(_state(parity_showo), **parity_facts.TINY_PHI)
   model = transformer.Transformer(showo_config.transformer_config(config))
-  ref_loss, ref_grads = jax.value_and_grad(_total_loss_fn(model, config, parity_showo))(base_params)
+  ref_loss, ref_grads = jax.jit(jax.value_and_grad(_total_loss_fn(model, config, parity_showo)))(base_params)
   config.model.remat_policy = policy
   config.model.scan_layers = True
   scanned = showo_keys.stack_layers(base_params, config.model.num_layers)
